@@ -1,0 +1,131 @@
+"""Scripted and random policies acting on the privileged ``state`` (both twins expose it).
+
+A policy is any callable ``policy(obs) -> action``; ones with memory also have
+``reset(seed)``, called at the start of each episode. The scripted pick has two knobs of
+incompetence: ``noise`` (Gaussian action noise, std in action units) and ``error`` (a per-episode
+offset of where it believes the cube is, std in metres).
+
+>>> policy = ScriptedPick(noise=0.1)
+>>> policy.reset(seed=0)
+>>> action = policy({"state": np.zeros(8, np.float32)})
+>>> action.shape
+(4,)
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+HOVER = 0.06  # height above the cube to line up at, metres
+GRASP_DEPTH = 0.0  # eef height relative to the cube centre when closing
+LIFT = 0.15  # lift height above the grasp point, metres
+CLOSE_STEPS = 6  # steps to hold still while the fingers close
+GAIN = 12.0  # action units per metre of position error (action 1 = 5 cm target delta)
+
+
+class Policy(Protocol):
+    """``policy(obs) -> action``; ``reset(seed)`` starts an episode."""
+
+    def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray: ...
+
+    def reset(self, seed: int | None = None) -> None: ...
+
+
+class ScriptedPick:
+    """Approach, descend, close, lift — driven by ``state`` with tunable incompetence.
+
+    Args:
+        noise: Std of Gaussian noise added to every action (action units).
+        error: Std of a per-episode xy offset of the believed cube position (metres).
+        drop_prob: Probability per episode of opening the gripper mid-lift (makes drops).
+        give_up_prob: Probability per episode of switching to random actions at a random step.
+    """
+
+    def __init__(
+        self, noise: float = 0.0, error: float = 0.0, drop_prob: float = 0.0,
+        give_up_prob: float = 0.0,
+    ):
+        self.noise, self.error = noise, error
+        self.drop_prob, self.give_up_prob = drop_prob, give_up_prob
+        self.reset()
+
+    def reset(self, seed: int | None = None) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.offset = np.r_[self.rng.normal(0.0, self.error, 2), 0.0] if self.error else np.zeros(3)
+        self.phase, self.t_phase, self.t = "approach", 0, 0
+        self.drop_at = int(self.rng.integers(3, 15)) if self.rng.random() < self.drop_prob else None
+        self.give_up_at = (
+            int(self.rng.integers(5, 60)) if self.rng.random() < self.give_up_prob else None
+        )
+        self.lift_from: np.ndarray | None = None
+
+    def _goto(self, eef: np.ndarray, target: np.ndarray, grip: float) -> np.ndarray:
+        return np.r_[np.clip(GAIN * (target - eef), -1.0, 1.0), grip]
+
+    def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        state = np.asarray(obs["state"], np.float64)
+        eef, cube = state[:3], state[5:8] + self.offset
+        self.t += 1
+        self.t_phase += 1
+        if self.give_up_at is not None and self.t >= self.give_up_at:
+            action = self.rng.uniform(-1.0, 1.0, 4)
+        else:
+            action = self._scripted(eef, cube)
+        if self.noise:
+            action = action + self.rng.normal(0.0, self.noise, 4)
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+    def _next(self, phase: str) -> None:
+        self.phase, self.t_phase = phase, 0
+
+    def _scripted(self, eef: np.ndarray, cube: np.ndarray) -> np.ndarray:
+        hover = cube + [0.0, 0.0, HOVER]
+        if self.phase == "approach":
+            if np.linalg.norm((hover - eef)[:2]) < 0.01 and abs(hover[2] - eef[2]) < 0.02:
+                self._next("descend")
+            return self._goto(eef, hover, -1.0)
+        if self.phase == "descend":
+            grasp = cube + [0.0, 0.0, GRASP_DEPTH]
+            if eef[2] - grasp[2] < 0.008 or self.t_phase > 30:
+                self._next("close")
+            return self._goto(eef, grasp, -1.0)
+        if self.phase == "close":
+            if self.t_phase >= CLOSE_STEPS:
+                self._next("lift")
+                self.lift_from = eef.copy()
+            return np.r_[0.0, 0.0, 0.0, 1.0]
+        # lift (and hold)
+        target = self.lift_from + [0.0, 0.0, LIFT]
+        grip = -1.0 if self.drop_at is not None and self.t_phase >= self.drop_at else 1.0
+        return self._goto(eef, target, grip)
+
+
+class RandomPolicy:
+    """Uniform random actions, each held for ``repeat`` steps (smoother, more coverage)."""
+
+    def __init__(self, repeat: int = 1):
+        self.repeat = repeat
+        self.reset()
+
+    def reset(self, seed: int | None = None) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.t, self.action = 0, np.zeros(4, np.float32)
+
+    def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        if self.t % self.repeat == 0:
+            self.action = self.rng.uniform(-1.0, 1.0, 4).astype(np.float32)
+        self.t += 1
+        return self.action
+
+
+def make_policy(name: str) -> Policy:
+    """A policy by name: ``pick``, ``pick:noise=0.3,error=0.02``, ``random``, ``random:repeat=4``."""
+    kind, _, args = name.partition(":")
+    kwargs = {k: float(v) for k, v in (a.split("=") for a in args.split(",") if a)}
+    if kind == "pick":
+        return ScriptedPick(**kwargs)
+    if kind == "random":
+        return RandomPolicy(repeat=int(kwargs.get("repeat", 1)))
+    raise ValueError(f"unknown policy {name!r}; expected 'pick[:k=v,...]' or 'random[:repeat=n]'")
