@@ -41,6 +41,7 @@ class ScriptedPick:
         error: Std of a per-episode xy offset of the believed cube position (metres).
         drop_prob: Probability per episode of opening the gripper mid-lift (makes drops).
         give_up_prob: Probability per episode of switching to random actions at a random step.
+
     """
 
     def __init__(
@@ -121,7 +122,7 @@ class RandomPolicy:
 
 
 def make_policy(name: str) -> Policy:
-    """A policy by name: ``pick``, ``pick:noise=0.3,error=0.02``, ``random``, ``random:repeat=4``."""
+    """A policy by name: ``pick``, ``pick:noise=0.3,error=0.02``, ``random:repeat=4``."""
     kind, _, args = name.partition(":")
     kwargs = {k: float(v) for k, v in (a.split("=") for a in args.split(",") if a)}
     if kind == "pick":

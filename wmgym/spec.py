@@ -27,6 +27,7 @@ SPEC_DIR = Path(os.environ.get("WMGYM_ENVS", REPO_ROOT / "envs"))
 #: Layout of the privileged ``state`` vector shared by both twins.
 STATE_FIELDS = ("eef_x", "eef_y", "eef_z", "grip_l", "grip_r", "cube_x", "cube_y", "cube_z")
 IMAGE_KEYS = ("rgb", "depth", "mask")
+STATE_BOUND = 5.0  # metres
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,8 @@ class TaskSpec:
             obs["rgb"] = spaces.Box(0, 255, (r, r, 3), np.uint8)
             obs["depth"] = spaces.Box(0.0, self.depth_range[1], (r, r, 1), np.float32)
             obs["mask"] = spaces.Box(0, 1, (r, r, 1), np.uint8)
-        obs["state"] = spaces.Box(-np.inf, np.inf, (len(STATE_FIELDS),), np.float32)
+        # Finite bounds, far outside the workspace, so Gymnasium's checks stay quiet.
+        obs["state"] = spaces.Box(-STATE_BOUND, STATE_BOUND, (len(STATE_FIELDS),), np.float32)
         return spaces.Dict(obs)
 
     def action_space(self) -> spaces.Box:

@@ -20,6 +20,7 @@ def check_action(action, space: spaces.Box, batch: int | None = None) -> np.ndar
 
     Raises:
         ValueError: The action has the wrong shape, is not numeric, or holds NaN or inf.
+
     """
     expected = space.shape if batch is None else (batch, *space.shape)
     try:

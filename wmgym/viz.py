@@ -16,7 +16,7 @@ def depth_to_rgb(depth: np.ndarray, depth_range: tuple[float, float]) -> np.ndar
 
 
 def tile_frame(rgb, depth, mask, depth_range) -> np.ndarray:
-    """rgb | depth | mask side by side as one uint8 (H, 3W, 3) image."""
+    """Rgb | depth | mask side by side as one uint8 (H, 3W, 3) image."""
     m = np.repeat((mask[..., :1] * 255).astype(np.uint8), 3, axis=-1)
     return np.concatenate([rgb, depth_to_rgb(depth, depth_range), m], axis=1)
 

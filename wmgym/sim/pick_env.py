@@ -47,6 +47,7 @@ class SimEnv(gym.Env):
         images: Render rgb/depth/mask observations (else ``state`` only).
         render_mode: ``"rgb_array"`` or None.
         terminate_on_success: Override the spec's setting.
+
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
@@ -114,7 +115,7 @@ class SimEnv(gym.Env):
         return obs, float(reward), terminated, False, {"success": success}
 
     def render(self) -> np.ndarray | None:
-        """rgb | depth | mask side by side, uint8 (H, 3W, 3)."""
+        """Rgb | depth | mask side by side, uint8 (H, 3W, 3)."""
         if self.render_mode != "rgb_array":
             return None
         from wmgym.viz import tile_frame
@@ -123,7 +124,9 @@ class SimEnv(gym.Env):
         return tile_frame(frame["rgb"], frame["depth"], frame["mask"], self.task.depth_range)
 
     def close(self):
-        self._rs.close()
+        if self._rs is not None:
+            self._rs.close()
+            self._rs = None
 
     # ----------------------------------------------------------------------------- internals
     @property
@@ -139,11 +142,15 @@ class SimEnv(gym.Env):
     def _render_camera(self) -> dict[str, np.ndarray]:
         r = self.task.resolution
         sim = self._rs.sim
+        # robosuite renders into whichever GL context is current: with several envs in one
+        # process that is the last one created, so make ours current first.
+        sim._render_context_offscreen.gl_ctx.make_current()
         rgb, depth = sim.render(camera_name=CAMERA, width=r, height=r, depth=True)
         seg = sim.render(camera_name=CAMERA, width=r, height=r, segmentation=True)
         depth = camera.metric_depth(sim.model, depth)
         near, far = self.task.depth_range
-        is_robot = (seg[..., 0] == mujoco.mjtObj.mjOBJ_GEOM) & np.isin(seg[..., 1], self._robot_geoms)
+        is_geom = seg[..., 0] == mujoco.mjtObj.mjOBJ_GEOM
+        is_robot = is_geom & np.isin(seg[..., 1], self._robot_geoms)
         return {  # MuJoCo reads pixels bottom-up: flip to upright
             "rgb": np.ascontiguousarray(rgb[::-1]),
             "depth": np.clip(depth[::-1], near, far).astype(np.float32)[..., None],

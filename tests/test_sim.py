@@ -1,0 +1,156 @@
+"""Sim-Pick-v0: Gymnasium's battery, the exact spaces, images that are right."""
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from wmgym.policies import RandomPolicy, ScriptedPick
+from wmgym.spec import load_spec
+
+
+def test_spaces_are_exactly_the_spec(sim_env):
+    spec = load_spec("pick")
+    obs_space = sim_env.observation_space
+    assert obs_space["rgb"] == gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+    assert obs_space["depth"] == gym.spaces.Box(0.0, spec.depth_range[1], (64, 64, 1), np.float32)
+    assert obs_space["mask"] == gym.spaces.Box(0, 1, (64, 64, 1), np.uint8)
+    assert obs_space["state"].shape == (8,) and obs_space["state"].dtype == np.float32
+    assert sim_env.action_space == gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+    assert sim_env.spec.max_episode_steps == spec.max_episode_steps
+
+
+def test_check_env_without_warnings():
+    env = gym.make("Sim-Pick-v0", render_mode="rgb_array")  # check_env closes it
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env.unwrapped, skip_render_check=False)
+    messages = [str(w.message) for w in caught if "gymnasium" in w.filename.lower()]
+    assert not messages, messages
+
+
+def test_state_only_mode_check_env():
+    env = gym.make("Sim-Pick-v0", images=False)
+    assert list(env.observation_space.spaces) == ["state"]
+    check_env(env.unwrapped)
+    obs, _ = env.reset(seed=1)
+    assert set(obs) == {"state"}
+    env.close()
+
+
+def test_seeded_reset_is_reproducible(sim_env):
+    a, _ = sim_env.reset(seed=123)
+    b, _ = sim_env.reset(seed=123)
+    c, _ = sim_env.reset(seed=124)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert not np.allclose(a["state"][5:7], c["state"][5:7]), "different seeds place the cube alike"
+
+
+def test_seeded_rollout_is_reproducible(sim_env):
+    def rollout():
+        obs, _ = sim_env.reset(seed=7)
+        rng = np.random.default_rng(0)
+        states = [obs["state"]]
+        for _ in range(10):
+            obs, *_ = sim_env.step(rng.uniform(-1, 1, 4).astype(np.float32))
+            states.append(obs["state"])
+        return np.stack(states), obs["rgb"]
+
+    (s1, im1), (s2, im2) = rollout(), rollout()
+    np.testing.assert_array_equal(s1, s2)
+    np.testing.assert_array_equal(im1, im2)
+
+
+@pytest.mark.parametrize(
+    "action, message",
+    [
+        (np.zeros(3), "shape"),
+        (np.zeros((1, 4)), "shape"),
+        (np.array([0.0, np.nan, 0.0, 0.0]), "NaN"),
+        (np.array([0.0, 0.0, np.inf, 0.0]), "inf"),
+        ("left", "numeric"),
+    ],
+)
+def test_bad_actions_raise_value_error(sim_env, action, message):
+    sim_env.reset(seed=0)
+    with pytest.raises(ValueError, match=message):
+        sim_env.step(action)
+
+
+def test_out_of_bounds_equals_clipped(sim_env):
+    big = np.array([3.0, -2.0, 5.0, 9.0], np.float32)
+
+    def after(action):
+        sim_env.reset(seed=3)
+        obs = None
+        for _ in range(3):
+            obs, reward, *_ = sim_env.step(action)
+        return obs, reward
+
+    (o1, r1), (o2, r2) = after(big), after(np.clip(big, -1, 1))
+    assert r1 == r2
+    for k in o1:
+        np.testing.assert_array_equal(o1[k], o2[k])
+
+
+def test_mask_covers_the_gripper_and_not_the_cube(sim_env):
+    obs, _ = sim_env.reset(seed=0)
+    env = sim_env.unwrapped
+    mask = obs["mask"][..., 0]
+    assert 0.02 < mask.mean() < 0.6, "mask empty or everything"
+    # the fingertips: between the two finger tip bodies
+    tips = [env.sim.data.body_xpos[env.sim.model.body_name2id(n)]
+            for n in ("gripper0_right_finger_joint1_tip", "gripper0_right_finger_joint2_tip")]
+    for tip in tips:
+        r, c = env.project(tip)
+        assert mask[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2].any(), "no robot pixel at a fingertip"
+    r, c = env.project(obs["state"][5:8])
+    assert mask[r, c] == 0, "cube centre is marked as robot"
+    # the cube is red and at least 3x3 pixels
+    rgb = obs["rgb"].astype(int)
+    red = (rgb[..., 0] > 60) & (rgb[..., 0] > 2 * rgb[..., 1]) & (rgb[..., 0] > 2 * rgb[..., 2])
+    assert red.sum() >= 9 and red[r - 1:r + 2, c - 1:c + 2].sum() >= 5
+
+
+def test_depth_is_metric_and_plausible(sim_env):
+    obs, _ = sim_env.reset(seed=0)
+    depth = obs["depth"][..., 0]
+    env = sim_env.unwrapped
+    near, far = env.task.depth_range
+    assert depth.min() >= near and depth.max() <= far
+    r, c = env.project(obs["state"][5:8])
+    cam = np.array(env.task.camera.pos)
+    dist = np.linalg.norm(obs["state"][5:8] - cam)
+    # depth is along the optical axis: a little less than the Euclidean distance
+    assert 0.8 * dist < depth[r, c] < 1.02 * dist
+
+
+def test_render_is_rgb_depth_mask_side_by_side(sim_env):
+    sim_env.reset(seed=0)
+    frame = sim_env.render()
+    assert frame.shape == (64, 192, 3) and frame.dtype == np.uint8
+
+
+def test_scripted_pick_succeeds_and_random_does_not():
+    env = gym.make("Sim-Pick-v0", images=False)
+    wins = []
+    for seed in range(4):
+        policy = ScriptedPick()
+        policy.reset(seed)
+        obs, _ = env.reset(seed=seed)
+        for _ in range(env.spec.max_episode_steps):
+            obs, reward, terminated, truncated, info = env.step(policy(obs))
+            if terminated or truncated:
+                break
+        wins.append(info["success"] and terminated and reward == pytest.approx(1.0))
+    assert all(wins)
+    policy = RandomPolicy()
+    policy.reset(0)
+    obs, _ = env.reset(seed=0)
+    for _ in range(30):
+        obs, reward, terminated, truncated, info = env.step(policy(obs))
+        assert 0.0 <= reward <= 1.0
+    env.close()
