@@ -14,6 +14,8 @@ import tyro
 COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("collect",): ("wmgym.data.collect", "CollectArgs", "collect_main"),
     ("bench", "sim"): ("wmgym.bench", "BenchSimArgs", "bench_sim_main"),
+    ("train", "tokenizer"): ("wmgym.train.tokenizer", "TrainTokenizerArgs", "train_tokenizer_main"),
+    ("train", "dynamics"): ("wmgym.train.dynamics", "TrainDynamicsArgs", "train_dynamics_main"),
     ("demo",): ("wmgym.demo", "DemoArgs", "demo_main"),
 }
 

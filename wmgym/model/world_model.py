@@ -1,0 +1,201 @@
+"""WorldModel: tokenizer + dynamics transformer behind ``reset`` / ``step`` on batched tensors.
+
+No gym and no numpy in here: frames are ``(B, 5, H, W)`` float tensors (see ``frames.py``),
+actions ``(B, 4)``. The KV-cache life cycle is explicit::
+
+    state = wm.reset(frames)                     # tokenize the context, prefill the cache
+    out, state = wm.step(state, actions)         # sample one frame for every rollout
+    state = wm.reset(new_frames, state=state, index=done)   # restart some rollouts only
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from wmgym.model import checkpoint as ckpt
+from wmgym.model.tokenizer import ContextCode, MMTokenizer, TokenizerConfig
+from wmgym.model.transformer import DynamicsConfig, DynamicsTransformer, KVCache
+
+
+@dataclass
+class RolloutState:
+    """Everything a batch of imagined rollouts carries between steps."""
+
+    cache: KVCache
+    """Per-layer keys/values of the context and the recent frames (sliding window)."""
+    ctx: ContextCode
+    """Context tokens and the encoder features every decoded frame cross-attends to."""
+    generators: list[torch.Generator] | None
+    """One generator per rollout (reproducible sampling), or None for the global RNG."""
+    steps: Tensor
+    """``(B,)`` steps taken since each rollout's reset."""
+
+
+class StepOutput(NamedTuple):
+    """What one imagined step returns, batched."""
+
+    frames: Tensor  # (B, 5, H, W) decoded frame: rgb, depth (normalized), mask probability
+    reward: Tensor  # (B,)
+    success: Tensor  # (B,) probability that the task is solved
+    state: Tensor  # (B, state_dim) predicted privileged state
+    tokens: Tensor  # (B, n) the sampled frame tokens
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when present, else CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class WorldModel(nn.Module):
+    """The learned simulator's engine.
+
+    Args:
+        tokenizer: Tokenizer config.
+        dynamics: Dynamics transformer config.
+        depth_range: Near/far depth in metres that normalized depth maps to.
+    """
+
+    def __init__(
+        self, tokenizer: TokenizerConfig, dynamics: DynamicsConfig,
+        depth_range: tuple[float, float],
+    ):
+        super().__init__()
+        self.tokenizer = MMTokenizer(tokenizer)
+        self.dynamics = DynamicsTransformer(dynamics)
+        self.depth_range = tuple(depth_range)
+
+    # ------------------------------------------------------------------ persistence
+    def config(self) -> dict:
+        """JSON-serialisable configs: what ``load`` needs to rebuild the model."""
+        return {
+            "tokenizer": asdict(self.tokenizer.cfg),
+            "dynamics": asdict(self.dynamics.cfg),
+            "depth_range": list(self.depth_range),
+        }
+
+    def save(self, directory: str | Path, extra: dict | None = None, start_obs=None) -> Path:
+        """Saves a verified checkpoint directory (see ``checkpoint.py``)."""
+        return ckpt.save_checkpoint(
+            directory, self.state_dict(), {**self.config(), **(extra or {})}, start_obs
+        )
+
+    @classmethod
+    def from_config(cls, config: dict) -> WorldModel:
+        """Builds an untrained model from a ``config()`` dict."""
+        tok = dict(config["tokenizer"])
+        for k, v in tok.items():
+            if isinstance(v, list):
+                tok[k] = tuple(v)
+        return cls(TokenizerConfig(**tok), DynamicsConfig(**config["dynamics"]),
+                   tuple(config["depth_range"]))
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> WorldModel:
+        """Loads a checkpoint directory, verifying hash, keys, shapes and finiteness."""
+        config = ckpt.read_config(directory)
+        try:
+            model = cls.from_config(config)
+        except (KeyError, TypeError) as e:
+            raise ckpt.CheckpointError(
+                f"{Path(directory) / ckpt.CONFIG}: model config does not fit this version of "
+                f"wmgym ({e})"
+            ) from e
+        tensors = ckpt.load_weights(directory, config)
+        ckpt.load_state_dict_strict(model, tensors, Path(directory) / ckpt.WEIGHTS)
+        return model.to(resolve_device(device)).eval()
+
+    @property
+    def device(self) -> torch.device:
+        return self.dynamics.slot.device
+
+    # ------------------------------------------------------------------ rollouts
+    @torch.no_grad()
+    def reset(
+        self,
+        frames: Tensor,
+        generators: list[torch.Generator] | None = None,
+        history: tuple[Tensor, Tensor] | None = None,
+        state: RolloutState | None = None,
+        index: Tensor | None = None,
+    ) -> RolloutState:
+        """Starts rollouts from real context frames.
+
+        Args:
+            frames: ``(B, 5, H, W)`` context frames (``(len(index), …)`` with ``index``).
+            generators: One generator per rollout for reproducible sampling.
+            history: Optional ``(frames (B, K, 5, H, W), actions (B, K, A))``: the K frames that
+                followed the context and the actions that led to each, teacher-forced through
+                the cache so imagination continues from the latest one.
+            state: With ``index``, an existing state whose rollouts ``index`` restart while
+                the others carry on.
+            index: ``(k,)`` long tensor of the rollouts to restart.
+
+        Returns:
+            The rollout state.
+        """
+        frames = frames.to(self.device)
+        ctx = self.tokenizer.encode_context(frames)
+        if state is None:
+            cache = self.dynamics.new_cache(frames.shape[0])
+            self.dynamics.prefill(cache, ctx.tokens)
+            steps = torch.zeros(frames.shape[0], dtype=torch.long, device=self.device)
+            state = RolloutState(cache, ctx, generators, steps)
+            rows = None
+        else:
+            if index is None:
+                raise ValueError("reset(state=...) needs index=: the rollouts to restart")
+            rows = index.to(self.device)
+            self.dynamics.prefill(state.cache, ctx.tokens, index=rows)
+            state.ctx.tokens[rows] = ctx.tokens
+            for old, new in zip(state.ctx.feats, ctx.feats):
+                old[rows] = new
+            state.steps[rows] = 0
+            if generators is not None and state.generators is not None:
+                for i, g in zip(index.tolist(), generators):
+                    state.generators[i] = g
+        if history is not None:
+            if rows is not None:
+                raise ValueError("history is only supported when resetting every rollout")
+            hist_frames, hist_actions = (t.to(self.device) for t in history)
+            tokens = self.tokenizer.encode_future(hist_frames, ctx.feats)
+            for k in range(tokens.shape[1]):
+                self.dynamics.teacher_force_frame(state.cache, hist_actions[:, k], tokens[:, k])
+        return state
+
+    @torch.no_grad()
+    def step(
+        self, state: RolloutState, actions: Tensor, temperature: float = 1.0,
+        top_k: int | None = None,
+    ) -> tuple[StepOutput, RolloutState]:
+        """Imagines one step of every rollout.
+
+        Args:
+            state: From ``reset`` or a previous ``step``.
+            actions: ``(B, action_dim)``, already validated and clipped.
+            temperature: Token sampling temperature (0 = greedy).
+            top_k: Sample among the ``top_k`` most likely tokens only.
+
+        Returns:
+            ``(StepOutput, state)``; the state is updated in place and returned for clarity.
+        """
+        actions = actions.to(self.device, torch.float32)
+        sample = self.dynamics.generate_frame(
+            state.cache, actions, state.generators, temperature=temperature, top_k=top_k
+        )
+        frames = self.tokenizer.decode_future(sample.tokens, state.ctx.feats)
+        state.steps += 1
+        out = StepOutput(
+            frames=frames,
+            reward=sample.reward.clamp(0.0, 1.0),
+            success=torch.sigmoid(sample.success_logit),
+            state=sample.state,
+            tokens=sample.tokens,
+        )
+        return out, state

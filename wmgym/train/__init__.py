@@ -1,0 +1,1 @@
+"""Training of the tokenizer and the dynamics transformer (single process or torchrun)."""

@@ -1,0 +1,152 @@
+"""Training data in memory: episodes as model frames, and the samplers of both stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from wmgym.data.dataset import Episode, read_dataset
+from wmgym.model.frames import obs_to_frames
+
+
+@dataclass
+class EpisodeTensors:
+    """One episode as tensors: ``T + 1`` frames and the ``T`` transitions between them."""
+
+    frames: Tensor  # (T + 1, 5, H, W) float16
+    actions: Tensor  # (T, 4)
+    rewards: Tensor  # (T,)
+    success: Tensor  # (T,) float
+    state: Tensor  # (T + 1, 8)
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+def episode_frames(ep: Episode, depth_range) -> Tensor:
+    """An episode's observations as float frames ``(T + 1, 5, H, W)``."""
+    o = ep.observations
+    return obs_to_frames(
+        torch.from_numpy(o["rgb"]), torch.from_numpy(o["depth"]), torch.from_numpy(o["mask"]),
+        depth_range,
+    )
+
+
+def load_episodes(path: str, split: str, depth_range) -> list[EpisodeTensors]:
+    """Reads a dataset split into memory as compact tensors."""
+    out = []
+    for ep in read_dataset(path, split):
+        out.append(
+            EpisodeTensors(
+                frames=episode_frames(ep, depth_range).half(),
+                actions=torch.from_numpy(ep.actions).float(),
+                rewards=torch.from_numpy(ep.rewards).float(),
+                success=torch.from_numpy(ep.success).float(),
+                state=torch.from_numpy(ep.observations["state"]).float(),
+            )
+        )
+    if not out:
+        raise ValueError(f"{path}: split {split!r} holds no episodes")
+    return out
+
+
+def sample_frame_pairs(
+    episodes: list[EpisodeTensors], batch: int, rng: np.random.Generator, n_future: int = 1,
+) -> tuple[Tensor, Tensor]:
+    """(context, future) frame pairs from the same episodes, for the tokenizer.
+
+    The context is the episode's first frame half of the time (as when imagining from a reset)
+    and a random frame otherwise; the futures lie anywhere after it, as in long rollouts.
+
+    Returns:
+        ``ctx (B, 5, H, W)`` and ``fut (B, n_future, 5, H, W)`` float32.
+    """
+    ctx, fut = [], []
+    for _ in range(batch):
+        ep = episodes[rng.integers(len(episodes))]
+        n = len(ep)
+        c = 0 if rng.random() < 0.5 else int(rng.integers(0, n))
+        t = rng.integers(c + 1, n + 1, size=n_future)
+        ctx.append(ep.frames[c])
+        fut.append(ep.frames[torch.from_numpy(t)])
+    return torch.stack(ctx).float(), torch.stack(fut).float()
+
+
+@dataclass
+class TokenizedEpisode:
+    """An episode's tokens for each of a few context choices."""
+
+    ctx_index: list[int]  # context frame indices
+    ctx_tokens: Tensor  # (C, Nc) long
+    frame_tokens: list[Tensor]  # per context c: (T - c, n) tokens of frames c+1..T
+    source: EpisodeTensors
+
+
+@torch.no_grad()
+def tokenize_episodes(
+    tokenizer, episodes: list[EpisodeTensors], ctx_stride: int, device, batch: int = 256,
+    progress: bool = True,
+) -> list[TokenizedEpisode]:
+    """Tokenizes every episode once per context choice (frame 0 and every ``ctx_stride``-th)."""
+    from tqdm import tqdm
+
+    tokenizer.eval()
+    out = []
+    for ep in tqdm(episodes, desc="tokenize", unit="ep", disable=not progress):
+        n = len(ep)
+        ctx_index = list(range(0, n, ctx_stride))
+        frames = ep.frames.to(device).float()
+        code = tokenizer.encode_context(frames[ctx_index])
+        per_ctx = []
+        for j, c in enumerate(ctx_index):
+            feats = [f[j:j + 1] for f in code.feats]
+            toks = []
+            for s in range(c + 1, n + 1, batch):
+                chunk = frames[s:min(n + 1, s + batch)]
+                feats_b = [f.expand(len(chunk), *f.shape[1:]) for f in feats]
+                toks.append(tokenizer.encode_future(chunk, feats_b))
+            per_ctx.append(torch.cat(toks).to(torch.int16).cpu())
+        out.append(TokenizedEpisode(ctx_index, code.tokens.cpu(), per_ctx, ep))
+    return out
+
+
+def sample_clips(
+    episodes: list[TokenizedEpisode], batch: int, length: int, rng: np.random.Generator,
+) -> dict[str, Tensor]:
+    """Dynamics training clips: a context and ``length`` later frames with their actions.
+
+    Half the clips start right after their context (the start of an imagined episode); the rest
+    start later, as the sliding window sees them in long rollouts. Episodes too short to fill
+    ``length`` frames are padded and ``valid`` marks the real frames.
+    """
+    keys = ("ctx", "tokens", "actions", "reward", "success", "state", "valid")
+    cols: dict[str, list[Tensor]] = {k: [] for k in keys}
+    for _ in range(batch):
+        te = episodes[rng.integers(len(episodes))]
+        ep, n = te.source, len(te.source)
+        j = 0 if rng.random() < 0.5 else int(rng.integers(len(te.ctx_index)))
+        c = te.ctx_index[j]
+        avail = n - c  # frames c+1..n
+        first = 1 if (rng.random() < 0.5 or avail <= length) else int(
+            rng.integers(1, avail - length + 2))
+        idx = torch.arange(first, min(first + length, avail + 1))  # offsets from c
+        k = len(idx)
+        pad = length - k
+        frames_t = c + idx  # absolute frame indices
+        cols["ctx"].append(te.ctx_tokens[j])
+        cols["tokens"].append(_pad(te.frame_tokens[j][idx - 1].long(), pad))
+        cols["actions"].append(_pad(ep.actions[frames_t - 1], pad))
+        cols["reward"].append(_pad(ep.rewards[frames_t - 1], pad))
+        cols["success"].append(_pad(ep.success[frames_t - 1], pad))
+        cols["state"].append(_pad(ep.state[frames_t], pad))
+        cols["valid"].append(_pad(torch.ones(k), pad))
+    return {k: torch.stack(v) for k, v in cols.items()}
+
+
+def _pad(x: Tensor, pad: int) -> Tensor:
+    if pad == 0:
+        return x
+    return torch.cat([x, x.new_zeros(pad, *x.shape[1:])])

@@ -1,0 +1,169 @@
+"""``wmgym train dynamics``: fit the transformer on tokenized clips; export the world model."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from wmgym.model import checkpoint as ckpt
+from wmgym.model.tokenizer import MMTokenizer, TokenizerConfig
+from wmgym.model.transformer import DynamicsConfig, DynamicsTransformer
+from wmgym.model.world_model import WorldModel
+from wmgym.spec import load_spec
+from wmgym.train import common
+from wmgym.train.data import load_episodes, sample_clips, tokenize_episodes
+
+
+@dataclass
+class TrainDynamicsArgs:
+    """Options of ``wmgym train dynamics``."""
+
+    data: str = "data/pick"
+    """Dataset directory (``wmgym collect``)."""
+    tokenizer: str = "runs/tokenizer/final"
+    """Trained tokenizer (``wmgym train tokenizer``'s ``final/``)."""
+    out: str = "runs/dynamics"
+    """Run directory: TensorBoard logs and resumable state."""
+    checkpoint: str = "checkpoints/WM-Pick-v0"
+    """Where to export the finished world model (weights, config, start-observation bank)."""
+    steps: int = 4000
+    """Optimizer steps."""
+    batch: int = 16
+    """Clips per process per step."""
+    max_frames: int = 16
+    """Future frames per clip = the attention window of imagination."""
+    d_model: int = 256
+    """Transformer width."""
+    n_layer: int = 4
+    """Transformer blocks."""
+    n_head: int = 4
+    """Attention heads."""
+    dropout: float = 0.05
+    """Dropout in attention and residual branches."""
+    lr: float = 6e-4
+    """Peak learning rate (AdamW), cosine-decayed."""
+    warmup: int = 200
+    """Warm-up steps."""
+    ctx_stride: int = 20
+    """Besides frame 0, every ``ctx_stride``-th frame also serves as a clip's context."""
+    bank_size: int = 96
+    """Real initial observations shipped with the checkpoint for ``reset()`` without context."""
+    seed: int = 0
+    """Seed of initialisation and sampling (each process adds its rank)."""
+    log_every: int = 50
+    """Steps between TensorBoard scalars."""
+    ckpt_every: int = 500
+    """Steps between resumable checkpoints."""
+    resume: bool = False
+    """Continue from ``out``'s last checkpoint."""
+    device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
+    task: str = "pick"
+    """Task spec."""
+
+
+def load_tokenizer(directory: str | Path, device) -> MMTokenizer:
+    """A trained tokenizer from ``wmgym train tokenizer``'s ``final/`` directory."""
+    config = ckpt.read_config(directory)
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in config["tokenizer"].items()}
+    tok = MMTokenizer(TokenizerConfig(**cfg))
+    ckpt.load_state_dict_strict(tok, ckpt.load_weights(directory, config),
+                                Path(directory) / ckpt.WEIGHTS)
+    return tok.to(device).eval()
+
+
+def start_bank(data: str, size: int, seed: int) -> dict[str, np.ndarray]:
+    """Initial observations of up to ``size`` training episodes."""
+    from wmgym.data.dataset import read_dataset
+
+    eps = read_dataset(data, "train")
+    pick = np.random.default_rng(seed).permutation(len(eps))[:size]
+    return {k: np.stack([eps[i].observations[k][0] for i in sorted(pick)])
+            for k in eps[0].observations}
+
+
+def train_dynamics(args: TrainDynamicsArgs) -> Path:
+    """Trains the dynamics transformer and exports the world-model checkpoint."""
+    d = common.setup_distributed(args.device)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed + d.rank)
+    spec = load_spec(args.task)
+    out = Path(args.out)
+    tok = load_tokenizer(args.tokenizer, d.device)
+    episodes = load_episodes(args.data, "train", spec.depth_range)
+    start = time.perf_counter()
+    tokenized = tokenize_episodes(tok, episodes, args.ctx_stride, d.device, progress=d.main)
+    tokenize_s = time.perf_counter() - start
+    cfg = DynamicsConfig(
+        ctx_vocab_size=tok.ctx_vocab_size, vocab_size=tok.future_vocab_size,
+        n_ctx_tokens=tok.n_ctx_tokens, n_frame_tokens=tok.n_future_tokens,
+        max_frames=args.max_frames, d_model=args.d_model, n_layer=args.n_layer,
+        n_head=args.n_head, dropout=args.dropout,
+    )
+    model = DynamicsTransformer(cfg).to(d.device)
+    states = torch.cat([ep.state for ep in episodes])
+    model.set_state_normalization(states.mean(0), states.std(0).clamp_min(1e-3))
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05, betas=(0.9, 0.95))
+    step = 0
+    if args.resume and (out / "state.json").exists():
+        step = common.load_train_state(out, model, opt)["step"]
+    trainer = common.wrap_ddp(common.LossForward(model), d)
+    log = common.Logger(out / "tb", d.main)
+    if d.main:
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"dynamics: {n_params / 1e6:.2f}M params, {len(episodes)} train episodes, "
+              f"tokenized in {tokenize_s:.0f} s")
+    t0 = time.perf_counter()
+    bar = tqdm(range(step, args.steps), initial=step, total=args.steps, desc="dynamics",
+               disable=not d.main)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = common.lr_at(step, args.steps, args.lr, args.warmup)
+        b = {k: v.to(d.device) for k, v in sample_clips(tokenized, args.batch, args.max_frames,
+                                                         rng).items()}
+        model.train()
+        loss, m = trainer(b["ctx"], b["tokens"], b["actions"], b["reward"], b["success"],
+                          b["state"], b["valid"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if d.main and (step % args.log_every == 0 or step == args.steps - 1):
+            m["lr"] = opt.param_groups[0]["lr"]
+            m["clips_per_s"] = (step + 1 - bar.initial) * args.batch * d.world / (
+                time.perf_counter() - t0)
+            log.scalars(step, m)
+            bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['token_acc']:.2f}")
+        if d.main and (step + 1) % args.ckpt_every == 0:
+            common.save_train_state(out, model, opt, step + 1, {"args": asdict(args)})
+    ckpt_dir = Path(args.checkpoint)
+    if d.main:
+        common.save_train_state(out, model, opt, args.steps, {"args": asdict(args)})
+        wm = WorldModel(tok.cfg, cfg, spec.depth_range)
+        wm.tokenizer.load_state_dict(tok.state_dict())
+        wm.dynamics.load_state_dict(model.state_dict())
+        tok_meta = ckpt.read_config(args.tokenizer)
+        wm.save(ckpt_dir, extra={
+            "task": spec.name,
+            "train": {
+                "data": args.data,
+                "tokenizer_seconds": tok_meta.get("train_seconds"),
+                "tokenize_seconds": round(tokenize_s, 1),
+                "dynamics_seconds": round(time.perf_counter() - t0, 1),
+                "tokenizer_args": tok_meta.get("args"),
+                "dynamics_args": asdict(args),
+            },
+        }, start_obs=start_bank(args.data, args.bank_size, args.seed))
+        print(f"world model -> {ckpt_dir} ({time.perf_counter() - start:.0f} s)")
+    log.close()
+    common.cleanup_distributed()
+    return ckpt_dir
+
+
+def train_dynamics_main(args: TrainDynamicsArgs) -> None:
+    train_dynamics(args)
