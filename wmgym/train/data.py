@@ -103,11 +103,8 @@ def tokenize_episodes(
         per_ctx = []
         for j, c in enumerate(ctx_index):
             feats = [f[j:j + 1] for f in code.feats]
-            toks = []
-            for s in range(c + 1, n + 1, batch):
-                chunk = frames[s:min(n + 1, s + batch)]
-                feats_b = [f.expand(len(chunk), *f.shape[1:]) for f in feats]
-                toks.append(tokenizer.encode_future(chunk, feats_b))
+            toks = [tokenizer.encode_future(frames[s:min(n + 1, s + batch)][None], feats)[0]
+                    for s in range(c + 1, n + 1, batch)]
             per_ctx.append(torch.cat(toks).to(torch.int16).cpu())
         out.append(TokenizedEpisode(ctx_index, code.tokens.cpu(), per_ctx, ep))
     return out

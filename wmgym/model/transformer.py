@@ -1,0 +1,522 @@
+"""DynamicsTransformer: a LLaMA-style decoder-only transformer over tokenized trajectories.
+
+One sample is the sequence::
+
+    [ctx tokens (Nc)] [S+a_1] [f_1 (n)] [S+a_2] [f_2 (n)] ... [S+a_T] [f_T (n)]
+
+``S`` is a learned slot embedding; action ``a_t`` enters through a zero-initialised linear map
+added to it. The slot predicts ``f_t[0]`` and ``f_t[i]`` predicts ``f_t[i+1]``. Heads on the last
+token of ``f_t`` predict reward (symlog space), success (logit) and the state vector reached
+after ``a_t``.
+
+Inference uses a preallocated :class:`KVCache`: ``prefill`` the context, then call
+``generate_frame`` once per env step (``prefill(..., index=rows)`` restarts some rollouts only).
+Keys are cached before RoPE, so when a row's window of ``max_frames`` frames is full its oldest
+frame is dropped by shifting the cache left (context kept) and re-rotating the keys at their
+new, contiguous positions; rollouts of any length run at a steady per-step cost.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class DynamicsConfig:
+    """Hyper-parameters of :class:`DynamicsTransformer`."""
+
+    ctx_vocab_size: int = 1000  # context-token vocabulary (tokenizer.ctx_vocab_size)
+    vocab_size: int = 1000  # future-token vocabulary (tokenizer.future_vocab_size)
+    n_ctx_tokens: int = 64  # tokens per context frame
+    n_frame_tokens: int = 16  # tokens per future frame
+    max_frames: int = 16  # future frames in the attention window (training length)
+    d_model: int = 256  # residual stream width
+    n_layer: int = 4  # transformer blocks
+    n_head: int = 4  # attention heads
+    action_dim: int = 4  # action size
+    state_dim: int = 8  # privileged state size
+    dropout: float = 0.0  # dropout on attention weights and residual branches
+    rope_theta: float = 10000.0  # RoPE base
+    mlp_hidden: int = 704  # SwiGLU hidden width (~8/3 d_model, multiple of 64)
+    norm_eps: float = 1e-5  # RMSNorm epsilon
+    w_token: float = 1.0  # loss weight: token cross-entropy
+    w_reward: float = 1.0  # loss weight: reward MSE in symlog space
+    w_success: float = 1.0  # loss weight: success BCE
+    w_state: float = 1.0  # loss weight: normalised state MSE
+
+    @property
+    def max_seq_len(self) -> int:
+        """Context plus a full window of (slot + frame) blocks."""
+        return self.n_ctx_tokens + self.max_frames * (self.n_frame_tokens + 1)
+
+
+class DynamicsOutput(NamedTuple):
+    """Outputs of a full forward over ``T`` frames."""
+
+    logits: Tensor  # (B, T, n, V) future-token logits
+    reward: Tensor  # (B, T) predicted reward (real units, symexp of the head)
+    success_logit: Tensor  # (B, T)
+    state: Tensor  # (B, T, state_dim) predicted state (real units)
+
+
+class FrameSample(NamedTuple):
+    """One generated (or teacher-forced) frame for a batch of rollouts."""
+
+    tokens: Tensor  # (B, n) long
+    reward: Tensor  # (B,) real units
+    success_logit: Tensor  # (B,)
+    state: Tensor  # (B, state_dim) real units
+
+
+def symlog(x: Tensor) -> Tensor:
+    """``sign(x) * log(1 + |x|)``."""
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+def symexp(x: Tensor) -> Tensor:
+    """Inverse of :func:`symlog`."""
+    return torch.sign(x) * torch.expm1(x.abs())
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+    """``cos, sin`` of shape ``(seq_len, head_dim // 2)`` for rotary embeddings."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, out: Tensor | None = None) -> Tensor:
+    """Rotate ``x (..., L, head_dim)`` by position; ``cos, sin`` are ``(L, head_dim // 2)``.
+
+    With ``out`` (same shape as ``x``, may be a strided view) the result is written in place.
+    """
+    h = x.shape[-1] // 2
+    x1, x2 = x[..., :h], x[..., h:]
+    if out is None:
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    torch.mul(x1, cos, out=out[..., :h]).addcmul_(x2, sin, value=-1)
+    torch.mul(x2, cos, out=out[..., h:]).addcmul_(x1, sin)
+    return out
+
+
+class KVCache:
+    """Preallocated keys/values of every layer for a batch of rollouts.
+
+    ``k`` holds keys before RoPE (the source of truth), ``k_rot`` the same keys rotated at
+    their current positions, ``v`` the values; all ``(n_layer, B, n_head, max_len, head_dim)``.
+    Each row is its own sequence ``[ctx][frame blocks]`` of ``lengths[b]`` positions holding
+    ``n_frames[b]`` frames, so rollouts can be restarted one by one.
+    """
+
+    def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int,
+                 device: torch.device | str, dtype: torch.dtype) -> None:
+        shape = (n_layer, batch_size, n_head, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.k_rot = torch.zeros_like(self.k)
+        self.v = torch.zeros_like(self.k)
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.n_frames = torch.zeros_like(self.lengths)
+        self.batch_size, self.max_len = batch_size, max_len
+        self.rows = torch.arange(batch_size, device=device)
+        self.positions = torch.arange(max_len, device=device)
+        self.max_length = 0  # max(lengths), tracked on the host to avoid syncs per token
+        self.uniform = True  # all rows have the same length: attention needs no mask
+        self.noise: Tensor | None = None  # per-frame sampling noise buffer, made on first use
+
+    def sync(self) -> None:
+        """Refresh the host-side ``max_length`` and ``uniform`` from ``lengths``."""
+        self.max_length = int(self.lengths.max())
+        self.uniform = bool((self.lengths == self.max_length).all())
+
+    def drop_block(self, start: int, size: int, rows: Tensor | None = None) -> None:
+        """Remove positions ``[start, start + size)`` of full rows, shifting the rest left.
+
+        ``rows`` (all rows if ``None``) must be full (``lengths == max_len``). ``k_rot`` is left
+        stale; the caller re-rotates the shifted keys.
+        """
+        end = self.max_len
+        for buf in (self.k, self.v):
+            if rows is None:  # in place, front to back in chunks that never overlap their source
+                for s in range(start, end - size, size):
+                    e = min(s + size, end - size)
+                    buf[:, :, :, s:e].copy_(buf[:, :, :, s + size : e + size])
+            else:
+                buf[:, rows, :, start : end - size] = buf[:, rows, :, start + size : end]
+        idx = self.rows if rows is None else rows
+        self.lengths[idx] -= size
+        self.n_frames[idx] -= 1
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight, self.eps = nn.Parameter(torch.ones(dim)), eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class Attention(nn.Module):
+    """Causal multi-head self-attention with RoPE, optionally reading/writing a KV cache."""
+
+    def __init__(self, cfg: DynamicsConfig) -> None:
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.d_model // cfg.n_head
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None,
+                layer: int = 0, mask: Tensor | None = None) -> Tensor:
+        """Attend over ``x (B, t, d)``, or with ``cache`` over the cache plus ``x``.
+
+        With a cache, ``t > 1`` is a context prefill (every row from position 0, ``cos, sin``
+        of shape ``(t, hd/2)``); ``t == 1`` is one token per row at ``cache.lengths`` with
+        ``cos, sin`` broadcastable to ``(B, 1, 1, hd/2)`` and ``mask (B, 1, 1, L)`` when rows
+        differ in length.
+        """
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        q = apply_rope(q, cos, sin)
+        if cache is None:
+            k = apply_rope(k, cos, sin)
+        elif t > 1:
+            cache.k[layer, :, :, :t] = k
+            cache.v[layer, :, :, :t] = v
+            k = apply_rope(k, cos, sin, out=cache.k_rot[layer, :, :, :t])
+        else:
+            end = cache.max_length + 1
+            if cache.uniform:  # all rows write at the same position: plain slices
+                cache.k[layer, :, :, end - 1 : end] = k
+                cache.v[layer, :, :, end - 1 : end] = v
+                apply_rope(k, cos, sin, out=cache.k_rot[layer, :, :, end - 1 : end])
+            else:
+                rows, pos = cache.rows, cache.lengths
+                cache.k[layer, rows, :, pos] = k[:, :, 0]
+                cache.v[layer, rows, :, pos] = v[:, :, 0]
+                cache.k_rot[layer, rows, :, pos] = apply_rope(k, cos, sin)[:, :, 0]
+            k, v = cache.k_rot[layer, :, :, :end], cache.v[layer, :, :, :end]
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=t > 1)
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: DynamicsConfig) -> None:
+        super().__init__()
+        self.gate_up = nn.Linear(cfg.d_model, 2 * cfg.mlp_hidden, bias=False)
+        self.down = nn.Linear(cfg.mlp_hidden, cfg.d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: DynamicsConfig) -> None:
+        super().__init__()
+        self.attn_norm, self.attn = RMSNorm(cfg.d_model, cfg.norm_eps), Attention(cfg)
+        self.mlp_norm, self.mlp = RMSNorm(cfg.d_model, cfg.norm_eps), SwiGLU(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None,
+                layer: int = 0, mask: Tensor | None = None) -> Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, cache, layer, mask))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class DynamicsTransformer(nn.Module):
+    """Autoregressive dynamics over future-frame tokens, conditioned on context and actions.
+
+    Args:
+        cfg: Model config.
+
+    """
+
+    def __init__(self, cfg: DynamicsConfig) -> None:
+        super().__init__()
+        assert cfg.d_model % cfg.n_head == 0 and (cfg.d_model // cfg.n_head) % 2 == 0
+        self.cfg = cfg
+        d, n = cfg.d_model, cfg.n_frame_tokens
+        self.ctx_emb = nn.Embedding(cfg.ctx_vocab_size, d)
+        self.tok_emb = nn.Embedding(cfg.vocab_size, d)
+        self.frame_pos = nn.Parameter(torch.zeros(n, d))  # index of a token within its frame
+        self.slot = nn.Parameter(torch.zeros(d))
+        self.action_proj = nn.Linear(cfg.action_dim, d)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = RMSNorm(d, cfg.norm_eps)
+        self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)
+        self.aux_head = nn.Linear(d, 2 + cfg.state_dim)  # [reward (symlog), success, state...]
+        self.register_buffer("state_mean", torch.zeros(cfg.state_dim))
+        self.register_buffer("state_std", torch.ones(cfg.state_dim))
+        cos, sin = rope_tables(cfg.max_seq_len, d // cfg.n_head, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith(("attn.proj.weight", "mlp.down.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        nn.init.normal_(self.frame_pos, std=0.02)
+        nn.init.normal_(self.slot, std=0.02)
+        nn.init.zeros_(self.action_proj.weight)
+        nn.init.zeros_(self.action_proj.bias)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def set_state_normalization(self, mean: Tensor, std: Tensor) -> None:
+        """Set the statistics used to normalise state targets and de-normalise predictions."""
+        self.state_mean.copy_(torch.as_tensor(mean))
+        self.state_std.copy_(torch.as_tensor(std).clamp_min(1e-6))
+
+    def _decode_aux(self, aux: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        reward = symexp(aux[..., 0])
+        return reward, aux[..., 1], aux[..., 2:] * self.state_std + self.state_mean
+
+    # --------------------------------------------------------------------- training
+
+    def _hidden(self, ctx_tokens: Tensor, frame_tokens: Tensor, actions: Tensor) -> Tensor:
+        """Final-norm hidden states of the frame part, ``(B, T, n + 1, d)``."""
+        b, t, n = frame_tokens.shape
+        if t > self.cfg.max_frames:
+            raise ValueError(f"{t} frames exceed the window of max_frames={self.cfg.max_frames}")
+        slots = (self.slot + self.action_proj(actions.to(self.slot.dtype))).unsqueeze(2)
+        frames = self.tok_emb(frame_tokens) + self.frame_pos  # (B, T, n, d)
+        x = torch.cat([self.ctx_emb(ctx_tokens), torch.cat([slots, frames], 2).flatten(1, 2)], 1)
+        cos, sin = self.rope_cos[: x.shape[1]], self.rope_sin[: x.shape[1]]
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        x = self.norm(x)
+        return x[:, ctx_tokens.shape[1] :].view(b, t, n + 1, -1)
+
+    def forward(self, ctx_tokens: Tensor, frame_tokens: Tensor, actions: Tensor) -> DynamicsOutput:
+        """Teacher-forced forward.
+
+        Args:
+            ctx_tokens: ``(B, Nc)`` context tokens.
+            frame_tokens: ``(B, T, n)`` future tokens, ``T <= max_frames``.
+            actions: ``(B, T, action_dim)``; ``actions[:, t]`` leads to ``frame_tokens[:, t]``.
+
+        Returns:
+            :class:`DynamicsOutput`.
+
+        """
+        h = self._hidden(ctx_tokens, frame_tokens, actions)
+        n = frame_tokens.shape[-1]
+        return DynamicsOutput(self.lm_head(h[:, :, :n]),
+                              *self._decode_aux(self.aux_head(h[:, :, n])))
+
+    def loss(self, ctx_tokens: Tensor, frame_tokens: Tensor, actions: Tensor, reward: Tensor,
+             success: Tensor, state: Tensor, valid: Tensor | None = None,
+             ) -> tuple[Tensor, dict[str, float]]:
+        """Token cross-entropy + reward symlog MSE + success BCE + normalised state MSE.
+
+        Args:
+            ctx_tokens: ``(B, Nc)``.
+            frame_tokens: ``(B, T, n)``.
+            actions: ``(B, T, action_dim)``.
+            reward: ``(B, T)`` reward received for reaching frame ``t``.
+            success: ``(B, T)`` success flag of frame ``t`` (bool or float).
+            state: ``(B, T, state_dim)`` raw state of frame ``t``.
+            valid: Optional ``(B, T)`` mask of real (non-padding) frames.
+
+        Returns:
+            ``(scalar loss, metrics)``.
+
+        """
+        cfg, n = self.cfg, frame_tokens.shape[-1]
+        h = self._hidden(ctx_tokens, frame_tokens, actions)
+        logits, aux = self.lm_head(h[:, :, :n]), self.aux_head(h[:, :, n])
+        w = torch.ones_like(reward) if valid is None else valid.to(reward.dtype)
+        denom = w.sum().clamp_min(1.0)
+        ce = F.cross_entropy(logits.flatten(0, 2).float(), frame_tokens.flatten(),
+                             reduction="none").view_as(frame_tokens).mean(-1)
+        reward_mse = (aux[..., 0] - symlog(reward)).pow(2)
+        success_bce = F.binary_cross_entropy_with_logits(aux[..., 1], success.to(aux.dtype),
+                                                         reduction="none")
+        state_t = (state - self.state_mean) / self.state_std
+        state_mse = (aux[..., 2:] - state_t).pow(2).mean(-1)
+        terms = {name: (x * w).sum() / denom for name, x in (
+            ("token_ce", ce), ("reward_mse", reward_mse), ("success_bce", success_bce),
+            ("state_mse", state_mse))}
+        loss = (cfg.w_token * terms["token_ce"] + cfg.w_reward * terms["reward_mse"]
+                + cfg.w_success * terms["success_bce"] + cfg.w_state * terms["state_mse"])
+        with torch.no_grad():
+            m = {k: v.item() for k, v in terms.items()}
+            acc = (logits.argmax(-1) == frame_tokens).float().mean(-1)
+            m["token_acc"] = ((acc * w).sum() / denom).item()
+            m["success_acc"] = ((((aux[..., 1] > 0) == (success > 0.5)).float() * w).sum()
+                                / denom).item()
+            m["loss"] = loss.item()
+        return loss, m
+
+    # --------------------------------------------------------------------- inference
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        """Allocate an empty cache for ``batch_size`` rollouts on the model's device/dtype."""
+        cfg, p = self.cfg, self.lm_head.weight
+        return KVCache(cfg.n_layer, batch_size, cfg.n_head, cfg.max_seq_len,
+                       cfg.d_model // cfg.n_head, p.device, p.dtype)
+
+    def _step(self, x: Tensor, cache: KVCache) -> Tensor:
+        """Run one token per row ``x (B, 1, d)`` at each row's next position; return its hidden."""
+        if cache.uniform:
+            p = slice(cache.max_length, cache.max_length + 1)
+            cos, sin, mask = self.rope_cos[p], self.rope_sin[p], None
+        else:  # per-row positions; row b sees its own first lengths[b] + 1 positions
+            pos = cache.lengths
+            cos, sin = self.rope_cos[pos][:, None, None], self.rope_sin[pos][:, None, None]
+            mask = (cache.positions[: cache.max_length + 1] <= pos[:, None])[:, None, None]
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, cache, i, mask)
+        cache.lengths += 1
+        cache.max_length += 1
+        return self.norm(x)[:, 0]
+
+    @torch.no_grad()
+    def prefill(self, cache: KVCache, ctx_tokens: Tensor, index: Tensor | None = None) -> None:
+        """Start rollouts from their context tokens ``(B, Nc)``.
+
+        Args:
+            cache: From :meth:`new_cache`.
+            ctx_tokens: ``(B, Nc)``, or ``(len(index), Nc)`` with ``index``.
+            index: Rows to restart (long or bool); the other rows carry on. ``None``: all rows.
+        """
+        nc = self.cfg.n_ctx_tokens
+        if index is not None:
+            rows = index.nonzero().squeeze(1) if index.dtype == torch.bool else index
+            tmp = KVCache(self.cfg.n_layer, len(rows), self.cfg.n_head, nc,
+                          cache.k.shape[-1], cache.k.device, cache.k.dtype)
+            self.prefill(tmp, ctx_tokens)
+            for buf, new in ((cache.k, tmp.k), (cache.k_rot, tmp.k_rot), (cache.v, tmp.v)):
+                buf[:, rows, :, :nc] = new
+            cache.lengths[rows], cache.n_frames[rows] = nc, 0
+            cache.sync()
+            return
+        if ctx_tokens.shape != (cache.batch_size, nc):
+            raise ValueError(f"ctx_tokens {tuple(ctx_tokens.shape)} do not fit the cache")
+        x = self.ctx_emb(ctx_tokens)
+        cache.lengths.zero_()
+        cache.sync()
+        for i, block in enumerate(self.blocks):
+            x = block(x, self.rope_cos[:nc], self.rope_sin[:nc], cache, i)
+        cache.lengths.fill_(nc)
+        cache.n_frames.zero_()
+        cache.sync()
+
+    def _make_room(self, cache: KVCache) -> None:
+        """Drop the oldest frame of every row whose window is full; re-rotate its keys."""
+        full = cache.n_frames >= self.cfg.max_frames
+        n_full = int(full.sum())
+        if n_full:
+            rows = None if n_full == cache.batch_size else full.nonzero().squeeze(1)
+            nc, block = self.cfg.n_ctx_tokens, self.cfg.n_frame_tokens + 1
+            cache.drop_block(nc, block, rows)
+            w = slice(nc, cache.max_len - block)
+            cos, sin = self.rope_cos[w], self.rope_sin[w]
+            if rows is None:
+                apply_rope(cache.k[:, :, :, w], cos, sin, out=cache.k_rot[:, :, :, w])
+            else:
+                cache.k_rot[:, rows, :, w] = apply_rope(cache.k[:, rows, :, w], cos, sin)
+        cache.sync()
+
+    def _frame(self, cache: KVCache, actions: Tensor, forced: Tensor | None,
+               gumbel: Tensor | None, temperature: float, top_k: int | None,
+               logits_out: Tensor | None = None) -> FrameSample:
+        """Append one (slot + frame) block: ``n + 1`` single-token forwards over the batch."""
+        if int(cache.lengths.min()) < self.cfg.n_ctx_tokens:
+            raise RuntimeError("call prefill(cache, ctx_tokens) before generating frames")
+        self._make_room(cache)
+        b, n = actions.shape[0], self.cfg.n_frame_tokens
+        tokens = torch.empty(b, n, dtype=torch.long, device=actions.device)
+        x = (self.slot + self.action_proj(actions.to(self.slot.dtype))).unsqueeze(1)
+        for i in range(n):
+            logits = self.lm_head(self._step(x, cache))
+            if logits_out is not None:
+                logits_out[:, i] = logits
+            if forced is not None:
+                tokens[:, i] = forced[:, i]
+            elif gumbel is None:
+                tokens[:, i] = logits.argmax(-1)
+            else:
+                scores = logits.float() / temperature
+                if top_k is not None and top_k < scores.shape[-1]:
+                    kth = scores.topk(top_k, dim=-1).values[:, -1:]
+                    scores = scores.masked_fill(scores < kth, float("-inf"))
+                tokens[:, i] = (scores + gumbel[:, i]).argmax(-1)
+            x = (self.tok_emb(tokens[:, i]) + self.frame_pos[i]).unsqueeze(1)
+        aux = self.aux_head(self._step(x, cache))
+        cache.n_frames += 1
+        return FrameSample(tokens, *self._decode_aux(aux))
+
+    def _gumbel(self, cache: KVCache, b: int, generators: list[torch.Generator] | None) -> Tensor:
+        """Gumbel noise ``(B, n, V)``; sample ``i``'s comes from one draw of ``generators[i]``."""
+        shape = (b, self.cfg.n_frame_tokens, self.cfg.vocab_size)
+        device = generators[0].device if generators else self.lm_head.weight.device
+        if cache.noise is None or cache.noise.shape != shape or cache.noise.device != device:
+            cache.noise = torch.empty(shape, device=device)
+        if generators is None:
+            cache.noise.uniform_()
+        else:
+            if len(generators) != b:
+                raise ValueError(f"need one generator per sample: {len(generators)} != {b}")
+            for i, g in enumerate(generators):
+                cache.noise[i].uniform_(generator=g)
+        u = cache.noise.to(self.lm_head.weight.device).clamp(1e-10, 1.0 - 1e-7)
+        return -torch.log(-torch.log(u))
+
+    @torch.no_grad()
+    def generate_frame(self, cache: KVCache, actions: Tensor,
+                       generators: list[torch.Generator] | None = None,
+                       temperature: float = 1.0, top_k: int | None = None) -> FrameSample:
+        """Sample the next frame of every rollout in the cache.
+
+        Per-sample reproducible: sample ``i`` draws all its randomness for the frame in one call
+        on ``generators[i]`` (Gumbel-max sampling), so its tokens do not depend on the rest of
+        the batch. When the window is full the oldest frame is dropped first.
+
+        Args:
+            cache: A cache after :meth:`prefill`.
+            actions: ``(B, action_dim)``.
+            generators: One ``torch.Generator`` per sample, or ``None`` for the global RNG.
+            temperature: Softmax temperature; ``0`` takes the argmax.
+            top_k: Sample only among the ``top_k`` most likely tokens.
+
+        Returns:
+            :class:`FrameSample` with tokens ``(B, n)``, reward ``(B,)``, success logit ``(B,)``
+            and state ``(B, state_dim)``.
+
+        """
+        gumbel = None if temperature == 0 else self._gumbel(cache, actions.shape[0], generators)
+        return self._frame(cache, actions, None, gumbel, temperature, top_k)
+
+    @torch.no_grad()
+    def teacher_force_frame(self, cache: KVCache, actions: Tensor,
+                            frame_tokens: Tensor) -> tuple[Tensor, FrameSample]:
+        """Append a known frame ``(B, n)`` through the cache, token by token.
+
+        Returns:
+            ``(logits (B, n, V), FrameSample)``: the logits the model gave each token and the
+            heads' predictions for the frame.
+
+        """
+        b, n = frame_tokens.shape
+        logits = torch.empty(b, n, self.cfg.vocab_size, device=frame_tokens.device,
+                             dtype=self.lm_head.weight.dtype)
+        return logits, self._frame(cache, actions, frame_tokens, None, 1.0, None, logits)
