@@ -16,6 +16,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("bench", "sim"): ("wmgym.bench", "BenchSimArgs", "bench_sim_main"),
     ("train", "tokenizer"): ("wmgym.train.tokenizer", "TrainTokenizerArgs", "train_tokenizer_main"),
     ("train", "dynamics"): ("wmgym.train.dynamics", "TrainDynamicsArgs", "train_dynamics_main"),
+    ("eval",): ("wmgym.evaluation", "EvalArgs", "eval_main"),
     ("demo",): ("wmgym.demo", "DemoArgs", "demo_main"),
 }
 
