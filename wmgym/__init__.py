@@ -1,7 +1,7 @@
 """wmgym: learned simulators for robot manipulation as real Gymnasium environments.
 
 ``import wmgym`` reads every task spec under ``envs/`` and registers ``Sim-<Task>-v0`` (the
-robosuite twin) and, where the spec names a checkpoint, ``WM-<Task>-v0`` (the learned twin).
+robosuite twin) and ``WM-<Task>-v0`` (the learned twin, from the spec's checkpoint directory).
 """
 
 from wmgym.registration import register_all

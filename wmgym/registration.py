@@ -8,7 +8,13 @@ from wmgym.spec import all_specs
 
 
 def register_all() -> list[str]:
-    """Registers ``Sim-<Task>-v0`` for every spec; returns the ids registered."""
+    """Registers ``Sim-<Task>-v0`` and ``WM-<Task>-v0`` for every spec; returns the ids.
+
+    ``WM-<Task>-v0`` is registered whether or not its checkpoint exists yet: making it without
+    one fails with the checkpoint's path (pass ``checkpoint=<dir>`` to use another). Its
+    ``vector_entry_point`` is the native batched env, so ``gym.make_vec`` steps all sub-envs
+    with one model call.
+    """
     ids = []
     for spec in all_specs():
         if spec.sim_id not in gym.registry:
@@ -18,5 +24,13 @@ def register_all() -> list[str]:
                 max_episode_steps=spec.max_episode_steps,
                 kwargs={"spec": spec.name},
             )
-        ids.append(spec.sim_id)
+        if spec.wm_id not in gym.registry:
+            gym.register(
+                spec.wm_id,
+                entry_point="wmgym.env.world_model_env:WorldModelEnv",
+                vector_entry_point="wmgym.env.vector_env:WorldModelVectorEnv",
+                max_episode_steps=spec.max_episode_steps,
+                kwargs={"spec": spec.name},
+            )
+        ids += [spec.sim_id, spec.wm_id]
     return ids

@@ -1,0 +1,127 @@
+"""A tiny random-weight world-model checkpoint for tests and examples (seconds to build on CPU).
+
+The weights are random but not inert: actions, the success head and the state head are given
+enough weight that actions change the imagined frames, episodes end now and then, and the
+predicted state moves, so the Gymnasium layer is exercised for real.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wmgym.model.tokenizer import MMTokenizer, TokenizerConfig
+from wmgym.model.transformer import DynamicsConfig
+from wmgym.model.world_model import WorldModel
+from wmgym.spec import TaskSpec, load_spec
+
+
+def synthetic_start_obs(spec: TaskSpec, n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """``n`` valid start observations: smooth rgb/depth, a blob mask, a plausible state.
+
+    Args:
+        spec: The task whose observation space they must lie in.
+        n: Number of observations.
+        seed: Seed of their content.
+
+    Returns:
+        ``{key: array (n, *space.shape)}`` for every key of the spec's observation space.
+    """
+    g = torch.Generator().manual_seed(seed)
+    r = spec.resolution
+    low = torch.rand(n, 5, 4, 4, generator=g)
+    x = F.interpolate(low, size=(r, r), mode="bilinear", align_corners=False).movedim(1, -1)
+    near, far = spec.depth_range
+    rng = np.random.default_rng(seed)
+    state = np.concatenate(
+        [
+            rng.normal([-0.1, 0.0, 1.0], 0.02, (n, 3)),  # eef xyz
+            np.tile([0.02, -0.02], (n, 1)),  # open gripper
+            rng.normal([0.0, 0.0, 0.83], 0.02, (n, 3)),  # cube xyz on the table
+        ],
+        axis=1,
+    )
+    return {
+        "rgb": (x[..., :3] * 255).round().to(torch.uint8).numpy(),
+        "depth": (near + x[..., 3:4] * (far - near)).numpy().astype(np.float32),
+        "mask": (x[..., 4:5] > 0.6).to(torch.uint8).numpy(),
+        "state": state.astype(np.float32),
+    }
+
+
+def make_tiny_checkpoint(
+    path: str | Path,
+    seed: int = 0,
+    spec: str = "pick",
+    bank_size: int = 4,
+    success_bias: float = -1.0,
+    max_frames: int = 4,
+) -> Path:
+    """Writes a tiny random-weight ``WorldModel`` checkpoint with a bank of start observations.
+
+    >>> import tempfile
+    >>> d = make_tiny_checkpoint(tempfile.mkdtemp() + "/wm")
+    >>> sorted(p.name for p in d.iterdir())
+    ['config.json', 'model.safetensors', 'start_obs.safetensors']
+
+    Args:
+        path: Checkpoint directory to create.
+        seed: Seed of the weights and of the start observations.
+        spec: Task name; the model is built for its resolution and depth range.
+        bank_size: Number of start observations in the bank.
+        success_bias: Bias of the success logit: ``-1.0`` ends about one step in 25, ``0.0``
+            about one in four.
+        max_frames: Attention window in frames (small, so long rollouts slide it).
+
+    Returns:
+        The checkpoint directory.
+    """
+    task = load_spec(spec)
+    with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG alone
+        torch.manual_seed(seed)
+        model = _tiny_model(task, max_frames, success_bias)
+    bank = synthetic_start_obs(task, bank_size, seed)
+    states = torch.as_tensor(bank["state"])
+    model.dynamics.set_state_normalization(states.mean(0), torch.full((states.shape[1],), 0.05))
+    return model.save(path, extra={"task": task.name}, start_obs=bank)
+
+
+def _tiny_model(task: TaskSpec, max_frames: int, success_bias: float) -> WorldModel:
+    tok_cfg = TokenizerConfig(
+        resolution=task.resolution,
+        base_channels=4,
+        channel_mult=(1, 1, 1, 1, 1),
+        attn_head_dim=4,
+        fsq_levels=(5, 5, 5),
+    )
+    tok = MMTokenizer(tok_cfg)
+    dyn_cfg = DynamicsConfig(
+        ctx_vocab_size=tok.ctx_vocab_size,
+        vocab_size=tok.future_vocab_size,
+        n_ctx_tokens=tok.n_ctx_tokens,
+        n_frame_tokens=tok.n_future_tokens,
+        max_frames=max_frames,
+        d_model=32,
+        n_layer=1,
+        n_head=2,
+        mlp_hidden=64,
+    )
+    model = WorldModel(tok_cfg, dyn_cfg, task.depth_range)
+    dyn = model.dynamics
+    with torch.no_grad():
+        # zero-initialised maps would hide bugs: decoded frames must depend on the context
+        # features, and tokens on the actions; sharper token distributions vary more
+        for name, p in model.tokenizer.named_parameters():
+            if "xattn.proj" in name:
+                torch.nn.init.normal_(p, std=0.2)
+        torch.nn.init.normal_(dyn.action_proj.weight, std=1.0)
+        torch.nn.init.normal_(dyn.action_proj.bias, std=0.5)
+        dyn.lm_head.weight.mul_(20.0)
+        torch.nn.init.normal_(dyn.aux_head.weight, std=0.3)
+        dyn.aux_head.bias.zero_()
+        dyn.aux_head.bias[0] = 0.3  # reward symexp(0.3 + noise), clamped to [0, 1] by the model
+        dyn.aux_head.bias[1] = success_bias
+    return model
