@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from wmgym.bench import machine
 from wmgym.model import checkpoint as ckpt
 from wmgym.model.tokenizer import MMTokenizer, TokenizerConfig
 from wmgym.model.transformer import DynamicsConfig, DynamicsTransformer
@@ -157,6 +158,7 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
                 "dynamics_seconds": round(time.perf_counter() - t0, 1),
                 "tokenizer_args": tok_meta.get("args"),
                 "dynamics_args": asdict(args),
+                "machine": machine(),
             },
         }, start_obs=start_bank(args.data, args.bank_size, args.seed))
         print(f"world model -> {ckpt_dir} ({time.perf_counter() - start:.0f} s)")

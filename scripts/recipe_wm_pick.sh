@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The recipe of the shipped checkpoints/WM-Pick-v0: data -> tokenizer -> dynamics -> eval -> card.
+# Runs on 2 CPU cores (times in checkpoints/WM-Pick-v0/card.md); a GPU only makes it faster.
+# Multi-process: prefix the train commands with `torchrun --nproc_per_node N -m` instead of `-m`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+export MUJOCO_GL=egl
+
+$PY -m wmgym.cli collect --episodes 400 --workers 2 --seed 0 --out data/pick --overwrite
+$PY -m wmgym.cli train tokenizer --data data/pick --steps 1500 --out runs/tokenizer
+$PY -m wmgym.cli train dynamics --data data/pick --tokenizer runs/tokenizer/final \
+    --steps "${DYN_STEPS:-2500}" --out runs/dynamics --checkpoint checkpoints/WM-Pick-v0
+$PY -m wmgym.cli eval --checkpoint checkpoints/WM-Pick-v0 --data data/pick --split heldout \
+    --out out/eval
+$PY -m wmgym.cli card --checkpoint checkpoints/WM-Pick-v0 --eval out/eval/metrics.json \
+    --data data/pick

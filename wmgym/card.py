@@ -1,0 +1,81 @@
+"""``wmgym card``: the model card of a checkpoint, from what its recipe recorded and measured."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from wmgym.bench import machine
+from wmgym.data.dataset import read_metadata
+from wmgym.evaluation import format_table
+from wmgym.model.checkpoint import read_config
+
+
+@dataclass
+class CardArgs:
+    """Options of ``wmgym card``."""
+
+    checkpoint: str = "checkpoints/WM-Pick-v0"
+    """Checkpoint directory; ``card.md`` is written into it."""
+    eval: str = "out/eval/metrics.json"
+    """``wmgym eval``'s metrics.json for this checkpoint."""
+    data: str = "data/pick"
+    """The dataset it was trained on."""
+    recipe: str = "scripts/recipe_wm_pick.sh"
+    """The script that produced it."""
+
+
+def render_card(args: CardArgs) -> str:
+    """The card's Markdown."""
+    config = read_config(args.checkpoint)
+    metrics = json.loads(Path(args.eval).read_text())
+    meta = read_metadata(args.data)
+    summary = meta.get("summary", {})
+    train = config.get("train", {})
+    n_params = sum(int(__import__("math").prod(s)) for s in config["shapes"].values())
+    minutes = {k: (train.get(k) or 0) / 60 for k in
+               ("tokenizer_seconds", "tokenize_seconds", "dynamics_seconds")}
+    per_policy = "\n".join(
+        f"| `{name}` | {row['episodes']} | {row['success_rate']:.2f} |"
+        for name, row in summary.get("per_policy", {}).items())
+    mach = train.get("machine") or machine()
+    return f"""# WM-Pick-v0 — model card
+
+Learned twin of `Sim-Pick-v0` (robosuite Lift, Panda, OSC_POSITION, 64×64 rgb + depth + mask).
+{n_params / 1e6:.2f}M parameters (tokenizer {config['tokenizer']['quantizer'].upper()} with
+{config['tokenizer']['base_channels']} base channels; dynamics transformer d={config['dynamics']['d_model']},
+{config['dynamics']['n_layer']} layers, window {config['dynamics']['max_frames']} frames), float32 safetensors,
+sha256 `{config['sha256'][:16]}…`, wmgym {config['wmgym_version']}.
+
+## Data
+`{args.data}`: {meta['total_episodes']} episodes, {meta['total_steps']} steps of `Sim-Pick-v0`
+(terminate-on-success off, {summary.get('steps', 0) // max(1, meta['total_episodes'])} steps each),
+{len(meta['heldout'])} held out (seed {meta['split_seed']}). Collected in {summary.get('seconds', 0):.0f} s
+with {summary.get('workers', '?')} workers.
+
+| policy | episodes | success |
+|---|---|---|
+{per_policy}
+
+## Recipe
+`{args.recipe}` (collect → train tokenizer → train dynamics → eval → card). Training time:
+tokenizer {minutes['tokenizer_seconds']:.1f} min, tokenization {minutes['tokenize_seconds']:.1f} min,
+dynamics {minutes['dynamics_seconds']:.1f} min, on {mach['cores']} CPU cores ({mach['cpu']}), torch {mach['torch']}.
+
+## Evaluation (`wmgym eval`, {metrics['episodes']} {metrics['split']} episodes, {metrics['steps']} steps open loop from one real frame, temperature {metrics['args']['temperature']})
+{format_table(metrics)}
+
+## Limits
+- Trained on scripted/random policies only: states far from that data (e.g. an RL agent's
+  unusual motions) are imagined less faithfully.
+- `state` and reward come from heads on the transformer, not from physics; check policies trained
+  in imagination on `Sim-Pick-v0`.
+"""
+
+
+def card_main(args: CardArgs) -> None:
+    """Writes ``card.md`` into the checkpoint directory."""
+    path = Path(args.checkpoint) / "card.md"
+    path.write_text(render_card(args))
+    print(f"wrote {path}")
