@@ -40,30 +40,37 @@ def render_card(args: CardArgs) -> str:
         f"| `{name}` | {row['episodes']} | {row['success_rate']:.2f} |"
         for name, row in summary.get("per_policy", {}).items())
     mach = train.get("machine") or machine()
+    tok, dyn = config["tokenizer"], config["dynamics"]
+    steps_each = summary.get("steps", 0) // max(1, meta["total_episodes"])
+    collected = f"{summary.get('seconds', 0):.0f} s with {summary.get('workers', '?')} workers"
+    times = ", ".join(f"{k.split('_')[0]} {v:.1f} min" for k, v in minutes.items())
+    where = f"{mach['cores']} CPU cores ({mach['cpu']}), torch {mach['torch']}"
+    if mach.get("cuda"):
+        where = f"{mach['cuda']}, torch {mach['torch']}"
+    eval_what = (f"{metrics['episodes']} {metrics['split']} episodes, {metrics['steps']} steps "
+                 f"open loop from one real frame, temperature {metrics['args']['temperature']}")
     return f"""# WM-Pick-v0 — model card
 
 Learned twin of `Sim-Pick-v0` (robosuite Lift, Panda, OSC_POSITION, 64×64 rgb + depth + mask).
-{n_params / 1e6:.2f}M parameters (tokenizer {config['tokenizer']['quantizer'].upper()} with
-{config['tokenizer']['base_channels']} base channels; dynamics transformer d={config['dynamics']['d_model']},
-{config['dynamics']['n_layer']} layers, window {config['dynamics']['max_frames']} frames), float32 safetensors,
-sha256 `{config['sha256'][:16]}…`, wmgym {config['wmgym_version']}.
+{n_params / 1e6:.2f}M parameters: tokenizer {tok['quantizer'].upper()}, {tok['base_channels']} base
+channels; dynamics transformer d={dyn['d_model']}, {dyn['n_layer']} layers, window
+{dyn['max_frames']} frames. float32 safetensors, sha256 `{config['sha256'][:16]}…`,
+wmgym {config['wmgym_version']}.
 
 ## Data
 `{args.data}`: {meta['total_episodes']} episodes, {meta['total_steps']} steps of `Sim-Pick-v0`
-(terminate-on-success off, {summary.get('steps', 0) // max(1, meta['total_episodes'])} steps each),
-{len(meta['heldout'])} held out (seed {meta['split_seed']}). Collected in {summary.get('seconds', 0):.0f} s
-with {summary.get('workers', '?')} workers.
+(terminate-on-success off, {steps_each} steps each), {len(meta['heldout'])} held out
+(seed {meta['split_seed']}). Collected in {collected}.
 
 | policy | episodes | success |
 |---|---|---|
 {per_policy}
 
 ## Recipe
-`{args.recipe}` (collect → train tokenizer → train dynamics → eval → card). Training time:
-tokenizer {minutes['tokenizer_seconds']:.1f} min, tokenization {minutes['tokenize_seconds']:.1f} min,
-dynamics {minutes['dynamics_seconds']:.1f} min, on {mach['cores']} CPU cores ({mach['cpu']}), torch {mach['torch']}.
+`{args.recipe}` (collect → train tokenizer → train dynamics → eval → card).
+Training time: {times}; on {where}.
 
-## Evaluation (`wmgym eval`, {metrics['episodes']} {metrics['split']} episodes, {metrics['steps']} steps open loop from one real frame, temperature {metrics['args']['temperature']})
+## Evaluation (`wmgym eval`: {eval_what})
 {format_table(metrics)}
 
 ## Limits
