@@ -6,9 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 export MUJOCO_GL=egl
+# On a 2-core machine shared with other work, torch's default 2 OpenMP threads stall each other
+# (measured 3x slower steps); one thread per process is slower alone but robust.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
 $PY -m wmgym.cli collect --episodes 400 --workers 2 --seed 0 --out data/pick --overwrite
-$PY -m wmgym.cli train tokenizer --data data/pick --steps 1500 --out runs/tokenizer
+$PY -m wmgym.cli train tokenizer --data data/pick --steps 1000 --out runs/tokenizer
 $PY -m wmgym.cli train dynamics --data data/pick --tokenizer runs/tokenizer/final \
     --steps "${DYN_STEPS:-2500}" --out runs/dynamics --checkpoint checkpoints/WM-Pick-v0
 $PY -m wmgym.cli eval --checkpoint checkpoints/WM-Pick-v0 --data data/pick --split heldout \
