@@ -49,6 +49,15 @@ def test_seeded_reset_is_reproducible(sim_env):
     assert not np.allclose(a["state"][5:7], c["state"][5:7]), "different seeds place the cube alike"
 
 
+def test_fresh_instances_reproduce_each_other(sim_env):
+    other = gym.make("Sim-Pick-v0")
+    a, _ = sim_env.reset(seed=11)
+    b, _ = other.reset(seed=11)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    other.close()
+
+
 def test_seeded_rollout_is_reproducible(sim_env):
     def rollout():
         obs, _ = sim_env.reset(seed=7)

@@ -1,12 +1,24 @@
-"""``wmgym bench …``: speed measurements written to JSON (never asserted in tests)."""
+"""``wmgym bench …``: speed measurements written to JSON (never asserted in tests).
+
+* ``wmgym bench sim`` — ``Sim-<Task>-v0`` steps/s with and without cameras.
+* ``wmgym bench speed`` — imagined steps/s of the native vector env ``WM-<Task>-v0`` at several
+  batch sizes against ``Sim-<Task>-v0`` with the same camera observations (one process, and one
+  worker process per core), peak memory, the per-step cost early and late in a long episode
+  (the sliding window must keep it steady) and a profile of where an imagined step's time goes.
+"""
 
 from __future__ import annotations
 
+import cProfile
+import functools
 import json
+import os
 import platform
+import pstats
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,10 +35,46 @@ class BenchSimArgs:
     """JSON file to write the results to."""
 
 
+@dataclass
+class BenchSpeedArgs:
+    """Options of ``wmgym bench speed``."""
+
+    checkpoint: str = ""
+    """World-model checkpoint directory (default: the task spec's)."""
+    batch_sizes: tuple[int, ...] = (1, 16, 64, 256)
+    """Numbers of imagined envs stepped together (one ``WM-<Task>-v0`` vector env each)."""
+    gpu_batch_sizes: tuple[int, ...] = (1024, 4096)
+    """Batch sizes added when the model runs on CUDA."""
+    steps: int = 50
+    """Timed vector steps per batch size, after ``warmup`` untimed ones."""
+    warmup: int = 5
+    """Untimed steps before every timed run (first calls, allocations)."""
+    sim_steps: int = 100
+    """Timed steps of ``Sim-<Task>-v0`` (one process; per worker for the parallel run)."""
+    sim_workers: int = -1
+    """Worker processes of the parallel Sim run (AsyncVectorEnv): -1 = one per core, 0 = skip."""
+    window_batch: int = 16
+    """Batch size of the steady-cost check: one episode of ``window_steps`` steps."""
+    window_steps: int = 200
+    """Length of that episode (no early termination)."""
+    window_span: int = 20
+    """Steps timed at each end of that episode: steps 1..span vs the last span steps."""
+    profile_batch: int = 64
+    """Batch size of the profiled run (0 = no profile)."""
+    profile_steps: int = 20
+    """Vector steps of the profiled run."""
+    seed: int = 0
+    """Seed of the envs and of the random actions."""
+    task: str = "pick"
+    """Task spec name."""
+    device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
+    out: str = "benchmarks/speed.json"
+    """JSON file to write the results to."""
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
-    import os
-
     import torch
 
     return {
@@ -39,17 +87,25 @@ def machine() -> dict:
 
 
 def time_env(env, steps: int, seed: int = 0, warmup: int = 10) -> float:
-    """Steps per second of ``env`` under random actions (resets included when episodes end)."""
+    """Steps per second of ``env`` under random actions (resets included when episodes end).
+
+    ``env`` may be a Gymnasium vector env: then every sub-env step counts (``num_envs`` per call)
+    and finished sub-envs reset themselves (autoreset).
+    """
+    import gymnasium as gym
+
+    vector = isinstance(env, gym.vector.VectorEnv)
+    shape = env.action_space.shape
     env.reset(seed=seed)
     rng = np.random.default_rng(seed)
     for _ in range(warmup):
-        env.step(rng.uniform(-1, 1, 4).astype(np.float32))
+        env.step(rng.uniform(-1, 1, shape).astype(np.float32))
     start = time.perf_counter()
     for _ in range(steps):
-        _, _, terminated, truncated, _ = env.step(rng.uniform(-1, 1, 4).astype(np.float32))
-        if terminated or truncated:
+        _, _, terminated, truncated, _ = env.step(rng.uniform(-1, 1, shape).astype(np.float32))
+        if not vector and (terminated or truncated):
             env.reset()
-    return steps / (time.perf_counter() - start)
+    return steps * (env.num_envs if vector else 1) / (time.perf_counter() - start)
 
 
 def write_result(path: str | Path, result: dict) -> None:
@@ -76,4 +132,398 @@ def bench_sim_main(args: BenchSimArgs) -> dict:
         env.close()
     write_result(args.out, result)
     print(json.dumps(result, indent=1))
+    return result
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def reset_peak_rss() -> bool:
+    """Restarts this process's peak-RSS counter (Linux ``VmHWM``); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """Peak resident memory of a process in MiB (``VmHWM``; ``getrusage`` for ourselves)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    if pid != "self":
+        return float("nan")
+    import resource  # Unix only
+
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return kb / (1024**2 if platform.system() == "Darwin" else 1024)
+
+
+def _gpu_reset() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _gpu_peak_mb() -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def _mb(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
+
+
+# ----------------------------------------------------------------------------- the twins
+
+
+def _make_wm(args: BenchSpeedArgs, num_envs: int, **kwargs: Any):
+    """``WM-<Task>-v0`` as its native vector env (one model call per step for all envs)."""
+    import gymnasium as gym
+
+    import wmgym  # noqa: F401
+    from wmgym.spec import load_spec
+
+    spec = load_spec(args.task)
+    return gym.make_vec(
+        spec.wm_id,
+        num_envs=num_envs,
+        vectorization_mode="vector_entry_point",
+        device=args.device,
+        **({"checkpoint": args.checkpoint} if args.checkpoint else {}),
+        **kwargs,
+    )
+
+
+def make_sim_env(env_id: str, **kwargs: Any):
+    """``gym.make(env_id, **kwargs)`` after registering wmgym's envs (for spawned workers)."""
+    import gymnasium as gym
+
+    import wmgym  # noqa: F401
+
+    return gym.make(env_id, **kwargs)
+
+
+def bench_wm_batch(args: BenchSpeedArgs, batch: int) -> dict:
+    """Imagined steps/s and peak memory of one ``WM-<Task>-v0`` vector env of ``batch`` envs.
+
+    Episodes end at the time limit only (as random actions end them in Sim), so the cost of
+    autoresets does not depend on what the model's success head makes of random actions.
+
+    ``peak_rss_mb`` is the process's peak during the run (torch, robosuite and the loaded
+    weights included); ``rss_added_mb`` what the env added to the RSS it started from.
+    """
+    reset_peak_rss()
+    before = peak_rss_mb()  # just reset: the current RSS
+    _gpu_reset()
+    envs = _make_wm(args, batch, terminate_on_success=False)
+    sps = time_env(envs, args.steps, seed=args.seed, warmup=args.warmup)
+    peak = peak_rss_mb()
+    row = {
+        "batch": batch,
+        "steps_per_s": round(sps, 1),
+        "ms_per_vector_step": round(1000 * batch / sps, 3),
+        "peak_rss_mb": _mb(peak),
+        "rss_added_mb": _mb(peak - before),
+        "peak_gpu_mb": _mb(_gpu_peak_mb()),
+    }
+    envs.close()
+    return row
+
+
+def bench_window(args: BenchSpeedArgs) -> dict:
+    """Per-step cost at the start vs the end of one long episode, at a fixed batch size.
+
+    The episode never ends early (no termination, no time limit before ``window_steps``). The
+    first steps run with a cache that is still filling; once ``max_frames`` frames are in it,
+    the window slides every step. Steady means the last steps cost what the first steps with
+    a full window cost (``late_over_full``), not more and more as the episode goes on.
+    """
+    envs = _make_wm(
+        args,
+        args.window_batch,
+        max_episode_steps=args.window_steps,
+        terminate_on_success=False,
+    )
+    window = envs.unwrapped.core.model.dynamics.cfg.max_frames
+    rng = np.random.default_rng(args.seed)
+    shape = envs.action_space.shape
+    envs.reset(seed=args.seed)
+    for _ in range(args.warmup):  # warm up, then start the timed episode afresh
+        envs.step(rng.uniform(-1, 1, shape).astype(np.float32))
+    envs.reset(seed=args.seed)
+    seconds = np.empty(args.window_steps)
+    for t in range(args.window_steps):
+        action = rng.uniform(-1, 1, shape).astype(np.float32)
+        start = time.perf_counter()
+        envs.step(action)
+        seconds[t] = time.perf_counter() - start
+    envs.close()
+    n, span = args.window_steps, min(args.window_span, args.window_steps // 2)
+    spans = {"early": (0, span), "full": (window, window + span), "late": (n - span, n)}
+    result: dict[str, Any] = {"batch": args.window_batch, "episode_steps": n, "window": window}
+    for name, (lo, hi) in spans.items():
+        if hi <= n:
+            result[f"{name}_steps"] = [lo + 1, hi]  # 1-based, inclusive
+            result[f"{name}_ms_per_step"] = round(float(np.median(seconds[lo:hi])) * 1000, 3)
+    for ref in ("early", "full"):
+        if f"{ref}_ms_per_step" in result:
+            ratio = result["late_ms_per_step"] / result[f"{ref}_ms_per_step"]
+            result[f"late_over_{ref}"] = round(ratio, 3)
+    return result
+
+
+def bench_sim_single(args: BenchSpeedArgs, sim_id: str) -> dict:
+    """``Sim-<Task>-v0`` with camera observations in this process."""
+    reset_peak_rss()
+    env = make_sim_env(sim_id, images=True, terminate_on_success=False)
+    sps = time_env(env, args.sim_steps, seed=args.seed, warmup=args.warmup)
+    env.close()
+    return {"workers": 1, "steps_per_s": round(sps, 1), "peak_rss_mb": _mb(peak_rss_mb())}
+
+
+def bench_sim_parallel(args: BenchSpeedArgs, sim_id: str) -> dict | None:
+    """``Sim-<Task>-v0`` with cameras in one worker process per core (``AsyncVectorEnv``).
+
+    Workers are spawned, not forked: a forked child inherits the parent's EGL/MuJoCo state and
+    hangs on its first render.
+    """
+    import gymnasium as gym
+
+    workers = (os.cpu_count() or 1) if args.sim_workers < 0 else args.sim_workers
+    if workers == 0:
+        return None
+    reset_peak_rss()
+    start = time.perf_counter()
+    fn = functools.partial(make_sim_env, sim_id, images=True, terminate_on_success=False)
+    envs = gym.vector.AsyncVectorEnv([fn] * workers, context="spawn")
+    startup = time.perf_counter() - start
+    sps = time_env(envs, args.sim_steps, seed=args.seed, warmup=args.warmup)
+    worker_mb = [peak_rss_mb(p.pid) for p in envs.processes]
+    envs.close()
+    return {
+        "workers": workers,
+        "steps_per_s": round(sps, 1),
+        "startup_s": round(startup, 1),
+        "peak_rss_mb": _mb(peak_rss_mb() + sum(worker_mb)),
+        "peak_rss_mb_per_worker": _mb(max(worker_mb)),
+    }
+
+
+# ----------------------------------------------------------------------------- profile
+
+#: (file suffix, function) -> label: the functions an imagined step's time is attributed to.
+_PROFILED = {
+    ("env/vector_env.py", "step"): "vector_env.step",
+    ("validation.py", "check_action"): "check_action",
+    ("env/core.py", "step"): "core.step",
+    ("env/core.py", "reset"): "core.reset",
+    ("model/world_model.py", "step"): "model.step",
+    ("model/transformer.py", "_frame"): "transformer._frame",
+    ("model/transformer.py", "_step"): "transformer._step",
+    ("model/transformer.py", "_gumbel"): "transformer._gumbel",
+    ("model/transformer.py", "_make_room"): "transformer._make_room",
+    ("model/tokenizer.py", "decode_future"): "tokenizer.decode_future",
+    ("model/frames.py", "frames_to_obs"): "frames_to_obs",
+}
+
+
+def _cumulative(stats: pstats.Stats) -> dict[str, float]:
+    """Cumulative seconds of the functions in ``_PROFILED`` (0 for those never called)."""
+    out = dict.fromkeys(_PROFILED.values(), 0.0)
+    for (file, _, name), (_, _, _, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
+        for (suffix, fn), label in _PROFILED.items():
+            if name == fn and file.replace(os.sep, "/").endswith(suffix):
+                out[label] += cumtime
+    return out
+
+
+def time_breakdown(cum: dict[str, float]) -> dict[str, float]:
+    """Splits an imagined step's time into parts, as fractions of ``vector_env.step``.
+
+    Args:
+        cum: Cumulative seconds per profiled function (see ``_PROFILED``).
+
+    Returns:
+        Fractions of the vector env's step time: transformer forwards (one per token), token
+        sampling (lm head, Gumbel-argmax, embeddings), per-env Gumbel noise, the sliding window,
+        the frame decoder, tensor-to-numpy conversion, autoresets, and the env's own overhead.
+    """
+    total = cum["vector_env.step"] or 1e-12
+    parts = {
+        "transformer_forward": cum["transformer._step"],
+        "token_sampling": cum["transformer._frame"]
+        - cum["transformer._step"]
+        - cum["transformer._make_room"],
+        "gumbel_noise": cum["transformer._gumbel"],
+        "sliding_window": cum["transformer._make_room"],
+        "decoder": cum["tokenizer.decode_future"],
+        "obs_conversion": cum["core.step"] - cum["model.step"],
+        "autoreset": cum["core.reset"],
+        "env_overhead": total - cum["core.step"] - cum["core.reset"],
+    }
+    return {k: round(max(v, 0.0) / total, 4) for k, v in parts.items()}
+
+
+def _top_ops(prof: Any, n: int = 12) -> list[dict]:
+    """The ``n`` torch ops with the most self CPU time in a ``torch.profiler`` run."""
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    return [
+        {
+            "op": e.key,
+            "calls": e.count,
+            "self_cpu_ms": round(e.self_cpu_time_total / 1000, 2),
+            "share": round(e.self_cpu_time_total / total, 4),
+        }
+        for e in events[:n]
+    ]
+
+
+def profile_wm(args: BenchSpeedArgs) -> dict:
+    """Profiles ``profile_steps`` steps of a ``profile_batch`` vector env (cProfile, torch).
+
+    Returns:
+        ``breakdown`` (fractions of the step time per part, from cProfile), ``cumulative_s``
+        (the profiled functions' cumulative seconds), and ``top_ops`` (torch ops by self CPU
+        time, from ``torch.profiler``; CUDA time is not split out).
+    """
+    import torch.profiler
+
+    envs = _make_wm(args, args.profile_batch, terminate_on_success=False)
+    rng = np.random.default_rng(args.seed)
+    shape = envs.action_space.shape
+    envs.reset(seed=args.seed)
+
+    def run() -> None:
+        for _ in range(args.profile_steps):
+            envs.step(rng.uniform(-1, 1, shape).astype(np.float32))
+
+    run()  # warm-up: allocations and first calls stay out of the profile
+    profiler = cProfile.Profile()
+    profiler.runcall(run)
+    cum = _cumulative(pstats.Stats(profiler))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        run()
+    envs.close()
+    return {
+        "batch": args.profile_batch,
+        "steps": args.profile_steps,
+        "breakdown": time_breakdown(cum),
+        "cumulative_s": {k: round(v, 4) for k, v in cum.items()},
+        "top_ops": _top_ops(prof),
+    }
+
+
+# ----------------------------------------------------------------------------- bench speed
+
+
+def _batch_sizes(args: BenchSpeedArgs) -> list[int]:
+    from wmgym.model.world_model import resolve_device
+
+    sizes = list(args.batch_sizes)
+    if resolve_device(args.device).type == "cuda":
+        sizes += [b for b in args.gpu_batch_sizes if b not in sizes]
+    return sizes
+
+
+def speedups(wm: list[dict], sim: dict[str, dict | None]) -> dict:
+    """WM steps/s at its best batch size over each Sim configuration's steps/s."""
+    best = max(wm, key=lambda row: row["steps_per_s"])
+    out: dict[str, Any] = {"best_batch": best["batch"], "wm_steps_per_s": best["steps_per_s"]}
+    for name, row in sim.items():
+        ratio = None if row is None else best["steps_per_s"] / row["steps_per_s"]
+        out[f"vs_{name}"] = None if ratio is None else round(ratio, 2)
+    return out
+
+
+def _window_line(w: dict) -> str:
+    spans = ", ".join(
+        f"steps {w[f'{k}_steps'][0]}-{w[f'{k}_steps'][1]} {w[f'{k}_ms_per_step']:.2f} ms"
+        for k in ("early", "full", "late")
+        if f"{k}_steps" in w
+    )
+    ratios = ", ".join(
+        f"late/{k} x{w[f'late_over_{k}']:.2f}" for k in ("early", "full") if f"late_over_{k}" in w
+    )
+    return (
+        f"Steady cost (batch {w['batch']}, one {w['episode_steps']}-step episode, window of "
+        f"{w['window']} frames): {spans} ({ratios})."
+    )
+
+
+def format_speed_table(result: dict) -> str:
+    """The speed benchmark as a small Markdown table plus the headline ratios."""
+    lines = [
+        "| env | batch / workers | steps/s | peak RSS (MiB) | RSS added (MiB) |",
+        "|---|---|---|---|---|",
+    ]
+    wm_id, device = result["wm_env"], result["device"]
+    for row in result["wm"]:
+        gpu = f", GPU {row['peak_gpu_mb']} MiB" if row.get("peak_gpu_mb") is not None else ""
+        lines.append(
+            f"| {wm_id} ({device}) | {row['batch']} | {row['steps_per_s']:.1f} | "
+            f"{row['peak_rss_mb']}{gpu} | {row['rss_added_mb']} |"
+        )
+    for name, row in result["sim"].items():
+        if row is not None:
+            lines.append(
+                f"| {result['sim_env']} images, {name} | {row['workers']} | "
+                f"{row['steps_per_s']:.1f} | {row['peak_rss_mb']} | – |"
+            )
+    s = result["speedup"]
+    lines += [
+        "",
+        _window_line(result["window"]),
+        f"Speed-up WM/Sim at batch {s['best_batch']}: "
+        + ", ".join(f"x{v} {k[3:]}" for k, v in s.items() if k.startswith("vs_") and v),
+    ]
+    if result.get("profile"):
+        parts = sorted(result["profile"]["breakdown"].items(), key=lambda kv: -kv[1])
+        lines.append(
+            f"Profile (batch {result['profile']['batch']}, share of step time): "
+            + ", ".join(f"{k} {v:.0%}" for k, v in parts)
+        )
+    return "\n".join(lines)
+
+
+def bench_speed_main(args: BenchSpeedArgs) -> dict:
+    """``wmgym bench speed``: WM vector env vs Sim steps/s, memory, steady cost and a profile."""
+    from wmgym.model.world_model import resolve_device
+    from wmgym.spec import load_spec
+
+    spec = load_spec(args.task)
+    result: dict[str, Any] = {
+        "benchmark": "speed",
+        "wm_env": spec.wm_id,
+        "sim_env": spec.sim_id,
+        "checkpoint": str(Path(args.checkpoint or spec.checkpoint).resolve()),
+        "device": str(resolve_device(args.device)),
+        "machine": machine(),
+        "args": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(args).items()},
+        "actions": "uniform random in [-1, 1], seeded; warm-up steps excluded",
+        "episodes": "end at max_episode_steps only (terminate_on_success=False in both twins)",
+    }
+    result["sim"] = {
+        "single_process": bench_sim_single(args, spec.sim_id),
+        "async_workers": bench_sim_parallel(args, spec.sim_id),
+    }
+    result["wm"] = [bench_wm_batch(args, b) for b in _batch_sizes(args)]
+    result["window"] = bench_window(args)
+    result["speedup"] = speedups(result["wm"], result["sim"])
+    result["profile"] = profile_wm(args) if args.profile_batch > 0 else None
+    write_result(args.out, result)
+    print(format_speed_table(result))
+    print(f"wrote {args.out}")
     return result

@@ -14,6 +14,8 @@ import tyro
 COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("collect",): ("wmgym.data.collect", "CollectArgs", "collect_main"),
     ("bench", "sim"): ("wmgym.bench", "BenchSimArgs", "bench_sim_main"),
+    ("bench", "speed"): ("wmgym.bench", "BenchSpeedArgs", "bench_speed_main"),
+    ("sweep",): ("wmgym.sweep", "SweepArgs", "sweep_main"),
     ("train", "tokenizer"): ("wmgym.train.tokenizer", "TrainTokenizerArgs", "train_tokenizer_main"),
     ("train", "dynamics"): ("wmgym.train.dynamics", "TrainDynamicsArgs", "train_dynamics_main"),
     ("eval",): ("wmgym.evaluation", "EvalArgs", "eval_main"),

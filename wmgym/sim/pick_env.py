@@ -85,6 +85,7 @@ class SimEnv(gym.Env):
             reward_shaping=self.task.reward_shaping,
             reward_scale=1.0,
             hard_reset=False,
+            seed=0,  # Lift draws the cube's size at construction: fix it for every instance
         )
         model = self._rs.sim.model._model
         self._cam_id = model.camera(CAMERA).id

@@ -1,0 +1,321 @@
+"""``wmgym bench speed`` and ``wmgym sweep``: metrics on hand-made inputs, tiny end-to-end runs.
+
+Speed numbers are never asserted (only that they exist and are positive).
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import tyro
+
+from wmgym import sweep as sw
+from wmgym.bench import BenchSpeedArgs, bench_speed_main, time_breakdown, time_env
+from wmgym.cli import COMMANDS
+from wmgym.env.testing import make_tiny_checkpoint, synthetic_start_obs
+from wmgym.policies import RandomPolicy, ScriptedPick
+from wmgym.spec import load_spec
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny checkpoint whose episodes end about one step in four (ragged episode ends)."""
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("wm") / "tiny", success_bias=0.0)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_pearson_and_spearman_on_hand_made_lists():
+    assert sw.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert sw.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert sw.spearman([0.1, 0.5, 0.9], [0.1, 0.5, 0.9]) == pytest.approx(1.0)
+    assert sw.spearman([1, 2, 3, 4], [1, 4, 9, 16]) == pytest.approx(1.0)  # monotone, not linear
+    assert sw.pearson([1, 2, 3, 4], [1, 4, 9, 16]) < 1.0
+    assert math.isnan(sw.pearson([0.5, 0.5, 0.5], [0.1, 0.2, 0.3]))  # constant: undefined
+    np.testing.assert_allclose(sw.ranks([0.2, 0.0, 0.2, 1.0]), [2.5, 1.0, 2.5, 4.0])
+
+
+def test_spearman_matches_scipy_with_ties():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 5, 12) / 4, rng.integers(0, 5, 12) / 4  # many ties, like rates
+    assert sw.spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic)
+    assert sw.pearson(x, y) == pytest.approx(stats.pearsonr(x, y).statistic)
+
+
+def test_mmrv_perfect_ranking_is_zero():
+    real = [0.0, 0.3, 0.6, 1.0]
+    assert sw.mmrv(real, real) == 0.0
+    assert sw.mmrv(real, [0.1, 0.2, 0.5, 0.6]) == 0.0  # biased but same order: no violation
+    assert sw.mmrv([0.2, 0.8], [0.0, 0.1]) == 0.0  # a perfectly ranked pair
+
+
+def test_mmrv_rank_violation():
+    # imagination swaps policies 0 and 1 (real margin 0.3) and ranks 2 correctly
+    real, imagined = [0.2, 0.5, 1.0], [0.6, 0.4, 0.9]
+    # violations: policy 0: |0.2 - 0.5| = 0.3; policy 1: 0.3; policy 2: none -> 0.6 / 3
+    assert sw.mmrv(real, imagined) == pytest.approx(0.2)
+    # a full reversal: each policy's worst violation is its largest real margin
+    assert sw.mmrv([0.0, 0.5, 1.0], [1.0, 0.5, 0.0]) == pytest.approx((1.0 + 0.5 + 1.0) / 3)
+
+
+def test_mmrv_ties_strict_vs_sign():
+    # imagination ties two policies that differ by 0.4 in reality
+    real, imagined = [0.1, 0.5], [0.3, 0.3]
+    assert sw.mmrv(real, imagined) == pytest.approx(0.2)  # SIMPLER's code: counted once
+    assert sw.mmrv(real, imagined, strict=False) == pytest.approx(0.4)  # signs: for both
+
+
+def test_agreement_and_bad_inputs():
+    m = sw.agreement([0.0, 0.5, 1.0], [0.1, 0.4, 0.9])
+    assert m["pearson"] > 0.98 and m["spearman"] == 1.0 and m["mmrv"] == 0.0
+    assert m["mean_abs_gap"] == pytest.approx(0.1)
+    assert sw.agreement([0.5, 0.5], [0.1, 0.9])["pearson"] is None  # NaN -> JSON null
+    with pytest.raises(ValueError, match="equally long"):
+        sw.mmrv([0.1, 0.2], [0.1])
+
+
+# ----------------------------------------------------------------------------- policies
+
+
+def test_policy_factory_kinds():
+    state = {"state": np.zeros(8, np.float32)}
+    for source in ("pick:error=0.02", "random:repeat=2", "wmgym.policies:ScriptedPick"):
+        make = sw.policy_factory(source)
+        a, b = make(), make()
+        assert a is not b and a(state).shape == (4,)
+    assert isinstance(sw.policy_factory(ScriptedPick)(), ScriptedPick)  # a class
+    instance = RandomPolicy(repeat=3)
+    copy = sw.policy_factory(instance)()  # an instance: one copy per episode
+    assert isinstance(copy, RandomPolicy) and copy is not instance and copy.repeat == 3
+
+    def fixed(obs):
+        return np.ones(4, np.float32)
+
+    assert sw.policy_factory(fixed)()(state).tolist() == [1.0] * 4  # a plain function
+    for bad in ("nope", "sac:", "no_such_module_xyz:thing", 3):
+        with pytest.raises(ValueError):
+            sw.policy_factory(bad)
+
+
+@pytest.mark.parametrize("keys", [None, ["state"]])
+def test_sb3_zip_policy(tmp_path, keys):
+    from stable_baselines3 import PPO
+
+    spec = load_spec("pick")
+
+    class StateEnv(gym.Env):
+        observation_space = spec.observation_space(images=False)
+        if keys is None:
+            observation_space = observation_space["state"]
+        action_space = spec.action_space()
+
+        def reset(self, *, seed=None, options=None):
+            return self.observation_space.sample(), {}
+
+        def step(self, action):
+            return self.observation_space.sample(), 0.0, False, False, {}
+
+    policy = "MultiInputPolicy" if keys else "MlpPolicy"
+    PPO(policy, StateEnv(), n_steps=8, batch_size=8, device="cpu").save(tmp_path / "m.zip")
+    make = sw.policy_factory(f"ppo:{tmp_path / 'm.zip'}")
+    obs = {k: s.sample() for k, s in spec.observation_space().spaces.items()}
+    action = make()(obs)  # the full observation dict: the adapter picks what the model knows
+    assert action.shape == (4,) and action.dtype == np.float32
+    assert np.array_equal(action, make()(obs))  # deterministic
+    with pytest.raises(FileNotFoundError):
+        sw.policy_factory(f"sac:{tmp_path / 'missing.zip'}")()
+
+
+# ----------------------------------------------------------------------------- episodes
+
+
+class CountingPolicy(RandomPolicy):
+    """Records how often each instance was called and the first observation it saw."""
+
+    instances: list["CountingPolicy"] = []
+
+    def __init__(self):
+        super().__init__()
+        self.calls, self.first = 0, None
+        CountingPolicy.instances.append(self)
+
+    def __call__(self, obs):
+        self.calls += 1
+        if self.first is None:
+            self.first = {k: np.array(v) for k, v in obs.items()}
+        return super().__call__(obs)
+
+
+def test_run_imagined_one_episode_per_env(tiny):
+    spec = load_spec("pick")
+    starts = synthetic_start_obs(spec, 6, seed=1)
+    contexts = [{k: v[i] for k, v in starts.items()} for i in range(6)]
+    seeds = [3, 1, 4, 1, 5, 9]
+    kwargs = {"progress": False, "checkpoint": tiny, "device": "cpu"}
+    CountingPolicy.instances = []
+    out = sw.run_imagined(spec, [CountingPolicy] * 6, seeds, contexts, 12, **kwargs)
+    policies = CountingPolicy.instances
+    assert len(policies) == 6 and len({id(p) for p in policies}) == 6
+    assert [p.calls for p in policies] == out.length.tolist()  # stopped at its first done
+    assert out.length.max() <= 12 and len(set(out.length.tolist())) > 1  # ragged ends
+    assert out.success[out.length < 12].all()  # ended early = terminated on success
+    for p, c in zip(policies, contexts):  # every env started from its own real observation
+        for k in c:
+            np.testing.assert_array_equal(p.first[k], c[k])
+    again = sw.run_imagined(spec, [CountingPolicy] * 6, seeds, contexts, 12, **kwargs)
+    for a, b in zip(out, again):  # seeded: the same episodes again
+        np.testing.assert_array_equal(a, b)
+
+
+def test_time_env_counts_sub_env_steps(tiny):
+    envs = gym.make_vec(
+        "WM-Pick-v0",
+        num_envs=3,
+        vectorization_mode="vector_entry_point",
+        checkpoint=tiny,
+        device="cpu",
+    )
+    assert time_env(envs, 3, warmup=1) > 0
+    envs.close()
+
+
+def test_time_breakdown_fractions():
+    cum = dict.fromkeys(
+        [
+            "vector_env.step",
+            "core.step",
+            "core.reset",
+            "model.step",
+            "transformer._frame",
+            "transformer._step",
+            "transformer._gumbel",
+            "transformer._make_room",
+            "tokenizer.decode_future",
+            "frames_to_obs",
+            "check_action",
+        ],
+        0.0,
+    )
+    cum.update(
+        {
+            "vector_env.step": 10.0,
+            "core.step": 9.0,
+            "model.step": 8.0,
+            "transformer._frame": 5.0,
+            "transformer._step": 4.0,
+            "tokenizer.decode_future": 3.0,
+        }
+    )
+    parts = time_breakdown(cum)
+    assert parts["transformer_forward"] == 0.4 and parts["decoder"] == 0.3
+    assert parts["token_sampling"] == 0.1 and parts["obs_conversion"] == 0.1
+    assert parts["env_overhead"] == 0.1
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def test_commands_registered():
+    assert COMMANDS[("bench", "speed")][1:] == ("BenchSpeedArgs", "bench_speed_main")
+    assert COMMANDS[("sweep",)] == ("wmgym.sweep", "SweepArgs", "sweep_main")
+    args = tyro.cli(sw.SweepArgs, args=["--policies", "pick", "random", "--episodes", "3"])
+    assert args.policies == ("pick", "random") and args.episodes == 3
+    assert len(sw.SweepArgs().policies) >= 8
+
+
+def test_bench_speed_writes_json(tiny, tmp_path):
+    out = tmp_path / "speed.json"
+    args = BenchSpeedArgs(
+        checkpoint=str(tiny),
+        batch_sizes=(1, 4),
+        steps=3,
+        warmup=1,
+        sim_steps=3,
+        sim_workers=1,
+        window_batch=2,
+        window_steps=10,
+        window_span=3,
+        profile_batch=4,
+        profile_steps=2,
+        device="cpu",
+        out=str(out),
+    )
+    bench_speed_main(args)
+    result = json.loads(out.read_text())
+    assert {"machine", "wm", "sim", "window", "speedup", "profile"} <= set(result)
+    assert [row["batch"] for row in result["wm"]] == [1, 4]
+    for row in result["wm"]:
+        assert row["steps_per_s"] > 0 and row["peak_rss_mb"] > 0 and row["rss_added_mb"] >= 0
+    assert result["sim"]["single_process"]["steps_per_s"] > 0
+    parallel = result["sim"]["async_workers"]  # spawned AsyncVectorEnv workers (EGL)
+    assert parallel["workers"] == 1 and parallel["steps_per_s"] > 0
+    w = result["window"]
+    assert w["early_ms_per_step"] > 0 and w["late_ms_per_step"] > 0
+    assert w["early_steps"] == [1, 3] and w["full_steps"] == [5, 7] and w["late_steps"] == [8, 10]
+    assert result["speedup"]["best_batch"] in (1, 4)
+    assert result["speedup"]["vs_single_process"] > 0
+    assert sum(result["profile"]["breakdown"].values()) == pytest.approx(1.0, abs=0.05)
+
+
+def test_sweep_writes_json_and_plot(tiny, tmp_path):
+    args = sw.SweepArgs(
+        policies=("pick", "pick:error=0.05", "random"),
+        episodes=2,
+        max_steps=8,
+        checkpoint=str(tiny),
+        device="cpu",
+        out=str(tmp_path),
+        progress=False,
+        workers=2,  # spawned Sim workers, one robosuite env each
+    )
+    result = sw.sweep_main(args)
+    assert (tmp_path / "sweep.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert [p["name"] for p in saved["policies"]] == list(args.policies)
+    assert saved["seeds"] == [0, 1] and saved["max_steps"] == 8
+    real = [p["real"]["success"] for p in saved["policies"]]
+    imagined = [p["imagined"]["success"] for p in saved["policies"]]
+    for p in saved["policies"]:
+        for twin in ("real", "imagined"):
+            s = p[twin]
+            assert 0 <= s["success"] <= 1 and 1 <= s["length"] <= 8
+            assert s["success"] == pytest.approx(np.mean(s["per_episode"]["success"]), abs=1e-4)
+        gap = p["imagined"]["success"] - p["real"]["success"]
+        assert p["success_gap"] == pytest.approx(gap, abs=1e-4)
+    m = saved["metrics"]["success"]
+    assert m["mmrv"] == pytest.approx(sw.mmrv(real, imagined), abs=1e-4)
+    gap = np.mean(np.abs(np.subtract(real, imagined)))
+    assert m["mean_abs_gap"] == pytest.approx(gap, abs=1e-4)  # rounded to 4 digits
+    assert saved["metrics"] == json.loads(json.dumps(result["metrics"]))
+
+
+def test_example_runs(tiny, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl"}
+    cmd = [
+        sys.executable,
+        str(REPO / "examples" / "policy_sweep.py"),
+        "--episodes",
+        "1",
+        "--max-steps",
+        "4",
+        "--checkpoint",
+        str(tiny),
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MMRV" in proc.stdout
+    assert (tmp_path / "sweep.json").exists() and (tmp_path / "sweep.png").exists()

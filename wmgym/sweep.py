@@ -1,0 +1,638 @@
+"""``wmgym sweep``: does the learned twin rank policies as the real one does?
+
+Every policy runs the same episodes in both twins: episode ``e`` resets ``Sim-<Task>-v0`` with
+seed ``seed + e`` (camera observations on), and ``WM-<Task>-v0`` starts from that very real
+observation (``options["context"]``) with the same seed; the policy is reset with it too. A
+policy in Sim sees real observations, in WM imagined ones. All imagined episodes (every policy,
+every seed) run as one native vector env, one sub-env per episode: each sub-env has its own
+policy instance and counts until its first ``terminated | truncated`` only.
+
+Reported per policy: success rate and mean return in both twins; over policies: Pearson and
+Spearman correlation of the success rates, SIMPLER's MMRV (mean maximum rank violation) and the
+mean absolute success gap. Written as ``sweep.json`` and ``sweep.png`` (real vs imagined success).
+
+Policies are given as:
+
+* names of :func:`wmgym.policies.make_policy`: ``pick``, ``pick:error=0.02``, ``random``;
+* stable-baselines3 zip files: ``sac:path.zip``, ``ppo:path.zip`` (``td3``, ``a2c``, ``ddpg``),
+  run with ``predict(obs, deterministic=True)`` on the keys they were trained on (see
+  :class:`SB3Policy`);
+* Python paths ``module:attr`` to a policy class or a zero-argument factory;
+* in the Python API also objects: a class or factory, a policy instance (copied per episode),
+  a plain ``policy(obs) -> action`` function, or a loaded SB3 model.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib
+import inspect
+import multiprocessing as mp
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from gymnasium import spaces
+from tqdm.auto import tqdm
+
+from wmgym.bench import machine, write_result
+from wmgym.policies import Policy, make_policy
+from wmgym.spec import STATE_FIELDS, TaskSpec, load_spec
+
+#: Policies of clearly different competence (real success from 0 to 1 on Pick).
+DEFAULT_POLICIES = (
+    "pick",
+    "pick:error=0.01",
+    "pick:error=0.02",
+    "pick:error=0.03",
+    "pick:error=0.05",
+    "pick:noise=0.3,error=0.02",
+    "pick:noise=0.6",
+    "pick:give_up_prob=1",
+    "random",
+)
+
+#: stable-baselines3 algorithms a policy spec may name (``<algo>:<path.zip>``).
+SB3_ALGOS = ("sac", "ppo", "td3", "a2c", "ddpg")
+
+PolicySource = str | Callable[..., Any]
+"""A policy spec string, a policy (function or instance), a policy factory or an SB3 model."""
+
+
+@dataclass
+class SweepArgs:
+    """Options of ``wmgym sweep``."""
+
+    policies: tuple[str, ...] = DEFAULT_POLICIES
+    """Policies: ``pick[:k=v,...]``, ``random[:repeat=n]``, ``sac:path.zip``, ``module:attr``."""
+    episodes: int = 20
+    """Episodes per policy and twin (seeds ``seed .. seed + episodes - 1``, shared)."""
+    seed: int = 0
+    """First episode seed (env reset, policy reset, imagination sampling)."""
+    max_steps: int = 0
+    """Truncate episodes after this many steps (0 = the task spec's ``max_episode_steps``)."""
+    task: str = "pick"
+    """Task spec name."""
+    checkpoint: str = ""
+    """World-model checkpoint directory (default: the task spec's)."""
+    device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``: where the world model runs."""
+    temperature: float = 1.0
+    """Token sampling temperature of the world model (0 = greedy)."""
+    max_batch: int = 256
+    """Most imagined episodes stepped together; more run as several vector envs in turn."""
+    workers: int = 1
+    """Processes running the Sim episodes (spawned; 1 = this process; >1 pickles the policies)."""
+    out: str = "out/sweep"
+    """Output directory for sweep.json and sweep.png."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+# ----------------------------------------------------------------------------- policies
+
+
+class SB3Policy:
+    """A stable-baselines3 model as a policy: ``model.predict(obs, deterministic=True)``.
+
+    A model trained on a ``Dict`` observation space gets the keys it knows (e.g. only
+    ``state`` after ``SB3VecEnv(..., keys=["state"])``); one trained on a ``Box`` gets the
+    privileged ``state`` vector.
+
+    Args:
+        model: A loaded SB3 model (anything with ``predict`` and ``observation_space``).
+        deterministic: Take the mode of the action distribution.
+
+    """
+
+    def __init__(self, model: Any, deterministic: bool = True) -> None:
+        self.model, self.deterministic = model, deterministic
+        space = model.observation_space
+        self.keys = list(space.spaces) if isinstance(space, spaces.Dict) else None
+        if self.keys is None and space.shape != (len(STATE_FIELDS),):
+            raise ValueError(
+                f"SB3 model observes {space}: expected a Dict of env observation keys or the "
+                f"{len(STATE_FIELDS)}-D state Box"
+            )
+
+    def reset(self, seed: int | None = None) -> None:
+        """Stateless: nothing to reset."""
+
+    def __call__(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        x = {k: obs[k] for k in self.keys} if self.keys is not None else obs["state"]
+        action, _ = self.model.predict(x, deterministic=self.deterministic)
+        return np.asarray(action, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def load_sb3_model(algo: str, path: str) -> Any:
+    """Loads an SB3 zip once per process (on CPU: small MLPs act fastest there)."""
+    import stable_baselines3
+
+    if algo not in SB3_ALGOS:
+        raise ValueError(f"unknown SB3 algorithm {algo!r}; expected one of {SB3_ALGOS}")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{algo}:{path}: no such SB3 model file")
+    return getattr(stable_baselines3, algo.upper()).load(path, device="cpu")
+
+
+def _sb3_policy(algo: str, path: str) -> SB3Policy:
+    return SB3Policy(load_sb3_model(algo, path))
+
+
+def _required_args(fn: Callable[..., Any]) -> int | None:
+    """Number of required positional parameters of ``fn`` (None when it cannot be told)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(p.kind in kinds and p.default is p.empty for p in params)
+
+
+def policy_factory(source: PolicySource) -> Callable[[], Policy]:
+    """A zero-argument callable that makes a fresh policy for one episode.
+
+    >>> make = policy_factory("pick:error=0.02")
+    >>> a, b = make(), make()  # one instance per parallel episode
+    >>> a is b
+    False
+
+    Args:
+        source: A spec string (see the module doc), a policy class or factory, a policy
+            instance or function, or a loaded SB3 model.
+
+    Returns:
+        The factory; it is picklable when ``source`` is (spec strings always are).
+
+    Raises:
+        ValueError: ``source`` names no known kind of policy.
+    """
+    if isinstance(source, str):
+        kind, sep, rest = source.partition(":")
+        if kind in ("pick", "random"):
+            return functools.partial(make_policy, source)
+        if kind.lower() in SB3_ALGOS and rest:
+            return functools.partial(_sb3_policy, kind.lower(), rest)
+        if sep and rest:
+            try:
+                obj = getattr(importlib.import_module(kind), rest)
+            except (ImportError, AttributeError) as e:
+                raise ValueError(f"policy {source!r}: cannot import {rest!r} from {kind!r}") from e
+            return policy_factory(obj)
+        raise ValueError(
+            f"unknown policy {source!r}: expected 'pick[:k=v,...]', 'random[:repeat=n]', "
+            f"'<{'|'.join(SB3_ALGOS)}>:path.zip' or 'module:attr'"
+        )
+    if hasattr(source, "predict") and hasattr(source, "observation_space"):
+        return functools.partial(SB3Policy, source)  # one shared model, stateless adapters
+    if not callable(source):
+        raise ValueError(f"a policy must be callable, got {type(source).__name__}")
+    if inspect.isclass(source) or _required_args(source) == 0:
+        return source  # a class or factory: calling it makes a policy
+    return functools.partial(copy.deepcopy, source)  # an instance or function: one copy each
+
+
+def _name(source: PolicySource) -> str:
+    if isinstance(source, str):
+        return source
+    return getattr(source, "__name__", type(source).__name__)
+
+
+def _named(policies: Mapping[str, PolicySource] | Iterable[PolicySource]) -> dict[str, Any]:
+    named = dict(policies) if isinstance(policies, Mapping) else {}
+    if not named:
+        for source in policies:
+            key = _name(source)
+            if key in named:
+                raise ValueError(f"two policies are named {key!r}: pass a dict of names instead")
+            named[key] = source
+    if not named:
+        raise ValueError("no policies to sweep")
+    return named
+
+
+def _start_episode(policy: Policy, seed: int) -> None:
+    if hasattr(policy, "reset"):
+        policy.reset(seed=seed)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson correlation of two equally long lists; NaN when either is constant."""
+    x, y = _pair(x, y)
+    dx, dy = x - x.mean(), y - y.mean()
+    denom = np.sqrt((dx**2).sum() * (dy**2).sum())
+    return float((dx * dy).sum() / denom) if denom > 0 else float("nan")
+
+
+def ranks(x: Sequence[float]) -> np.ndarray:
+    """1-based ranks of ``x``, ties sharing their average rank (as ``scipy.stats.rankdata``)."""
+    _, inverse, counts = np.unique(np.asarray(x, float), return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts + 1
+    return (first + (counts - 1) / 2)[inverse]
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation (Pearson of the tie-averaged ranks); NaN when constant."""
+    x, y = _pair(x, y)
+    return pearson(ranks(x), ranks(y))
+
+
+def mmrv(real: Sequence[float], imagined: Sequence[float], strict: bool = True) -> float:
+    """SIMPLER's mean maximum rank violation of imagined vs real policy performance.
+
+    ``MMRV = 1/N sum_i max_j |R_i - R_j| * 1[order_R(i, j) != order_S(i, j)]`` (Li et al.,
+    "Evaluating Real-World Robot Manipulation Policies in Simulation", 2024): for each policy,
+    the largest real-performance margin by which the imagined twin ranks it on the wrong side
+    of another policy; 0 when the twins order every pair alike. Lower is better.
+
+    Args:
+        real: Real performance ``R`` per policy (e.g. success rates).
+        imagined: Imagined performance ``S`` per policy, same order.
+        strict: Compare orders as SIMPLER's reference code does, ``(S_i > S_j) != (R_i > R_j)``:
+            a tie in one twin against a strict order in the other counts once per pair. False
+            compares signs, ``sign(S_i - S_j) != sign(R_i - R_j)``: such a pair counts for both.
+
+    Returns:
+        The MMRV, in the units of ``real``.
+    """
+    r, s = _pair(real, imagined)
+    margin = np.abs(r[:, None] - r[None, :])
+    if strict:
+        disagree = (s[:, None] > s[None, :]) != (r[:, None] > r[None, :])
+    else:
+        disagree = np.sign(s[:, None] - s[None, :]) != np.sign(r[:, None] - r[None, :])
+    return float(np.max(margin * disagree, axis=1).mean())
+
+
+def agreement(real: Sequence[float], imagined: Sequence[float]) -> dict[str, float | None]:
+    """Pearson, Spearman, MMRV and mean absolute gap of per-policy performance (NaN -> None)."""
+    r, s = _pair(real, imagined)
+    out = {
+        "pearson": pearson(r, s),
+        "spearman": spearman(r, s),
+        "mmrv": mmrv(r, s),
+        "mean_abs_gap": float(np.abs(r - s).mean()),
+    }
+    return {k: None if np.isnan(v) else round(v, 4) for k, v in out.items()}
+
+
+def _pair(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1 or len(x) < 2:
+        raise ValueError(f"need two equally long lists of >= 2 values, got {x.shape}, {y.shape}")
+    return x, y
+
+
+# ----------------------------------------------------------------------------- episodes
+
+
+class Episodes(NamedTuple):
+    """Outcomes of a batch of episodes, one entry per episode."""
+
+    success: np.ndarray  # (N,) bool: info["success"] at any step
+    ret: np.ndarray  # (N,) float: sum of rewards
+    length: np.ndarray  # (N,) int: steps taken
+
+
+def _real_episode(env: Any, make: Callable[[], Policy], seed: int) -> tuple[Any, ...]:
+    """One Sim episode: ``(success, return, length, first observation)``."""
+    policy = make()
+    _start_episode(policy, seed)
+    obs, _ = env.reset(seed=seed)
+    first, success, ret, t = obs, False, 0.0, 0
+    done = False
+    while not done:
+        obs, reward, terminated, truncated, info = env.step(policy(obs))
+        success, ret, t = success or bool(info["success"]), ret + float(reward), t + 1
+        done = terminated or truncated
+    return success, ret, t, first
+
+
+_WORKER_ENV: Any = None
+
+
+def _init_worker(env_id: str, max_steps: int) -> None:
+    global _WORKER_ENV
+    from wmgym.bench import make_sim_env
+
+    _WORKER_ENV = make_sim_env(env_id, images=True, max_episode_steps=max_steps)
+
+
+def _worker_episode(job: tuple[Callable[[], Policy], int]) -> tuple[Any, ...]:
+    return _real_episode(_WORKER_ENV, *job)
+
+
+def run_real(
+    spec: TaskSpec,
+    jobs: Sequence[tuple[Callable[[], Policy], int]],
+    max_steps: int,
+    workers: int = 1,
+    progress: bool = True,
+) -> tuple[Episodes, list[dict[str, np.ndarray]]]:
+    """Runs ``(policy factory, seed)`` episodes in ``Sim-<Task>-v0`` with camera observations.
+
+    Args:
+        spec: The task.
+        jobs: One ``(factory, seed)`` per episode.
+        max_steps: Truncate episodes after this many steps.
+        workers: Processes (spawned, each with its own robosuite env); 1 runs in this process.
+            With more, the factories are pickled to the workers.
+        progress: Show a progress bar.
+
+    Returns:
+        The episodes' outcomes and each episode's first (reset) observation, in job order.
+    """
+    bar = tqdm(total=len(jobs), desc=f"{spec.sim_id} episodes", disable=not progress)
+    if workers <= 1:
+        from wmgym.bench import make_sim_env
+
+        env = make_sim_env(spec.sim_id, images=True, max_episode_steps=max_steps)
+        results = []
+        for job in jobs:
+            results.append(_real_episode(env, *job))
+            bar.update()
+        env.close()
+    else:
+        ctx = mp.get_context("spawn")  # forked children hang on EGL (see wmgym.bench)
+        with ctx.Pool(workers, _init_worker, (spec.sim_id, max_steps)) as pool:
+            results = []
+            for r in pool.imap(_worker_episode, jobs):
+                results.append(r)
+                bar.update()
+    bar.close()
+    success, ret, length, first = zip(*results)
+    return Episodes(np.array(success), np.array(ret), np.array(length)), list(first)
+
+
+def _final_success(infos: dict[str, Any], done: np.ndarray) -> np.ndarray:
+    """``info["success"]`` of every sub-env's step, the finished ones' from ``final_info``."""
+    success = np.asarray(infos["success"], dtype=bool).copy()
+    if done.any():
+        success[done] = np.asarray(infos["final_info"]["success"], dtype=bool)[done]
+    return success
+
+
+def run_imagined(
+    spec: TaskSpec,
+    factories: Sequence[Callable[[], Policy]],
+    seeds: Sequence[int],
+    contexts: Sequence[dict[str, np.ndarray]],
+    max_steps: int,
+    progress: bool = True,
+    **env_kwargs: Any,
+) -> Episodes:
+    """Runs one imagined episode per sub-env of one ``WM-<Task>-v0`` vector env.
+
+    Sub-env ``i`` starts from the real observation ``contexts[i]`` with seed ``seeds[i]`` and is
+    driven by its own policy ``factories[i]()``; it counts until its first ``terminated |
+    truncated`` and idles (zero actions, ignored) after that, so no autoreset leaks into the
+    results.
+
+    Args:
+        spec: The task.
+        factories: One policy factory per sub-env.
+        seeds: One seed per sub-env (env and policy).
+        contexts: One real start observation per sub-env.
+        max_steps: Truncate episodes after this many steps.
+        progress: Show a progress bar (steps).
+        **env_kwargs: For ``gym.make_vec`` (``checkpoint``, ``device``, ``temperature``).
+
+    Returns:
+        The episodes' outcomes, in sub-env order.
+    """
+    import gymnasium as gym
+
+    import wmgym  # noqa: F401
+
+    n = len(factories)
+    envs = gym.make_vec(
+        spec.wm_id,
+        num_envs=n,
+        vectorization_mode="vector_entry_point",
+        max_episode_steps=max_steps,
+        **env_kwargs,
+    )
+    policies = [make() for make in factories]
+    for policy, seed in zip(policies, seeds):
+        _start_episode(policy, int(seed))
+    stacked = {k: np.stack([c[k] for c in contexts]) for k in contexts[0]}
+    obs, _ = envs.reset(seed=[int(s) for s in seeds], options={"context": stacked})
+    active = np.ones(n, dtype=bool)
+    out = Episodes(np.zeros(n, bool), np.zeros(n), np.zeros(n, np.int64))
+    actions = np.zeros(envs.action_space.shape, dtype=np.float32)
+    bar = tqdm(total=max_steps, desc=f"{spec.wm_id} steps ({n} envs)", disable=not progress)
+    while active.any():
+        actions[:] = 0.0
+        for i in np.flatnonzero(active):
+            actions[i] = policies[i]({k: v[i] for k, v in obs.items()})
+        obs, reward, terminated, truncated, infos = envs.step(actions)
+        done = terminated | truncated
+        out.success[active] |= _final_success(infos, done)[active]
+        out.ret[active] += reward[active]
+        out.length[active] += 1
+        active &= ~done
+        bar.update()
+    bar.close()
+    envs.close()
+    return out
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def _summary(episodes: Episodes, rows: np.ndarray) -> dict[str, Any]:
+    return {
+        "success": round(float(episodes.success[rows].mean()), 4),
+        "return": round(float(episodes.ret[rows].mean()), 4),
+        "length": round(float(episodes.length[rows].mean()), 2),
+        "per_episode": {
+            "success": episodes.success[rows].tolist(),
+            "return": [round(float(x), 4) for x in episodes.ret[rows]],
+        },
+    }
+
+
+def _imagine_all(
+    spec: TaskSpec,
+    jobs: Sequence[tuple[Callable[[], Policy], int]],
+    first_obs: Sequence[dict[str, np.ndarray]],
+    max_steps: int,
+    args: SweepArgs,
+) -> Episodes:
+    """Every job as one imagined episode, ``max_batch`` sub-envs per vector env at most."""
+    env_kwargs: dict[str, Any] = {"device": args.device, "temperature": args.temperature}
+    if args.checkpoint:
+        env_kwargs["checkpoint"] = args.checkpoint
+    size = max(args.max_batch, 1)
+    chunks = []
+    for lo in range(0, len(jobs), size):
+        part = jobs[lo : lo + size]
+        factories, seeds = [make for make, _ in part], [s for _, s in part]
+        contexts = first_obs[lo : lo + size]
+        chunks.append(
+            run_imagined(spec, factories, seeds, contexts, max_steps, args.progress, **env_kwargs)
+        )
+    return Episodes(*(np.concatenate(parts) for parts in zip(*chunks)))
+
+
+def _compare(
+    names: Sequence[str], real: Episodes, imagined: Episodes, episodes: int
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Per-policy summaries (rows of ``episodes`` in policy order) and the agreement metrics."""
+    rows = np.arange(len(names) * episodes).reshape(len(names), episodes)
+    per_policy = []
+    for name, r in zip(names, rows):
+        p = {"name": name, "real": _summary(real, r), "imagined": _summary(imagined, r)}
+        p["success_gap"] = round(p["imagined"]["success"] - p["real"]["success"], 4)
+        per_policy.append(p)
+    metrics: dict[str, Any] = {}
+    for key in ("success", "return"):
+        r_, s_ = ([p[twin][key] for p in per_policy] for twin in ("real", "imagined"))
+        metrics[key] = agreement(r_, s_) if len(per_policy) >= 2 else None
+    return per_policy, metrics
+
+
+def run_sweep(
+    policies: Mapping[str, PolicySource] | Iterable[PolicySource], args: SweepArgs
+) -> dict[str, Any]:
+    """Evaluates policies in both twins on shared seeds and compares the two rankings.
+
+    Args:
+        policies: Policies to evaluate, by display name (a dict) or as a list (named by their
+            spec string or ``__name__``); see the module doc for what a policy can be.
+        args: Episodes, seeds, checkpoint and the other options (``args.policies`` is ignored).
+
+    Returns:
+        The result: per policy ``real`` and ``imagined`` success rate, mean return and length;
+        ``metrics`` over policies (``success`` and ``return``: Pearson, Spearman, MMRV, mean
+        absolute gap; None with fewer than two policies); seconds spent per twin; the settings
+        and machine.
+
+    Raises:
+        ValueError: No policies, an unknown policy, or ``episodes < 1``.
+        CheckpointError: The checkpoint is missing or unfit (checked before any episode runs).
+    """
+    from wmgym.env.loading import load_checkpoint
+
+    spec = load_spec(args.task)
+    if args.episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {args.episodes}")
+    named = _named(policies)
+    factories = [policy_factory(src) for src in named.values()]
+    load_checkpoint(args.checkpoint or spec.checkpoint, spec, args.device)  # fail fast
+    max_steps = args.max_steps or spec.max_episode_steps
+    seeds = [args.seed + e for e in range(args.episodes)]
+    jobs = [(make, s) for make in factories for s in seeds]  # policy-major order
+    start = time.perf_counter()
+    real, first_obs = run_real(spec, jobs, max_steps, args.workers, args.progress)
+    sim_seconds = time.perf_counter() - start
+    imagined = _imagine_all(spec, jobs, first_obs, max_steps, args)
+    wm_seconds = time.perf_counter() - start - sim_seconds
+    per_policy, metrics = _compare(list(named), real, imagined, args.episodes)
+    return {
+        "task": spec.name,
+        "sim_env": spec.sim_id,
+        "wm_env": spec.wm_id,
+        "checkpoint": str(Path(args.checkpoint or spec.checkpoint).resolve()),
+        "episodes": args.episodes,
+        "seeds": seeds,
+        "max_steps": max_steps,
+        "temperature": args.temperature,
+        "policies": per_policy,
+        "metrics": metrics,
+        "seconds": {"sim": round(sim_seconds, 1), "wm": round(wm_seconds, 1)},
+        "machine": machine(),
+    }
+
+
+def plot_sweep(result: dict[str, Any], path: str | Path) -> Path:
+    """Scatter of real vs imagined success, one labeled point per policy, and the line y = x."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8.5, 5.5))
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="y = x")
+    points: dict[tuple[float, float], list[int]] = {}  # policies on one point share it
+    for i, p in enumerate(result["policies"], 1):
+        points.setdefault((p["real"]["success"], p["imagined"]["success"]), []).append(i)
+    for (x, y), numbers in points.items():
+        names = [f"{i}: {result['policies'][i - 1]['name']}" for i in numbers]
+        ax.scatter(x, y, s=30, label="\n".join(names))
+        ax.annotate(
+            ",".join(map(str, numbers)),
+            (x, y),
+            textcoords="offset points",
+            xytext=(-5 if x > 0.6 else 5, -5 if y > 0.6 else 5),  # into the plot
+            ha="right" if x > 0.6 else "left",
+            va="top" if y > 0.6 else "bottom",
+            fontsize=8,
+        )
+    m = result["metrics"]["success"] or {}
+    fmt = {k: "n/a" if v is None else f"{v:.2f}" for k, v in m.items()}
+    ax.set_title(
+        f"Pearson {fmt.get('pearson', 'n/a')}, Spearman {fmt.get('spearman', 'n/a')}, "
+        f"MMRV {fmt.get('mmrv', 'n/a')}",
+        fontsize=9,
+    )
+    ax.set_xlabel(f"real success ({result['sim_env']}, {result['episodes']} episodes)")
+    ax.set_ylabel(f"imagined success ({result['wm_env']})")
+    ax.set(xlim=(-0.05, 1.05), ylim=(-0.05, 1.05), aspect="equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Per-policy success and return in both twins, then the agreement metrics, as Markdown."""
+    lines = [
+        "| policy | real success | imagined success | real return | imagined return |",
+        "|---|---|---|---|---|",
+    ]
+    for p in result["policies"]:
+        r, s = p["real"], p["imagined"]
+        lines.append(
+            f"| {p['name']} | {r['success']:.2f} | {s['success']:.2f} | "
+            f"{r['return']:.2f} | {s['return']:.2f} |"
+        )
+    for key, m in result["metrics"].items():
+        if m:
+            lines.append(
+                f"\n{key}: " + ", ".join(f"{k} {'n/a' if v is None else v}" for k, v in m.items())
+            )
+    return "\n".join(lines)
+
+
+def sweep_main(
+    args: SweepArgs, policies: Mapping[str, PolicySource] | Iterable[PolicySource] | None = None
+) -> dict[str, Any]:
+    """``wmgym sweep``: run the sweep, print the table, write ``sweep.json`` and ``sweep.png``.
+
+    Args:
+        args: The options.
+        policies: Policies to use instead of ``args.policies`` (objects allowed, see above).
+
+    Returns:
+        The result written to ``<out>/sweep.json``.
+    """
+    result = run_sweep(args.policies if policies is None else policies, args)
+    out = Path(args.out)
+    result["plot"] = str(plot_sweep(result, out / "sweep.png"))
+    write_result(out / "sweep.json", result)
+    print(format_table(result))
+    print(f"wrote {out / 'sweep.json'} and {out / 'sweep.png'}")
+    return result
