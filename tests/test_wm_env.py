@@ -388,3 +388,26 @@ def test_damaged_checkpoint_names_the_file(ckpt, tmp_path, damage):
         gym.make("WM-Pick-v0", checkpoint=broken)
     assert str(broken) in str(err.value)
     assert isinstance(err.value, ValueError)
+
+
+def test_state_only_mode_imagines_the_same_states_faster_path(ckpt):
+    full = gym.make("WM-Pick-v0", checkpoint=ckpt, device=DEVICE, render_mode="rgb_array")
+    lean = gym.make("WM-Pick-v0", checkpoint=ckpt, device=DEVICE, render_mode="rgb_array",
+                    images=False)
+    assert list(lean.observation_space.spaces) == ["state"]
+    check_env(lean.unwrapped, skip_render_check=True)
+    o1, _ = full.reset(seed=5)
+    o2, _ = lean.reset(seed=5)
+    assert set(o2) == {"state"}
+    np.testing.assert_array_equal(o1["state"], o2["state"])
+    np.testing.assert_array_equal(full.render(), lean.render())  # the start image
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        a = rng.uniform(-1, 1, 4).astype(np.float32)
+        s1, r1, t1, _, i1 = full.step(a)
+        s2, r2, t2, _, i2 = lean.step(a)
+        np.testing.assert_array_equal(s1["state"], s2["state"])
+        assert (r1, t1, i1) == (r2, t2, i2)
+        if t1:
+            break
+    np.testing.assert_array_equal(full.render(), lean.render())  # decoded on demand

@@ -89,8 +89,10 @@ class Imagination:
         device: str | torch.device = "auto",
         temperature: float = 1.0,
         top_k: int | None = None,
+        images: bool = True,
     ) -> None:
         self.task = load_spec(spec) if isinstance(spec, str) else spec
+        self.images = images
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if not temperature >= 0:
@@ -98,7 +100,10 @@ class Imagination:
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be None or >= 1, got {top_k}")
         self.num_envs, self.temperature, self.top_k = num_envs, float(temperature), top_k
-        self.observation_space = self.task.observation_space()
+        # contexts are always full observations (the model tokenizes their images); what the
+        # rollouts return drops the images when images=False
+        self.context_space = self.task.observation_space()
+        self.observation_space = self.task.observation_space(images=images)
         self.action_space = self.task.action_space()
         self.checkpoint = load_checkpoint(checkpoint or self.task.checkpoint, self.task, device)
         self.model = self.checkpoint.model
@@ -106,6 +111,9 @@ class Imagination:
         self.state: RolloutState | None = None
         self.obs: Obs | None = None  # current observation of every rollout, (N, ...)
         self.tokens: np.ndarray | None = None  # the last sampled frame tokens, (N, n)
+        self._last_tokens: torch.Tensor | None = None
+        self._images: Obs | None = None  # images of every rollout, for render(), (N, ...)
+        self._stale = np.zeros(num_envs, bool)  # rows whose _images are older than the tokens
 
     # ------------------------------------------------------------------ starts
     def draw_start(
@@ -136,7 +144,7 @@ class Imagination:
                 raise ValueError("options['context_actions'] needs options['context']")
             bank = self.checkpoint.start_obs
             i = int(np_random.integers(self.checkpoint.num_start_obs))
-            first = {k: bank[k][i] for k in self.observation_space.spaces}
+            first = {k: bank[k][i] for k in self.context_space.spaces}
         else:
             seq = self._as_sequence(context)
             first = {k: v[0] for k, v in seq.items()}
@@ -155,7 +163,7 @@ class Imagination:
 
     def _as_sequence(self, context: Any) -> Obs:
         """Context as ``{key: (T, ...)}`` in the space's dtypes, checked key by key."""
-        keys = list(self.observation_space.spaces)
+        keys = list(self.context_space.spaces)
         if (
             isinstance(context, Sequence)
             and context
@@ -176,7 +184,7 @@ class Imagination:
         if missing:
             raise ValueError(f"options['context'] lacks keys {missing} (expected {keys})")
         out = {
-            k: _checked(np.asarray(context[k]), self.observation_space[k], f"context[{k!r}]")
+            k: _checked(np.asarray(context[k]), self.context_space[k], f"context[{k!r}]")
             for k in keys
         }
         lengths = {len(v) for v in out.values()}
@@ -213,7 +221,8 @@ class Imagination:
         else:
             idx = torch.as_tensor(rows, dtype=torch.long, device=self.device)
             self.state = self.model.reset(frames, generators=gens, state=self.state, index=idx)
-        obs = _stack([s.obs for s in starts])
+        self._store_images(_stack([{k: s.obs[k] for k in IMAGE_KEYS} for s in starts]), rows)
+        obs = _stack([{k: s.obs[k] for k in self.observation_space.spaces} for s in starts])
         if full:
             self.obs = {k: v[np.argsort(rows)] for k, v in obs.items()}
         else:
@@ -256,23 +265,29 @@ class Imagination:
             torch.as_tensor(actions, device=self.device),
             temperature=self.temperature,
             top_k=self.top_k,
+            decode=self.images,
         )
-        rgb, depth, mask = frames_to_obs(out.frames, self.task.depth_range)
         space = self.observation_space.spaces
-        far = float(space["depth"].high.max())
         state = out.state.to(torch.float32).cpu().numpy()
         self.tokens = out.tokens.cpu().numpy()
-        self.obs = {
-            "rgb": rgb.cpu().numpy(),
-            "depth": np.clip(depth.cpu().numpy(), 0.0, far),
-            "mask": mask.cpu().numpy(),
-            "state": np.clip(state, space["state"].low, space["state"].high),
-        }
+        self._last_tokens = out.tokens
+        self.obs = {"state": np.clip(state, space["state"].low, space["state"].high)}
+        if self.images:
+            self.obs = {**self._image_obs(out.frames), **self.obs}
+            self._store_images(self.obs, range(self.num_envs))
+        else:  # decoded only if rendered
+            self._stale[:] = True
         return Imagined(
             obs={k: v.copy() for k, v in self.obs.items()},
             reward=out.reward.to(torch.float64).cpu().numpy(),
             success_prob=out.success.to(torch.float64).cpu().numpy(),
         )
+
+    def _image_obs(self, frames: torch.Tensor) -> Obs:
+        rgb, depth, mask = frames_to_obs(frames, self.task.depth_range)
+        far = float(self.context_space["depth"].high.max())
+        return {"rgb": rgb.cpu().numpy(), "depth": np.clip(depth.cpu().numpy(), 0.0, far),
+                "mask": mask.cpu().numpy()}
 
     def close(self) -> None:
         """Frees the rollouts' KV cache (the shared model stays loaded)."""
@@ -286,7 +301,22 @@ class Imagination:
 
         if self.obs is None:
             raise RuntimeError("reset the env before rendering it")
-        return tile_frame(*(self.obs[k][i] for k in IMAGE_KEYS), self.task.depth_range)
+        if self._stale[i]:  # state-only rollouts decode their images when rendered
+            rows = np.flatnonzero(self._stale)
+            idx = torch.as_tensor(rows, device=self.device)
+            frames = self.model.decode(self._last_tokens[idx], self.state, idx)
+            self._store_images(self._image_obs(frames), rows)
+        return tile_frame(*(self._images[k][i] for k in IMAGE_KEYS), self.task.depth_range)
+
+    def _store_images(self, images: Obs, rows: Sequence[int]) -> None:
+        """Keeps the current images of ``rows`` for rendering."""
+        rows = list(rows)
+        if self._images is None:
+            self._images = {k: np.zeros((self.num_envs, *images[k].shape[1:]), images[k].dtype)
+                            for k in IMAGE_KEYS}
+        for k in IMAGE_KEYS:
+            self._images[k][rows] = images[k]
+        self._stale[rows] = False
 
 
 def _stack(obs: Sequence[Obs]) -> Obs:

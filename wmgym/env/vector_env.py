@@ -49,6 +49,8 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
         checkpoint: Checkpoint directory; defaults to the spec's.
         temperature: Token sampling temperature (0 = greedy).
         top_k: Sample among the ``top_k`` most likely tokens only (None = all).
+        images: Return rgb/depth/mask (else ``state`` only, like ``Sim``'s ``images=False``;
+            frames are then not decoded, which is faster). Contexts still need images.
         terminate_on_success: Override the spec's setting.
         render_mode: ``"rgb_array"`` (``render`` returns one frame per sub-env) or None.
 
@@ -69,6 +71,7 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
         checkpoint: str | Path | None = None,
         temperature: float = 1.0,
         top_k: int | None = None,
+        images: bool = True,
         terminate_on_success: bool | None = None,
         render_mode: str | None = None,
     ) -> None:
@@ -84,7 +87,8 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
             self.task.terminate_on_success if terminate_on_success is None else terminate_on_success
         )
         self.metadata = {**self.metadata, "render_fps": self.task.control_freq}
-        self.core = Imagination(self.task, num_envs, checkpoint, device, temperature, top_k)
+        self.core = Imagination(self.task, num_envs, checkpoint, device, temperature, top_k,
+                                 images)
         self.single_observation_space = self.core.observation_space
         self.single_action_space = self.core.action_space
         self.observation_space = batch_space(self.single_observation_space, num_envs)

@@ -39,6 +39,8 @@ class WorldModelEnv(gym.Env):
         checkpoint: Checkpoint directory; defaults to the spec's.
         temperature: Token sampling temperature (0 = greedy, deterministic).
         top_k: Sample among the ``top_k`` most likely tokens only (None = all).
+        images: Return rgb/depth/mask (else ``state`` only, like ``Sim``'s ``images=False``;
+            frames are then not decoded, which is faster). Contexts still need images.
         terminate_on_success: Override the spec's setting.
         render_mode: ``"rgb_array"`` (rgb | depth | mask of the current observation) or None.
 
@@ -53,6 +55,7 @@ class WorldModelEnv(gym.Env):
         checkpoint: str | Path | None = None,
         temperature: float = 1.0,
         top_k: int | None = None,
+        images: bool = True,
         terminate_on_success: bool | None = None,
         render_mode: str | None = None,
     ) -> None:
@@ -64,7 +67,8 @@ class WorldModelEnv(gym.Env):
             self.task.terminate_on_success if terminate_on_success is None else terminate_on_success
         )
         self.metadata = {**self.metadata, "render_fps": self.task.control_freq}
-        self.core = Imagination(self.task, 1, checkpoint, device, temperature, top_k)
+        self.core = Imagination(self.task, 1, checkpoint, device, temperature, top_k,
+                                 images)
         self.observation_space = self.core.observation_space
         self.action_space = self.core.action_space
 

@@ -39,7 +39,7 @@ class RolloutState:
 class StepOutput(NamedTuple):
     """What one imagined step returns, batched."""
 
-    frames: Tensor  # (B, 5, H, W) decoded frame: rgb, depth (normalized), mask probability
+    frames: Tensor | None  # (B, 5, H, W) decoded frame (rgb, depth, mask prob); None if not decoded
     reward: Tensor  # (B,)
     success: Tensor  # (B,) probability that the task is solved
     state: Tensor  # (B, state_dim) predicted privileged state
@@ -170,9 +170,15 @@ class WorldModel(nn.Module):
         return state
 
     @torch.no_grad()
+    def decode(self, tokens: Tensor, state: RolloutState, index: Tensor | None = None) -> Tensor:
+        """Frame tokens ``(B, n)`` of rollouts ``index`` (default all) -> ``(B, 5, H, W)``."""
+        feats = state.ctx.feats if index is None else [f[index] for f in state.ctx.feats]
+        return self.tokenizer.decode_future(tokens, feats)
+
+    @torch.no_grad()
     def step(
         self, state: RolloutState, actions: Tensor, temperature: float = 1.0,
-        top_k: int | None = None,
+        top_k: int | None = None, decode: bool = True,
     ) -> tuple[StepOutput, RolloutState]:
         """Imagines one step of every rollout.
 
@@ -181,6 +187,8 @@ class WorldModel(nn.Module):
             actions: ``(B, action_dim)``, already validated and clipped.
             temperature: Token sampling temperature (0 = greedy).
             top_k: Sample among the ``top_k`` most likely tokens only.
+            decode: Decode the frame tokens to images (False: only tokens and heads, faster;
+                imagination continues from the tokens either way).
 
         Returns:
             ``(StepOutput, state)``; the state is updated in place and returned for clarity.
@@ -189,7 +197,7 @@ class WorldModel(nn.Module):
         sample = self.dynamics.generate_frame(
             state.cache, actions, state.generators, temperature=temperature, top_k=top_k
         )
-        frames = self.tokenizer.decode_future(sample.tokens, state.ctx.feats)
+        frames = self.decode(sample.tokens, state) if decode else None
         state.steps += 1
         out = StepOutput(
             frames=frames,
