@@ -13,8 +13,12 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 $PY -m wmgym.cli collect --episodes 400 --workers 2 --seed 0 --out data/pick --overwrite
 $PY -m wmgym.cli train tokenizer --data data/pick --steps 1000 --out runs/tokenizer
 $PY -m wmgym.cli train dynamics --data data/pick --tokenizer runs/tokenizer/final \
-    --steps "${DYN_STEPS:-2500}" --out runs/dynamics --checkpoint checkpoints/WM-Pick-v0
+    --steps "${DYN_STEPS:-2000}" --out runs/dynamics --checkpoint checkpoints/WM-Pick-v0
 $PY -m wmgym.cli eval --checkpoint checkpoints/WM-Pick-v0 --data data/pick --split heldout \
     --out out/eval
+# the reference the quality regression test (tests/test_quality.py) holds later checkpoints to
+$PY -m wmgym.cli eval --checkpoint checkpoints/WM-Pick-v0 --data tests/data/heldout_pick \
+    --split all --device cpu --out out/eval_regression
+cp out/eval_regression/metrics.json checkpoints/WM-Pick-v0/regression.json
 $PY -m wmgym.cli card --checkpoint checkpoints/WM-Pick-v0 --eval out/eval/metrics.json \
     --data data/pick

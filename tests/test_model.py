@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -17,15 +16,6 @@ from wmgym.model.transformer import (
     symexp,
     symlog,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny ops: OpenMP threads only add overhead (and stall badly on a busy machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_tokenizer_config(**kw) -> TokenizerConfig:

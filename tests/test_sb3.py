@@ -2,34 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 from gymnasium import spaces
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 
 from wmgym.env import SB3VecEnv, WorldModelVectorEnv, make_sb3_env
-from wmgym.env.testing import make_tiny_checkpoint
 
 # exact reproducibility is promised on CPU (CUDA kernels may add in any order)
 DEVICE = "cpu"
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("wm") / "WM-Pick-v0")
 
 
 def test_make_sb3_env_wraps_the_native_vector_env(ckpt):

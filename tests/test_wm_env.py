@@ -16,7 +16,6 @@ from gymnasium.utils.env_checker import check_env
 from gymnasium.wrappers import FilterObservation, RenderCollection
 
 from wmgym.env import load_checkpoint
-from wmgym.env.testing import make_tiny_checkpoint
 from wmgym.model.checkpoint import CONFIG, START_OBS, WEIGHTS, CheckpointError
 from wmgym.spec import load_spec
 from wmgym.viz import tile_frame
@@ -24,19 +23,6 @@ from wmgym.viz import tile_frame
 # exact reproducibility is promised on CPU (CUDA kernels may add in any order)
 DEVICE = "cpu"
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: OpenMP threads only add overhead (and stall badly on a busy machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("wm") / "WM-Pick-v0")
 
 
 def rollout(env, seed: int, steps: int, action_seed: int = 0, scale: float = 1.0):

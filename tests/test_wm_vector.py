@@ -22,13 +22,6 @@ MAX_STEPS = 15
 DEVICE = "cpu"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:

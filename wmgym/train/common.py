@@ -19,6 +19,26 @@ from torch import nn
 
 
 @dataclass
+class TrainArgs:
+    """Options every training stage has."""
+
+    data: str = "data/pick"
+    """Dataset directory (``wmgym collect``)."""
+    seed: int = 0
+    """Seed of initialisation and sampling (each process adds its rank)."""
+    log_every: int = 50
+    """Steps between TensorBoard scalars."""
+    ckpt_every: int = 500
+    """Steps between resumable checkpoints."""
+    resume: bool = False
+    """Continue from the run directory's last checkpoint."""
+    device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
+    task: str = "pick"
+    """Task spec."""
+
+
+@dataclass
 class Dist:
     """This process's place in a (possibly single-process) training run."""
 

@@ -21,18 +21,16 @@ from wmgym.train.data import load_episodes, sample_clips, tokenize_episodes
 
 
 @dataclass
-class TrainDynamicsArgs:
+class TrainDynamicsArgs(common.TrainArgs):
     """Options of ``wmgym train dynamics``."""
 
-    data: str = "data/pick"
-    """Dataset directory (``wmgym collect``)."""
     tokenizer: str = "runs/tokenizer/final"
     """Trained tokenizer (``wmgym train tokenizer``'s ``final/``)."""
     out: str = "runs/dynamics"
     """Run directory: TensorBoard logs and resumable state."""
     checkpoint: str = "checkpoints/WM-Pick-v0"
     """Where to export the finished world model (weights, config, start-observation bank)."""
-    steps: int = 4000
+    steps: int = 2000
     """Optimizer steps."""
     batch: int = 16
     """Clips per process per step."""
@@ -54,18 +52,6 @@ class TrainDynamicsArgs:
     """Besides frame 0, every ``ctx_stride``-th frame also serves as a clip's context."""
     bank_size: int = 96
     """Real initial observations shipped with the checkpoint for ``reset()`` without context."""
-    seed: int = 0
-    """Seed of initialisation and sampling (each process adds its rank)."""
-    log_every: int = 50
-    """Steps between TensorBoard scalars."""
-    ckpt_every: int = 500
-    """Steps between resumable checkpoints."""
-    resume: bool = False
-    """Continue from ``out``'s last checkpoint."""
-    device: str = "auto"
-    """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
-    task: str = "pick"
-    """Task spec."""
 
 
 def load_tokenizer(directory: str | Path, device) -> MMTokenizer:

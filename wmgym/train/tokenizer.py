@@ -18,14 +18,12 @@ from wmgym.train.data import load_episodes, sample_frame_pairs
 
 
 @dataclass
-class TrainTokenizerArgs:
+class TrainTokenizerArgs(common.TrainArgs):
     """Options of ``wmgym train tokenizer``."""
 
-    data: str = "data/pick"
-    """Dataset directory (``wmgym collect``)."""
     out: str = "runs/tokenizer"
     """Run directory: TensorBoard logs, resumable state, and ``final/`` (the trained tokenizer)."""
-    steps: int = 3000
+    steps: int = 1000
     """Optimizer steps (all processes together take one step each)."""
     batch: int = 32
     """Context frames per process per step."""
@@ -39,18 +37,6 @@ class TrainTokenizerArgs:
     """``fsq`` or ``vq``."""
     base_channels: int = 16
     """Channels at full resolution (model width)."""
-    seed: int = 0
-    """Seed of initialisation and sampling (each process adds its rank)."""
-    log_every: int = 50
-    """Steps between TensorBoard scalars."""
-    ckpt_every: int = 500
-    """Steps between resumable checkpoints."""
-    resume: bool = False
-    """Continue from ``out``'s last checkpoint."""
-    device: str = "auto"
-    """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
-    task: str = "pick"
-    """Task spec (depth range)."""
 
 
 def recon_grid(tok: MMTokenizer, ctx: torch.Tensor, fut: torch.Tensor) -> torch.Tensor:

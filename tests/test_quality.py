@@ -1,0 +1,56 @@
+"""Quality regression of the shipped checkpoint on committed held-out episodes.
+
+The thresholds are the card's "regression set" numbers (``wmgym eval --data
+tests/data/heldout_pick --split all``, same seed) with a margin; a retrained checkpoint that
+imagines worse than the shipped one fails here.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from wmgym.evaluation import EvalArgs, evaluate
+from wmgym.spec import load_spec
+
+CHECKPOINT = load_spec("pick").checkpoint
+DATA = Path(__file__).parent / "data" / "heldout_pick"
+REFERENCE = CHECKPOINT / "regression.json"  # what the recipe measured on DATA
+
+pytestmark = pytest.mark.skipif(
+    not (CHECKPOINT / "config.json").exists(), reason="no shipped checkpoint"
+)
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    torch.set_num_threads(1)
+    return evaluate(EvalArgs(checkpoint=str(CHECKPOINT), data=str(DATA), split="all",
+                             out=str(tmp_path_factory.mktemp("eval")), device="cpu"))
+
+
+def test_reference_was_measured_on_these_episodes(result):
+    ref = json.loads(REFERENCE.read_text())
+    assert ref["episodes"] == result["episodes"] and ref["steps"] == result["steps"]
+
+
+def test_tokenizer_reconstruction_holds(result):
+    ref = json.loads(REFERENCE.read_text())["tokenizer"]
+    assert result["tokenizer"]["rgb_psnr"] >= ref["rgb_psnr"] - 1.0
+    assert result["tokenizer"]["mask_iou"] >= ref["mask_iou"] - 0.03
+
+
+def test_open_loop_imagination_holds(result):
+    ref = json.loads(REFERENCE.read_text())["open_loop"]
+    ol = result["open_loop"]
+    assert ol["rgb_psnr"]["mean"] >= ref["rgb_psnr"]["mean"] - 1.5
+    assert ol["mask_iou"]["mean"] >= ref["mask_iou"]["mean"] - 0.05
+    assert ol["depth_absrel"]["mean"] <= ref["depth_absrel"]["mean"] + 0.02
+    assert ol["success_acc"]["mean"] >= ref["success_acc"]["mean"] - 0.1
+    assert ol["reward_mae"]["mean"] <= ref["reward_mae"]["mean"] + 0.05
+
+
+def test_imagination_listens_to_actions(result):
+    sens = result["action_sensitivity"]["rgb_psnr"]
+    assert sens["real_actions"] > sens["other_actions"]
