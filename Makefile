@@ -23,11 +23,11 @@ test: install
 	$(PY) -m pytest -q
 
 lint: install
-	$(VENV)/bin/ruff check wmgym tests examples
-	$(VENV)/bin/ruff format --check wmgym tests examples
+	$(VENV)/bin/ruff check wmgym tests examples scripts
 
 bench: install
 	$(PY) -m wmgym.cli bench sim
+	$(PY) -m wmgym.cli bench speed
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""Regenerates tests/data/heldout_pick: a few held-out episodes (first 30 steps) for the quality test."""
+"""Regenerates tests/data/heldout_pick: held-out episodes (first 30 steps) for the quality test."""
 
 from dataclasses import replace
 
