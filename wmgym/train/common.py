@@ -101,6 +101,17 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor,
+                   lr: float, max_norm: float = 1.0) -> None:
+    """Sets the learning rate, back-propagates, clips the gradient norm and steps."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    opt.step()
+
+
 # ------------------------------------------------------------------------- resumable state
 def save_train_state(
     path: str | Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, extra: dict

@@ -109,17 +109,13 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, desc="dynamics",
                disable=not d.main)
     for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = common.lr_at(step, args.steps, args.lr, args.warmup)
         b = {k: v.to(d.device) for k, v in sample_clips(tokenized, args.batch, args.max_frames,
                                                          rng).items()}
         model.train()
         loss, m = trainer(b["ctx"], b["tokens"], b["actions"], b["reward"], b["success"],
                           b["state"], b["valid"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        common.optimizer_step(model, opt, loss,
+                              common.lr_at(step, args.steps, args.lr, args.warmup))
         if d.main and (step % args.log_every == 0 or step == args.steps - 1):
             m["lr"] = opt.param_groups[0]["lr"]
             m["clips_per_s"] = (step + 1 - bar.initial) * args.batch * d.world / (

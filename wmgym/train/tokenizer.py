@@ -73,15 +73,11 @@ def train_tokenizer(args: TrainTokenizerArgs) -> Path:
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, desc="tokenizer",
                disable=not d.main)
     for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = common.lr_at(step, args.steps, args.lr, args.warmup)
         ctx, fut = sample_frame_pairs(episodes, args.batch, rng, args.n_future)
         model.train()
         loss, m = trainer(ctx.to(d.device), fut.to(d.device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        common.optimizer_step(model, opt, loss,
+                              common.lr_at(step, args.steps, args.lr, args.warmup))
         if d.main and (step % args.log_every == 0 or step == args.steps - 1):
             m["lr"] = opt.param_groups[0]["lr"]
             m["frames_per_s"] = (step + 1 - bar.initial) * args.batch * (1 + args.n_future) \
