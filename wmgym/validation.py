@@ -33,3 +33,9 @@ def check_action(action, space: spaces.Box, batch: int | None = None) -> np.ndar
         bad = "NaN" if np.isnan(arr).any() else "inf"
         raise ValueError(f"action contains {bad}: {arr.tolist()}")
     return np.clip(arr, space.low, space.high).astype(np.float32)
+
+
+def check_render_mode(render_mode: str | None, modes: tuple[str, ...] = ("rgb_array",)) -> None:
+    """Raises ValueError unless ``render_mode`` is None or one of ``modes``."""
+    if render_mode is not None and render_mode not in modes:
+        raise ValueError(f"render_mode must be None or one of {modes}, got {render_mode!r}")

@@ -16,7 +16,7 @@ from gymnasium.vector.utils import batch_space
 
 from wmgym.env.core import Imagination, Obs, Start
 from wmgym.spec import TaskSpec, load_spec
-from wmgym.validation import check_action
+from wmgym.validation import check_action, check_render_mode
 
 
 class WorldModelVectorEnv(gym.vector.VectorEnv):
@@ -76,8 +76,7 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
         render_mode: str | None = None,
     ) -> None:
         self.task = load_spec(spec) if isinstance(spec, str) else spec
-        if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        check_render_mode(render_mode)
         self.num_envs = num_envs
         self.render_mode = render_mode
         self.max_episode_steps = (

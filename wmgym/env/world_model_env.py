@@ -11,7 +11,7 @@ import torch
 
 from wmgym.env.core import Imagination, Obs
 from wmgym.spec import TaskSpec, load_spec
-from wmgym.validation import check_action
+from wmgym.validation import check_action, check_render_mode
 
 
 class WorldModelEnv(gym.Env):
@@ -60,8 +60,7 @@ class WorldModelEnv(gym.Env):
         render_mode: str | None = None,
     ) -> None:
         self.task = load_spec(spec) if isinstance(spec, str) else spec
-        if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        check_render_mode(render_mode)
         self.render_mode = render_mode
         self.terminate_on_success = (
             self.task.terminate_on_success if terminate_on_success is None else terminate_on_success

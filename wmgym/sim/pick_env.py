@@ -13,7 +13,7 @@ import numpy as np
 
 from wmgym.sim import camera
 from wmgym.spec import TaskSpec, load_spec
-from wmgym.validation import check_action
+from wmgym.validation import check_action, check_render_mode
 
 CAMERA = "sideview"  # an existing robosuite camera, moved to the spec's pose
 
@@ -62,8 +62,7 @@ class SimEnv(gym.Env):
         import robosuite
 
         self.task = load_spec(spec) if isinstance(spec, str) else spec
-        if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        check_render_mode(render_mode)
         self.render_mode = render_mode
         self.images = images
         self.terminate_on_success = (
