@@ -27,7 +27,7 @@ def test_make_sb3_env_wraps_the_native_vector_env(ckpt):
     )
     obs = env.reset()
     assert set(obs) == {"rgb", "depth", "mask", "state"} and obs["rgb"].shape == (2, 64, 64, 3)
-    assert env.venv.reset_infos == [{"success": False, "success_prob": 0.0}] * 2
+    assert env.venv.reset_infos == [{"success": False, "success_prob": 0.0, "uncertainty": 0.0}] * 2
 
 
 def test_step_follows_the_vec_env_contract(ckpt):
@@ -52,7 +52,7 @@ def test_step_follows_the_vec_env_contract(ckpt):
         assert env.observation_space.contains(final)
         assert not np.array_equal(final["rgb"], obs["rgb"][i])  # obs starts the next episode
         assert info["is_success"] is False
-    assert env.reset_infos == [{"success": False, "success_prob": 0.0}] * 2
+    assert env.reset_infos == [{"success": False, "success_prob": 0.0, "uncertainty": 0.0}] * 2
 
 
 def test_seed_and_attributes(ckpt):

@@ -19,6 +19,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("train", "tokenizer"): ("wmgym.train.tokenizer", "TrainTokenizerArgs", "train_tokenizer_main"),
     ("train", "dynamics"): ("wmgym.train.dynamics", "TrainDynamicsArgs", "train_dynamics_main"),
     ("eval",): ("wmgym.evaluation", "EvalArgs", "eval_main"),
+    ("transfer",): ("wmgym.transfer", "TransferArgs", "transfer_main"),
+    ("mbpo",): ("wmgym.mbpo_experiment", "MBPOArgs", "mbpo_main"),
     ("card",): ("wmgym.card", "CardArgs", "card_main"),
     ("demo",): ("wmgym.demo", "DemoArgs", "demo_main"),
 }

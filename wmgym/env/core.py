@@ -66,6 +66,7 @@ class Imagined(NamedTuple):
     obs: Obs
     reward: np.ndarray  # (N,) float64 in [0, 1]
     success_prob: np.ndarray  # (N,) float64
+    uncertainty: np.ndarray  # (N,) float64: mean entropy (nats) of the frame's token distributions
 
 
 class Imagination:
@@ -281,6 +282,7 @@ class Imagination:
             obs={k: v.copy() for k, v in self.obs.items()},
             reward=out.reward.to(torch.float64).cpu().numpy(),
             success_prob=out.success.to(torch.float64).cpu().numpy(),
+            uncertainty=out.uncertainty.to(torch.float64).cpu().numpy(),
         )
 
     def _image_obs(self, frames: torch.Tensor) -> Obs:

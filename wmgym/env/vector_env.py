@@ -139,6 +139,8 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
             "_success": mask.copy(),
             "success_prob": np.zeros(n),
             "_success_prob": mask.copy(),
+            "uncertainty": np.zeros(n),
+            "_uncertainty": mask.copy(),
         }
         return {k: v.copy() for k, v in self.core.obs.items()}, infos
 
@@ -161,6 +163,8 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
             "_success": everyone,
             "success_prob": out.success_prob.copy(),
             "_success_prob": everyone.copy(),
+            "uncertainty": out.uncertainty.copy(),
+            "_uncertainty": everyone.copy(),
         }
         obs, done = out.obs, terminated | truncated
         if done.any():
@@ -174,6 +178,8 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
                 "_success": done.copy(),
                 "success_prob": np.where(done, out.success_prob, 0.0),
                 "_success_prob": done.copy(),
+                "uncertainty": np.where(done, out.uncertainty, 0.0),
+                "_uncertainty": done.copy(),
             }
             infos["_final_info"] = done.copy()
             starts = [self.core.draw_start(self._env_random[i]) for i in rows]
@@ -182,6 +188,7 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
                 obs[k][rows] = v
             infos["success"][rows] = False
             infos["success_prob"][rows] = 0.0
+            infos["uncertainty"][rows] = 0.0
             self._elapsed[rows] = 0
         return obs, out.reward, terminated, truncated, infos
 

@@ -22,7 +22,10 @@ class WorldModelEnv(gym.Env):
     ``np_random`` from the checkpoint's bank of real start observations. ``step`` imagines the
     next observation, the reward (in [0, 1]) and the success probability with the world model;
     ``terminated`` is ``info["success"]`` (probability > 0.5) when ``terminate_on_success``;
-    truncation is the ``TimeLimit`` wrapper's (``gym.make`` adds it). Each reset seeds the
+    truncation is the ``TimeLimit`` wrapper's (``gym.make`` adds it). ``info["uncertainty"]`` is
+    the mean entropy (nats) of the token distributions the frame was sampled from: it rises
+    where the model saw little data like this (an unfamiliar action), for penalties or to cut
+    model rollouts short. Each reset seeds the
     env's own ``torch.Generator`` from ``np_random``, so seeded rollouts reproduce exactly.
     Weights load once per process and are shared by every instance.
 
@@ -31,7 +34,7 @@ class WorldModelEnv(gym.Env):
     >>> obs, info = env.reset(seed=0)
     >>> obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
     >>> sorted(obs), sorted(info)
-    (['depth', 'mask', 'rgb', 'state'], ['success', 'success_prob'])
+    (['depth', 'mask', 'rgb', 'state'], ['success', 'success_prob', 'uncertainty'])
 
     Args:
         spec: Task spec or task name.
@@ -83,7 +86,7 @@ class WorldModelEnv(gym.Env):
 
         Returns:
             ``(observation, info)``: the (latest) real observation, ``{"success": False,
-            "success_prob": 0.0}``.
+            "success_prob": 0.0, "uncertainty": 0.0}``.
         """
         super().reset(seed=seed)
         options = options or {}
@@ -91,7 +94,8 @@ class WorldModelEnv(gym.Env):
             self.np_random, options.get("context"), options.get("context_actions")
         )
         obs = self.core.reset([start])
-        return {k: v[0] for k, v in obs.items()}, {"success": False, "success_prob": 0.0}
+        return {k: v[0] for k, v in obs.items()}, {"success": False, "success_prob": 0.0,
+                                                "uncertainty": 0.0}
 
     def step(self, action: Any) -> tuple[Obs, SupportsFloat, bool, bool, dict[str, Any]]:
         """Imagines one step; a bad action raises ValueError, an out-of-bounds one is clipped."""
@@ -100,7 +104,8 @@ class WorldModelEnv(gym.Env):
         prob = float(out.success_prob[0])
         success = prob > 0.5
         obs = {k: v[0] for k, v in out.obs.items()}
-        info = {"success": success, "success_prob": prob}
+        info = {"success": success, "success_prob": prob,
+                "uncertainty": float(out.uncertainty[0])}
         return obs, float(out.reward[0]), success and self.terminate_on_success, False, info
 
     def render(self) -> np.ndarray | None:

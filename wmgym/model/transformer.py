@@ -72,6 +72,7 @@ class FrameSample(NamedTuple):
     reward: Tensor  # (B,) real units
     success_logit: Tensor  # (B,)
     state: Tensor  # (B, state_dim) real units
+    entropy: Tensor  # (B,) mean entropy (nats) of the model's token distributions in the frame
 
 
 def symlog(x: Tensor) -> Tensor:
@@ -446,8 +447,11 @@ class DynamicsTransformer(nn.Module):
         b, n = actions.shape[0], self.cfg.n_frame_tokens
         tokens = torch.empty(b, n, dtype=torch.long, device=actions.device)
         x = (self.slot + self.action_proj(actions.to(self.slot.dtype))).unsqueeze(1)
+        entropy = torch.zeros(b, device=actions.device)
         for i in range(n):
             logits = self.lm_head(self._step(x, cache))
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            entropy -= (logp.exp() * logp).sum(-1)
             if logits_out is not None:
                 logits_out[:, i] = logits
             if forced is not None:
@@ -463,7 +467,7 @@ class DynamicsTransformer(nn.Module):
             x = (self.tok_emb(tokens[:, i]) + self.frame_pos[i]).unsqueeze(1)
         aux = self.aux_head(self._step(x, cache))
         cache.n_frames += 1
-        return FrameSample(tokens, *self._decode_aux(aux))
+        return FrameSample(tokens, *self._decode_aux(aux), entropy / n)
 
     def _gumbel(self, cache: KVCache, b: int, generators: list[torch.Generator] | None) -> Tensor:
         """Gumbel noise ``(B, n, V)``; sample ``i``'s comes from one draw of ``generators[i]``."""

@@ -44,6 +44,7 @@ class StepOutput(NamedTuple):
     success: Tensor  # (B,) probability that the task is solved
     state: Tensor  # (B, state_dim) predicted privileged state
     tokens: Tensor  # (B, n) the sampled frame tokens
+    uncertainty: Tensor  # (B,) mean entropy (nats) of the token distributions sampled from
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -205,5 +206,6 @@ class WorldModel(nn.Module):
             success=torch.sigmoid(sample.success_logit),
             state=sample.state,
             tokens=sample.tokens,
+            uncertainty=sample.entropy,
         )
         return out, state

@@ -77,7 +77,7 @@ class SimEnv(gym.Env):
             controller_configs=_controller_config(self.task),
             has_renderer=False,
             has_offscreen_renderer=images or render_mode is not None,
-            use_camera_obs=False,  # we render the task camera ourselves (see _render_camera)
+            use_camera_obs=False,  # we render the task camera ourselves (see render_images)
             control_freq=self.task.control_freq,
             horizon=10**9,  # episode length is the TimeLimit's job
             ignore_done=True,
@@ -120,7 +120,7 @@ class SimEnv(gym.Env):
             return None
         from wmgym.viz import tile_frame
 
-        frame = self._last_frame if self.images else self._render_camera()
+        frame = self._last_frame if self.images else self.render_images()
         return tile_frame(frame["rgb"], frame["depth"], frame["mask"], self.task.depth_range)
 
     def close(self):
@@ -139,7 +139,13 @@ class SimEnv(gym.Env):
             [raw["robot0_eef_pos"], raw["robot0_gripper_qpos"], raw["cube_pos"]]
         ).astype(np.float32)
 
-    def _render_camera(self) -> dict[str, np.ndarray]:
+    def render_images(self) -> dict[str, np.ndarray]:
+        """The camera's rgb, metric depth and robot mask of the current state.
+
+        Needs a renderer: ``images=True`` or ``render_mode="rgb_array"``.
+        """
+        if self._rs.sim._render_context_offscreen is None:
+            raise RuntimeError("render_images needs images=True or render_mode='rgb_array'")
         r = self.task.resolution
         sim = self._rs.sim
         # robosuite renders into whichever GL context is current: with several envs in one
@@ -160,7 +166,7 @@ class SimEnv(gym.Env):
     def _observe(self, raw: dict) -> dict[str, np.ndarray]:
         obs: dict[str, np.ndarray] = {}
         if self.images:
-            self._last_frame = self._render_camera()
+            self._last_frame = self.render_images()
             obs.update(self._last_frame)
         obs["state"] = self._state(raw)
         return obs

@@ -1,0 +1,213 @@
+"""``wmgym mbpo``: real steps to reach 50% and 80% success, MBPO-augmented SAC vs plain SAC.
+
+Both agents are the same SAC (hyper-parameters, update-to-data ratio, seeds) on the same real
+env (``Sim-<Task>-v0``, state only, episodes not ended on success); the MBPO one also learns from
+imagined branches (:mod:`wmgym.mbpo`). Every ``--eval-every`` real steps both are evaluated in
+the real twin on fixed seeds. Written: the result JSON (``--result``) and the learning-curve plot
+(``--plot``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from stable_baselines3.common.callbacks import CallbackList
+
+from wmgym.bench import machine, write_result
+from wmgym.env.sb3 import make_sb3_env
+from wmgym.mbpo import MBPO, MBPOConfig, make_real_env
+from wmgym.rl import CurveCallback, RealEvaluator, steps_to
+from wmgym.spec import TaskSpec, load_spec
+
+Method = Literal["mbpo", "sac"]
+
+#: Success levels whose first crossing is reported.
+THRESHOLDS = (0.5, 0.8)
+
+
+@dataclass
+class MBPOArgs:
+    """MBPO-augmented SAC vs plain SAC in Sim-<Task>-v0: real steps to 50% / 80% success."""
+
+    task: str = "pick"
+    """Task spec name."""
+    steps: int = 15_000
+    """Real environment steps per run."""
+    seeds: tuple[int, ...] = (0,)
+    """One run of each method per seed."""
+    methods: tuple[Method, ...] = ("mbpo", "sac")
+    """Which agents to train."""
+    updates_per_step: int = 2
+    """SAC gradient steps per real step (both methods)."""
+    learning_starts: int = 1_000
+    """Random-action real steps before learning (both methods)."""
+    eval_every: int = 1_000
+    """Evaluate in the real twin every this many real steps."""
+    curve_episodes: int = 10
+    """Real episodes per evaluation."""
+    every: int = 250
+    """MBPO: real steps between branchings."""
+    rollouts: int = 256
+    """MBPO: imagined branches per branching."""
+    horizon: int = 3
+    """MBPO: imagined steps per branch."""
+    real_ratio: float = 0.5
+    """MBPO: fraction of each batch from real transitions."""
+    max_uncertainty: float | None = 1.2
+    """MBPO: cut a branch where the frame's token entropy exceeds this (None: never)."""
+    stride: int = 2
+    """MBPO: keep every ``stride``-th real observation (with images) as a branch start."""
+    checkpoint: str | None = None
+    """World-model checkpoint directory; defaults to the spec's."""
+    device: str = "auto"
+    """World-model device."""
+    out: Path = Path("runs/mbpo")
+    """TensorBoard logs go here."""
+    result: Path | None = Path("benchmarks/mbpo.json")
+    """Result JSON; None to skip."""
+    plot: Path | None = Path("docs/mbpo.png")
+    """Learning-curve plot; None to skip."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+def _mbpo_config(args: MBPOArgs, seed: int) -> MBPOConfig:
+    return MBPOConfig(every=args.every, rollouts=args.rollouts, horizon=args.horizon,
+                      real_ratio=args.real_ratio, max_uncertainty=args.max_uncertainty, seed=seed)
+
+
+def run_one(args: MBPOArgs, spec: TaskSpec, method: Method, seed: int,
+            evaluate: RealEvaluator) -> dict[str, Any]:
+    """Trains one agent for ``args.steps`` real steps; returns its curve and crossings."""
+    from stable_baselines3 import SAC
+
+    torch.manual_seed(seed)
+    callbacks: list[Any] = []
+    mbpo = None
+    if method == "mbpo":
+        env, bank = make_real_env(spec.sim_id, seed=seed, stride=args.stride)
+        mbpo = MBPO(bank, _mbpo_config(args, seed), checkpoint=args.checkpoint,
+                    device=args.device, task=args.task)
+        callbacks.append(mbpo)
+    else:
+        env = make_sb3_env(spec.sim_id, num_envs=1, seed=seed, keys=["state"], images=False,
+                           terminate_on_success=False)
+    curve = CurveCallback(evaluate, args.eval_every, args.curve_episodes, args.steps,
+                          args.progress, desc=f"{method} seed {seed}")
+    agent = SAC("MultiInputPolicy", env, seed=seed, device="cpu", verbose=0,
+                learning_starts=args.learning_starts, gradient_steps=args.updates_per_step,
+                tensorboard_log=str(args.out / "tb"))
+    start = time.perf_counter()
+    agent.learn(args.steps, callback=CallbackList([curve, *callbacks]),
+                tb_log_name=f"{method}_seed{seed}")
+    wall = time.perf_counter() - start - curve.eval_seconds
+    env.close()
+    record: dict[str, Any] = {
+        "method": method,
+        "seed": seed,
+        "real_steps": int(agent.num_timesteps),
+        "train_seconds": wall,
+        "curve": curve.curve,
+        **{f"steps_to_{int(t * 100)}": steps_to(curve.curve, t) for t in THRESHOLDS},
+    }
+    if mbpo is not None:
+        record["imagined_steps"] = mbpo.imagined_steps
+        record["branches_cut_short"] = mbpo.cut_short
+    return record
+
+
+def summarize(runs: list[dict[str, Any]], steps: int) -> dict[str, Any]:
+    """Median real steps to each threshold per method, and SAC's over MBPO's.
+
+    A run that never got there counts as more than the budget.
+    """
+    out: dict[str, Any] = {}
+    for method in sorted({r["method"] for r in runs}):
+        mine = [r for r in runs if r["method"] == method]
+        out[method] = {}
+        for t in THRESHOLDS:
+            key = f"steps_to_{int(t * 100)}"
+            values = [r[key] if r[key] is not None else np.inf for r in mine]
+            median = float(np.median(values))
+            out[method][key] = median if np.isfinite(median) else None
+            out[method][f"{key}_reached"] = f"{sum(np.isfinite(values))}/{len(values)}"
+    if {"mbpo", "sac"} <= out.keys():
+        for t in THRESHOLDS:
+            key = f"steps_to_{int(t * 100)}"
+            m, s = out["mbpo"][key], out["sac"][key]
+            out[f"speedup_{int(t * 100)}"] = (
+                s / m if m and s else (f"> {steps / m:.2f}" if m and s is None else None)
+            )
+    return out
+
+
+def plot_mbpo(result: dict[str, Any], path: str | Path) -> Path:
+    """Real success vs real steps: each run faint, the mean over seeds bold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    colors = {"mbpo": "tab:blue", "sac": "tab:orange"}
+    for method in colors:
+        runs = [r for r in result["runs"] if r["method"] == method]
+        if not runs:
+            continue
+        for r in runs:
+            ax.plot([p["step"] for p in r["curve"]], [p["real_success"] for p in r["curve"]],
+                    color=colors[method], alpha=0.3)
+        n = min(len(r["curve"]) for r in runs)
+        steps = [p["step"] for p in runs[0]["curve"][:n]]
+        mean = np.mean([[p["real_success"] for p in r["curve"][:n]] for r in runs], axis=0)
+        label = "SAC + MBPO (WM-Pick-v0 branches)" if method == "mbpo" else "SAC"
+        ax.plot(steps, mean, "o-", color=colors[method], label=f"{label}, {len(runs)} seed(s)")
+    for t in THRESHOLDS:
+        ax.axhline(t, color="grey", lw=0.8, ls=":")
+    ax.set(xlabel="real environment steps", ylabel="success rate in Sim", ylim=(-0.05, 1.05),
+           title="MBPO replay augmentation vs plain SAC")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def mbpo_main(args: MBPOArgs) -> dict[str, Any]:
+    """Runs ``wmgym mbpo``; returns (and writes) the result."""
+    import wmgym  # noqa: F401  (registers the envs)
+
+    spec = load_spec(args.task)
+    evaluate = RealEvaluator(spec)
+    try:
+        runs = [run_one(args, spec, method, seed, evaluate)
+                for seed in args.seeds for method in args.methods]
+    finally:
+        evaluate.close()
+    result = {
+        "task": spec.name,
+        "steps": args.steps,
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in args.__dict__.items()},
+        "machine": machine(),
+        "runs": runs,
+        "summary": summarize(runs, args.steps),
+    }
+    if args.result is not None:
+        write_result(args.result, result)
+    if args.plot is not None:
+        plot_mbpo(result, args.plot)
+    for r in runs:
+        print(f"{r['method']:5s} seed {r['seed']}: steps to 50% {r['steps_to_50']}, "
+              f"to 80% {r['steps_to_80']}, train {r['train_seconds']:.0f} s")
+    print(result["summary"])
+    return result

@@ -1,0 +1,127 @@
+"""Shared pieces of the RL experiments (``wmgym transfer``, ``wmgym mbpo``).
+
+:class:`RealEvaluator` scores SB3 agents in the real twin on fixed seeds; :class:`CurveCallback`
+records a learning curve (real evaluations and training-episode outcomes) while an agent trains.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from tqdm.auto import tqdm
+
+from wmgym.bench import make_sim_env
+from wmgym.spec import TaskSpec
+from wmgym.sweep import SB3Policy
+
+#: Seeds of real evaluation episodes start here (training episodes use ``seed + i``).
+EVAL_SEED_OFFSET = 100_000
+
+
+@dataclass
+class RealEvaluator:
+    """Evaluates SB3 agents in ``Sim-<Task>-v0`` (state only) on fixed seeds.
+
+    One robosuite env is kept open across calls (making one takes seconds).
+    """
+
+    spec: TaskSpec
+    seed: int = EVAL_SEED_OFFSET
+    _env: Any = field(default=None, repr=False)
+
+    def __call__(self, model: BaseAlgorithm, episodes: int) -> dict[str, float]:
+        """Success rate and mean return of ``model`` (deterministic) over ``episodes``."""
+        if self._env is None:
+            self._env = make_sim_env(self.spec.sim_id, images=False)
+        policy = SB3Policy(model)
+        success, returns = [], []
+        for e in range(episodes):
+            obs, _ = self._env.reset(seed=self.seed + e)
+            done, ok, ret = False, False, 0.0
+            while not done:
+                obs, reward, terminated, truncated, info = self._env.step(policy(obs))
+                ok, ret = ok or bool(info["success"]), ret + float(reward)
+                done = terminated or truncated
+            success.append(ok)
+            returns.append(ret)
+        return {"success": float(np.mean(success)), "return": float(np.mean(returns))}
+
+    def close(self) -> None:
+        """Closes the robosuite env."""
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+
+
+class CurveCallback(BaseCallback):
+    """Records training-episode outcomes and, every ``every`` steps, a real evaluation.
+
+    The time spent evaluating is measured, so training wall time can exclude it.
+    """
+
+    def __init__(self, evaluate: RealEvaluator, every: int, episodes: int, total: int,
+                 progress: bool, desc: str) -> None:
+        super().__init__()
+        self.evaluate, self.every, self.episodes = evaluate, every, episodes
+        self.next_eval = every if every > 0 else None
+        self.curve: list[dict[str, float]] = []
+        self.eval_seconds = 0.0
+        self.recent: deque[tuple[bool, float]] = deque(maxlen=50)
+        self._ok: np.ndarray | None = None
+        self._ret: np.ndarray | None = None
+        self.desc = desc
+        self.bar = tqdm(total=total, desc=desc, disable=not progress, unit="step")
+
+    def _on_step(self) -> bool:
+        infos, dones = self.locals["infos"], self.locals["dones"]
+        rewards = self.locals["rewards"]
+        if self._ok is None:
+            self._ok, self._ret = np.zeros(len(dones), bool), np.zeros(len(dones))
+        self._ok |= np.array([bool(i.get("success", False)) for i in infos])
+        self._ret += rewards
+        for i in np.flatnonzero(dones):
+            self.recent.append((bool(self._ok[i]), float(self._ret[i])))
+            self._ok[i], self._ret[i] = False, 0.0
+        self.bar.update(len(dones))
+        if self.next_eval is not None and self.num_timesteps >= self.next_eval:
+            self.next_eval += self.every
+            self.record()
+        return True
+
+    def record(self) -> dict[str, float]:
+        """Evaluates the current agent in the real twin and appends a curve point."""
+        start = time.perf_counter()
+        real = self.evaluate(self.model, self.episodes)
+        self.eval_seconds += time.perf_counter() - start
+        train_ok = [ok for ok, _ in self.recent]
+        point = {
+            "step": int(self.num_timesteps),
+            "real_success": real["success"],
+            "real_return": real["return"],
+            "train_success": float(np.mean(train_ok)) if train_ok else float("nan"),
+            "train_return": float(np.mean([r for _, r in self.recent])) if train_ok else 0.0,
+        }
+        self.curve.append(point)
+        for key, value in point.items():
+            if key != "step":
+                self.logger.record(f"transfer/{key}", value)
+        self.bar.set_postfix(real=f"{real['success']:.2f}", train=f"{point['train_success']:.2f}")
+        tqdm.write(f"{self.desc} step {point['step']}: real success {real['success']:.2f} "
+                   f"return {real['return']:.1f}; training episodes success "
+                   f"{point['train_success']:.2f} return {point['train_return']:.1f}")
+        return point
+
+    def _on_training_end(self) -> None:
+        self.bar.close()
+
+
+def steps_to(curve: list[dict[str, float]], threshold: float, key: str = "real_success"
+             ) -> int | None:
+    """The first curve step at which ``key`` reaches ``threshold`` (None if never)."""
+    return next((int(p["step"]) for p in curve if p[key] >= threshold), None)
