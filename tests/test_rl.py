@@ -1,0 +1,161 @@
+"""RL on the twins: ``wmgym transfer``, MBPO replay augmentation, the examples (tiny budgets)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import SAC
+
+from wmgym.mbpo import MBPO, ContextBank, MixedReplayBuffer, ModelBuffer, make_real_env
+from wmgym.mbpo_experiment import MBPOArgs, mbpo_main, summarize
+from wmgym.rl import steps_to
+from wmgym.spec import IMAGE_KEYS
+from wmgym.transfer import TransferArgs, transfer_main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_wm_step_reports_token_entropy_as_uncertainty(ckpt):
+    env = gym.make("WM-Pick-v0", checkpoint=ckpt, device="cpu", images=False)
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(env.action_space.sample())
+    vocab = 8 * 5 * 5 * 5  # the tiny checkpoint's FSQ levels
+    assert 0.0 < info["uncertainty"] <= np.log(vocab) + 1e-6
+
+
+def test_context_bank_is_a_ring_sampled_uniformly():
+    bank = ContextBank(capacity=3, seed=0)
+    with pytest.raises(ValueError, match="empty"):
+        bank.sample(1)
+    for i in range(5):
+        bank.add({"state": np.full(8, i, np.float32)})
+    assert len(bank) == 3
+    drawn = bank.sample(200)["state"][:, 0]
+    assert set(drawn.tolist()) == {2.0, 3.0, 4.0}  # the two oldest were overwritten
+
+
+def test_real_env_keeps_contexts_with_the_images_a_camera_env_sees():
+    env, bank = make_real_env("Sim-Pick-v0", seed=5, stride=2)
+    obs = env.reset()
+    assert list(obs) == ["state"] and len(bank) == 1
+    camera = gym.make("Sim-Pick-v0")  # images=True: the reference rendering
+    ref, _ = camera.reset(seed=5)
+    kept = bank.sample(1)
+    for k in (*IMAGE_KEYS, "state"):
+        np.testing.assert_array_equal(kept[k][0], ref[k])
+    for _ in range(4):
+        env.step(np.zeros((1, 4), np.float32))
+    assert len(bank) == 3  # observations 0, 2, 4
+    env.close()
+    camera.close()
+
+
+def _samples(n, value):
+    from stable_baselines3.common.type_aliases import DictReplayBufferSamples
+
+    t = torch.full((n, 1), float(value))
+    return DictReplayBufferSamples({"state": t.repeat(1, 8)}, t.repeat(1, 4),
+                                   {"state": t.repeat(1, 8)}, t * 0, t, None)
+
+
+class _RealBuffer:
+    def sample(self, n, env=None):
+        return _samples(n, 1.0)
+
+    def size(self):
+        return 7
+
+
+def test_mixed_buffer_draws_the_set_ratio_and_delegates_the_rest():
+    from gymnasium import spaces
+
+    space = spaces.Dict({"state": spaces.Box(-5, 5, (8,), np.float32)})
+    model = ModelBuffer(10, space, 4)
+    mixed = MixedReplayBuffer(_RealBuffer(), model, real_ratio=0.25)
+    assert (mixed.sample(8).rewards == 1.0).all()  # empty model buffer: all real
+    model.add({"state": np.zeros((3, 8))}, np.zeros((3, 4)), np.full(3, 5.0),
+              {"state": np.ones((3, 8))}, np.zeros(3, bool))
+    batch = mixed.sample(8)
+    assert batch.rewards[:, 0].tolist() == [1.0] * 2 + [5.0] * 6
+    assert batch.observations["state"].shape == (8, 8)
+    assert (batch.next_observations["state"][2:] == 1).all()
+    assert mixed.size() == 7  # everything else is the real buffer's
+
+
+@pytest.mark.parametrize("max_uncertainty, full", [(None, True), (0.0, False)])
+def test_mbpo_branches_fill_the_model_buffer(ckpt, max_uncertainty, full):
+    env, bank = make_real_env("Sim-Pick-v0", seed=0)
+    agent = SAC("MultiInputPolicy", env, learning_starts=20, seed=0, device="cpu")
+    mbpo = MBPO(bank, every=25, rollouts=4, horizon=3, max_uncertainty=max_uncertainty,
+                checkpoint=str(ckpt), device="cpu")
+    agent.learn(50, callback=mbpo)
+    assert isinstance(agent.replay_buffer, MixedReplayBuffer)
+    if full:  # two branchings of 4 rollouts x 3 steps
+        assert mbpo.buffer.size == mbpo.imagined_steps == 2 * 4 * 3 and mbpo.cut_short == 0
+        assert np.isfinite(mbpo.buffer.rewards[:24]).all()
+    else:  # every frame is above zero entropy: every branch stops at its first step
+        assert mbpo.buffer.size == 0 and mbpo.cut_short == 2 * 4
+    env.close()
+
+
+def test_transfer_trains_in_both_twins_and_evaluates_in_sim(ckpt, tmp_path):
+    args = TransferArgs(
+        steps=64, learning_starts=32, wm_envs=2, eval_every=32, curve_episodes=1,
+        eval_episodes=2, checkpoint=str(ckpt), device="cpu", out=tmp_path / "runs",
+        result=tmp_path / "transfer.json", plot=tmp_path / "transfer.png", progress=False,
+    )
+    result = transfer_main(args)
+    saved = json.loads((tmp_path / "transfer.json").read_text())
+    assert saved["twins"].keys() == {"wm", "sim"} and (tmp_path / "transfer.png").exists()
+    for rec in saved["twins"].values():
+        assert rec["steps"] >= 64 and [p["step"] for p in rec["curve"]] == [32, 64]
+        assert 0.0 <= rec["real_success"] <= 1.0 and rec["train_seconds"] > 0
+        assert SAC.load(rec["model"]).observation_space.spaces.keys() == {"state"}
+    assert 0.0 <= saved["twins"]["wm"]["imagined_success"] <= 1.0
+    assert set(result["summary"]) >= {"ratio", "target_ratio_met", "target_absolute_met"}
+    # a second run of one twin keeps the other's record
+    transfer_main(TransferArgs(**{**args.__dict__, "twins": ("sim",), "plot": None}))
+    again = json.loads((tmp_path / "transfer.json").read_text())
+    assert again["twins"]["wm"] == saved["twins"]["wm"]
+
+
+def test_mbpo_experiment_reports_crossings(ckpt, tmp_path):
+    args = MBPOArgs(
+        steps=60, learning_starts=20, eval_every=30, curve_episodes=1, every=20, rollouts=4,
+        horizon=2, max_uncertainty=None, checkpoint=str(ckpt), device="cpu",
+        out=tmp_path / "runs",
+        result=tmp_path / "mbpo.json", plot=tmp_path / "mbpo.png", progress=False,
+    )
+    result = mbpo_main(args)
+    assert [r["method"] for r in result["runs"]] == ["mbpo", "sac"]
+    assert result["runs"][0]["imagined_steps"] > 0 and (tmp_path / "mbpo.png").exists()
+    assert json.loads((tmp_path / "mbpo.json").read_text())["summary"] == result["summary"]
+
+
+def test_steps_to_and_summary():
+    curve = [{"step": s, "real_success": v} for s, v in [(1, 0.1), (2, 0.6), (3, 0.9)]]
+    assert steps_to(curve, 0.5) == 2 and steps_to(curve, 0.8) == 3 and steps_to(curve, 0.95) is None
+    runs = [{"method": "mbpo", "steps_to_50": 2, "steps_to_80": 3},
+            {"method": "sac", "steps_to_50": 6, "steps_to_80": None}]
+    s = summarize(runs, steps=10)
+    assert s["speedup_50"] == 3.0 and s["speedup_80"] == "> 3.33"
+    assert s["sac"]["steps_to_80_reached"] == "0/1"
+
+
+@pytest.mark.parametrize("script", ["train_in_imagination.py", "mbpo_sac.py"])
+def test_examples_run(ckpt, tmp_path, script):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl"}
+    cmd = [sys.executable, str(REPO / "examples" / script), "--steps", "60",
+           "--checkpoint", str(ckpt)]
+    if script == "train_in_imagination.py":
+        cmd += ["--episodes", "1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("real success" if script.startswith("train") else "imagined transitions") in proc.stdout
