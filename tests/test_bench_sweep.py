@@ -15,11 +15,13 @@ import numpy as np
 import pytest
 import tyro
 
+from wmgym import metrics, policy_sources
 from wmgym import sweep as sw
-from wmgym.bench import BenchSpeedArgs, bench_speed_main, time_breakdown, time_env
+from wmgym.bench import BenchSpeedArgs, bench_speed_main, time_env
 from wmgym.cli import COMMANDS
 from wmgym.env.testing import make_tiny_checkpoint, synthetic_start_obs
 from wmgym.policies import RandomPolicy, ScriptedPick
+from wmgym.profiling import time_breakdown
 from wmgym.spec import load_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,53 +37,53 @@ def tiny(tmp_path_factory):
 
 
 def test_pearson_and_spearman_on_hand_made_lists():
-    assert sw.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
-    assert sw.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    assert sw.spearman([0.1, 0.5, 0.9], [0.1, 0.5, 0.9]) == pytest.approx(1.0)
-    assert sw.spearman([1, 2, 3, 4], [1, 4, 9, 16]) == pytest.approx(1.0)  # monotone, not linear
-    assert sw.pearson([1, 2, 3, 4], [1, 4, 9, 16]) < 1.0
-    assert math.isnan(sw.pearson([0.5, 0.5, 0.5], [0.1, 0.2, 0.3]))  # constant: undefined
-    np.testing.assert_allclose(sw.ranks([0.2, 0.0, 0.2, 1.0]), [2.5, 1.0, 2.5, 4.0])
+    assert metrics.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert metrics.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert metrics.spearman([0.1, 0.5, 0.9], [0.1, 0.5, 0.9]) == pytest.approx(1.0)
+    assert metrics.spearman([1, 2, 3, 4], [1, 4, 9, 16]) == pytest.approx(1.0)  # monotone
+    assert metrics.pearson([1, 2, 3, 4], [1, 4, 9, 16]) < 1.0
+    assert math.isnan(metrics.pearson([0.5, 0.5, 0.5], [0.1, 0.2, 0.3]))  # constant: undefined
+    np.testing.assert_allclose(metrics.ranks([0.2, 0.0, 0.2, 1.0]), [2.5, 1.0, 2.5, 4.0])
 
 
 def test_spearman_matches_scipy_with_ties():
     stats = pytest.importorskip("scipy.stats")
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 5, 12) / 4, rng.integers(0, 5, 12) / 4  # many ties, like rates
-    assert sw.spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic)
-    assert sw.pearson(x, y) == pytest.approx(stats.pearsonr(x, y).statistic)
+    assert metrics.spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic)
+    assert metrics.pearson(x, y) == pytest.approx(stats.pearsonr(x, y).statistic)
 
 
 def test_mmrv_perfect_ranking_is_zero():
     real = [0.0, 0.3, 0.6, 1.0]
-    assert sw.mmrv(real, real) == 0.0
-    assert sw.mmrv(real, [0.1, 0.2, 0.5, 0.6]) == 0.0  # biased but same order: no violation
-    assert sw.mmrv([0.2, 0.8], [0.0, 0.1]) == 0.0  # a perfectly ranked pair
+    assert metrics.mmrv(real, real) == 0.0
+    assert metrics.mmrv(real, [0.1, 0.2, 0.5, 0.6]) == 0.0  # biased but same order: no violation
+    assert metrics.mmrv([0.2, 0.8], [0.0, 0.1]) == 0.0  # a perfectly ranked pair
 
 
 def test_mmrv_rank_violation():
     # imagination swaps policies 0 and 1 (real margin 0.3) and ranks 2 correctly
     real, imagined = [0.2, 0.5, 1.0], [0.6, 0.4, 0.9]
     # violations: policy 0: |0.2 - 0.5| = 0.3; policy 1: 0.3; policy 2: none -> 0.6 / 3
-    assert sw.mmrv(real, imagined) == pytest.approx(0.2)
+    assert metrics.mmrv(real, imagined) == pytest.approx(0.2)
     # a full reversal: each policy's worst violation is its largest real margin
-    assert sw.mmrv([0.0, 0.5, 1.0], [1.0, 0.5, 0.0]) == pytest.approx((1.0 + 0.5 + 1.0) / 3)
+    assert metrics.mmrv([0.0, 0.5, 1.0], [1.0, 0.5, 0.0]) == pytest.approx((1.0 + 0.5 + 1.0) / 3)
 
 
 def test_mmrv_ties_strict_vs_sign():
     # imagination ties two policies that differ by 0.4 in reality
     real, imagined = [0.1, 0.5], [0.3, 0.3]
-    assert sw.mmrv(real, imagined) == pytest.approx(0.2)  # SIMPLER's code: counted once
-    assert sw.mmrv(real, imagined, strict=False) == pytest.approx(0.4)  # signs: for both
+    assert metrics.mmrv(real, imagined) == pytest.approx(0.2)  # SIMPLER's code: counted once
+    assert metrics.mmrv(real, imagined, strict=False) == pytest.approx(0.4)  # signs: for both
 
 
 def test_agreement_and_bad_inputs():
-    m = sw.agreement([0.0, 0.5, 1.0], [0.1, 0.4, 0.9])
+    m = metrics.agreement([0.0, 0.5, 1.0], [0.1, 0.4, 0.9])
     assert m["pearson"] > 0.98 and m["spearman"] == 1.0 and m["mmrv"] == 0.0
     assert m["mean_abs_gap"] == pytest.approx(0.1)
-    assert sw.agreement([0.5, 0.5], [0.1, 0.9])["pearson"] is None  # NaN -> JSON null
+    assert metrics.agreement([0.5, 0.5], [0.1, 0.9])["pearson"] is None  # NaN -> JSON null
     with pytest.raises(ValueError, match="equally long"):
-        sw.mmrv([0.1, 0.2], [0.1])
+        metrics.mmrv([0.1, 0.2], [0.1])
 
 
 # ----------------------------------------------------------------------------- policies
@@ -90,21 +92,21 @@ def test_agreement_and_bad_inputs():
 def test_policy_factory_kinds():
     state = {"state": np.zeros(8, np.float32)}
     for source in ("pick:error=0.02", "random:repeat=2", "wmgym.policies:ScriptedPick"):
-        make = sw.policy_factory(source)
+        make = policy_sources.policy_factory(source)
         a, b = make(), make()
         assert a is not b and a(state).shape == (4,)
-    assert isinstance(sw.policy_factory(ScriptedPick)(), ScriptedPick)  # a class
+    assert isinstance(policy_sources.policy_factory(ScriptedPick)(), ScriptedPick)  # a class
     instance = RandomPolicy(repeat=3)
-    copy = sw.policy_factory(instance)()  # an instance: one copy per episode
+    copy = policy_sources.policy_factory(instance)()  # an instance: one copy per episode
     assert isinstance(copy, RandomPolicy) and copy is not instance and copy.repeat == 3
 
     def fixed(obs):
         return np.ones(4, np.float32)
 
-    assert sw.policy_factory(fixed)()(state).tolist() == [1.0] * 4  # a plain function
+    assert policy_sources.policy_factory(fixed)()(state).tolist() == [1.0] * 4  # a plain function
     for bad in ("nope", "sac:", "no_such_module_xyz:thing", 3):
         with pytest.raises(ValueError):
-            sw.policy_factory(bad)
+            policy_sources.policy_factory(bad)
 
 
 @pytest.mark.parametrize("keys", [None, ["state"]])
@@ -127,13 +129,13 @@ def test_sb3_zip_policy(tmp_path, keys):
 
     policy = "MultiInputPolicy" if keys else "MlpPolicy"
     PPO(policy, StateEnv(), n_steps=8, batch_size=8, device="cpu").save(tmp_path / "m.zip")
-    make = sw.policy_factory(f"ppo:{tmp_path / 'm.zip'}")
+    make = policy_sources.policy_factory(f"ppo:{tmp_path / 'm.zip'}")
     obs = {k: s.sample() for k, s in spec.observation_space().spaces.items()}
     action = make()(obs)  # the full observation dict: the adapter picks what the model knows
     assert action.shape == (4,) and action.dtype == np.float32
     assert np.array_equal(action, make()(obs))  # deterministic
     with pytest.raises(FileNotFoundError):
-        sw.policy_factory(f"sac:{tmp_path / 'missing.zip'}")()
+        policy_sources.policy_factory(f"sac:{tmp_path / 'missing.zip'}")()
 
 
 # ----------------------------------------------------------------------------- episodes
@@ -293,7 +295,7 @@ def test_sweep_writes_json_and_plot(tiny, tmp_path):
         gap = p["imagined"]["success"] - p["real"]["success"]
         assert p["success_gap"] == pytest.approx(gap, abs=1e-4)
     m = saved["metrics"]["success"]
-    assert m["mmrv"] == pytest.approx(sw.mmrv(real, imagined), abs=1e-4)
+    assert m["mmrv"] == pytest.approx(metrics.mmrv(real, imagined), abs=1e-4)
     gap = np.mean(np.abs(np.subtract(real, imagined)))
     assert m["mean_abs_gap"] == pytest.approx(gap, abs=1e-4)  # rounded to 4 digits
     assert saved["metrics"] == json.loads(json.dumps(result["metrics"]))

@@ -13,7 +13,6 @@ import cProfile
 import functools
 import json
 import os
-import platform
 import pstats
 import time
 from dataclasses import dataclass
@@ -21,6 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from wmgym.memory import gpu_peak_mb, gpu_reset_peak, peak_rss_mb, reset_peak_rss, round_mb
+from wmgym.profiling import cumulative, time_breakdown, top_ops
+from wmgym.registration import make_env
+from wmgym.results import machine, write_result
 
 
 @dataclass
@@ -73,19 +77,6 @@ class BenchSpeedArgs:
     """JSON file to write the results to."""
 
 
-def machine() -> dict:
-    """What the numbers were measured on."""
-    import torch
-
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
 def time_env(env, steps: int, seed: int = 0, warmup: int = 10) -> float:
     """Steps per second of ``env`` under random actions (resets included when episodes end).
 
@@ -108,15 +99,6 @@ def time_env(env, steps: int, seed: int = 0, warmup: int = 10) -> float:
     return steps * (env.num_envs if vector else 1) / (time.perf_counter() - start)
 
 
-def write_result(path: str | Path, result: dict) -> None:
-    """Writes a benchmark result as JSON, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(path)
-
-
 def bench_sim_main(args: BenchSimArgs) -> dict:
     """Sim-<Task>-v0 steps/s with camera observations and in state-only mode."""
     import gymnasium as gym
@@ -133,56 +115,6 @@ def bench_sim_main(args: BenchSimArgs) -> dict:
     write_result(args.out, result)
     print(json.dumps(result, indent=1))
     return result
-
-
-# ----------------------------------------------------------------------------- memory
-
-
-def reset_peak_rss() -> bool:
-    """Restarts this process's peak-RSS counter (Linux ``VmHWM``); False where unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mb(pid: int | str = "self") -> float:
-    """Peak resident memory of a process in MiB (``VmHWM``; ``getrusage`` for ourselves)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    if pid != "self":
-        return float("nan")
-    import resource  # Unix only
-
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return kb / (1024**2 if platform.system() == "Darwin" else 1024)
-
-
-def _gpu_reset() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def _gpu_peak_mb() -> float | None:
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    return torch.cuda.max_memory_allocated() / 2**20
-
-
-def _mb(x: float | None) -> float | None:
-    return None if x is None else round(x, 1)
 
 
 # ----------------------------------------------------------------------------- the twins
@@ -206,15 +138,6 @@ def _make_wm(args: BenchSpeedArgs, num_envs: int, **kwargs: Any):
     )
 
 
-def make_sim_env(env_id: str, **kwargs: Any):
-    """``gym.make(env_id, **kwargs)`` after registering wmgym's envs (for spawned workers)."""
-    import gymnasium as gym
-
-    import wmgym  # noqa: F401
-
-    return gym.make(env_id, **kwargs)
-
-
 def bench_wm_batch(args: BenchSpeedArgs, batch: int) -> dict:
     """Imagined steps/s and peak memory of one ``WM-<Task>-v0`` vector env of ``batch`` envs.
 
@@ -226,7 +149,7 @@ def bench_wm_batch(args: BenchSpeedArgs, batch: int) -> dict:
     """
     reset_peak_rss()
     before = peak_rss_mb()  # just reset: the current RSS
-    _gpu_reset()
+    gpu_reset_peak()
     envs = _make_wm(args, batch, terminate_on_success=False)
     sps = time_env(envs, args.steps, seed=args.seed, warmup=args.warmup)
     peak = peak_rss_mb()
@@ -234,9 +157,9 @@ def bench_wm_batch(args: BenchSpeedArgs, batch: int) -> dict:
         "batch": batch,
         "steps_per_s": round(sps, 1),
         "ms_per_vector_step": round(1000 * batch / sps, 3),
-        "peak_rss_mb": _mb(peak),
-        "rss_added_mb": _mb(peak - before),
-        "peak_gpu_mb": _mb(_gpu_peak_mb()),
+        "peak_rss_mb": round_mb(peak),
+        "rss_added_mb": round_mb(peak - before),
+        "peak_gpu_mb": round_mb(gpu_peak_mb()),
     }
     envs.close()
     return row
@@ -287,10 +210,10 @@ def bench_window(args: BenchSpeedArgs) -> dict:
 def bench_sim_single(args: BenchSpeedArgs, sim_id: str) -> dict:
     """``Sim-<Task>-v0`` with camera observations in this process."""
     reset_peak_rss()
-    env = make_sim_env(sim_id, images=True, terminate_on_success=False)
+    env = make_env(sim_id, images=True, terminate_on_success=False)
     sps = time_env(env, args.sim_steps, seed=args.seed, warmup=args.warmup)
     env.close()
-    return {"workers": 1, "steps_per_s": round(sps, 1), "peak_rss_mb": _mb(peak_rss_mb())}
+    return {"workers": 1, "steps_per_s": round(sps, 1), "peak_rss_mb": round_mb(peak_rss_mb())}
 
 
 def bench_sim_parallel(args: BenchSpeedArgs, sim_id: str) -> dict | None:
@@ -306,7 +229,7 @@ def bench_sim_parallel(args: BenchSpeedArgs, sim_id: str) -> dict | None:
         return None
     reset_peak_rss()
     start = time.perf_counter()
-    fn = functools.partial(make_sim_env, sim_id, images=True, terminate_on_success=False)
+    fn = functools.partial(make_env, sim_id, images=True, terminate_on_success=False)
     envs = gym.vector.AsyncVectorEnv([fn] * workers, context="spawn")
     startup = time.perf_counter() - start
     sps = time_env(envs, args.sim_steps, seed=args.seed, warmup=args.warmup)
@@ -316,80 +239,12 @@ def bench_sim_parallel(args: BenchSpeedArgs, sim_id: str) -> dict | None:
         "workers": workers,
         "steps_per_s": round(sps, 1),
         "startup_s": round(startup, 1),
-        "peak_rss_mb": _mb(peak_rss_mb() + sum(worker_mb)),
-        "peak_rss_mb_per_worker": _mb(max(worker_mb)),
+        "peak_rss_mb": round_mb(peak_rss_mb() + sum(worker_mb)),
+        "peak_rss_mb_per_worker": round_mb(max(worker_mb)),
     }
 
 
 # ----------------------------------------------------------------------------- profile
-
-#: (file suffix, function) -> label: the functions an imagined step's time is attributed to.
-_PROFILED = {
-    ("env/vector_env.py", "step"): "vector_env.step",
-    ("validation.py", "check_action"): "check_action",
-    ("env/core.py", "step"): "core.step",
-    ("env/core.py", "reset"): "core.reset",
-    ("model/world_model.py", "step"): "model.step",
-    ("model/transformer.py", "_frame"): "transformer._frame",
-    ("model/transformer.py", "_step"): "transformer._step",
-    ("model/transformer.py", "_gumbel"): "transformer._gumbel",
-    ("model/transformer.py", "_make_room"): "transformer._make_room",
-    ("model/tokenizer.py", "decode_future"): "tokenizer.decode_future",
-    ("model/frames.py", "frames_to_obs"): "frames_to_obs",
-}
-
-
-def _cumulative(stats: pstats.Stats) -> dict[str, float]:
-    """Cumulative seconds of the functions in ``_PROFILED`` (0 for those never called)."""
-    out = dict.fromkeys(_PROFILED.values(), 0.0)
-    for (file, _, name), (_, _, _, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
-        for (suffix, fn), label in _PROFILED.items():
-            if name == fn and file.replace(os.sep, "/").endswith(suffix):
-                out[label] += cumtime
-    return out
-
-
-def time_breakdown(cum: dict[str, float]) -> dict[str, float]:
-    """Splits an imagined step's time into parts, as fractions of ``vector_env.step``.
-
-    Args:
-        cum: Cumulative seconds per profiled function (see ``_PROFILED``).
-
-    Returns:
-        Fractions of the vector env's step time: transformer forwards (one per token), token
-        sampling (lm head, Gumbel-argmax, embeddings), per-env Gumbel noise, the sliding window,
-        the frame decoder, tensor-to-numpy conversion, autoresets, and the env's own overhead.
-    """
-    total = cum["vector_env.step"] or 1e-12
-    parts = {
-        "transformer_forward": cum["transformer._step"],
-        "token_sampling": cum["transformer._frame"]
-        - cum["transformer._step"]
-        - cum["transformer._make_room"],
-        "gumbel_noise": cum["transformer._gumbel"],
-        "sliding_window": cum["transformer._make_room"],
-        "decoder": cum["tokenizer.decode_future"],
-        "obs_conversion": cum["core.step"] - cum["model.step"],
-        "autoreset": cum["core.reset"],
-        "env_overhead": total - cum["core.step"] - cum["core.reset"],
-    }
-    return {k: round(max(v, 0.0) / total, 4) for k, v in parts.items()}
-
-
-def _top_ops(prof: Any, n: int = 12) -> list[dict]:
-    """The ``n`` torch ops with the most self CPU time in a ``torch.profiler`` run."""
-    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-    total = sum(e.self_cpu_time_total for e in events) or 1
-    return [
-        {
-            "op": e.key,
-            "calls": e.count,
-            "self_cpu_ms": round(e.self_cpu_time_total / 1000, 2),
-            "share": round(e.self_cpu_time_total / total, 4),
-        }
-        for e in events[:n]
-    ]
-
 
 def profile_wm(args: BenchSpeedArgs) -> dict:
     """Profiles ``profile_steps`` steps of a ``profile_batch`` vector env (cProfile, torch).
@@ -413,7 +268,7 @@ def profile_wm(args: BenchSpeedArgs) -> dict:
     run()  # warm-up: allocations and first calls stay out of the profile
     profiler = cProfile.Profile()
     profiler.runcall(run)
-    cum = _cumulative(pstats.Stats(profiler))
+    cum = cumulative(pstats.Stats(profiler))
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         run()
     envs.close()
@@ -422,7 +277,7 @@ def profile_wm(args: BenchSpeedArgs) -> dict:
         "steps": args.profile_steps,
         "breakdown": time_breakdown(cum),
         "cumulative_s": {k: round(v, 4) for k, v in cum.items()},
-        "top_ops": _top_ops(prof),
+        "top_ops": top_ops(prof),
     }
 
 

@@ -6,10 +6,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from wmgym.bench import machine
 from wmgym.data.dataset import read_metadata
 from wmgym.evaluation import format_table
 from wmgym.model.checkpoint import read_config
+from wmgym.results import machine
 
 
 @dataclass

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from stable_baselines3.common.callbacks import CallbackList
 
-from wmgym.bench import machine, write_result
 from wmgym.env.sb3 import make_sb3_env
 from wmgym.mbpo import MBPO, MBPOConfig, make_real_env
+from wmgym.results import machine, write_result
 from wmgym.rl import CurveCallback, RealEvaluator, steps_to
 from wmgym.spec import TaskSpec, load_spec
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import gymnasium as gym
 
 from wmgym.spec import all_specs
@@ -34,3 +36,10 @@ def register_all() -> list[str]:
             )
         ids += [spec.sim_id, spec.wm_id]
     return ids
+
+
+def make_env(env_id: str, **kwargs: Any):
+    """``gym.make(env_id, **kwargs)`` after registering wmgym's envs (for spawned workers)."""
+    import wmgym  # noqa: F401
+
+    return gym.make(env_id, **kwargs)

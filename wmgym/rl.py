@@ -16,9 +16,9 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from tqdm.auto import tqdm
 
-from wmgym.bench import make_sim_env
+from wmgym.policy_sources import SB3Policy
+from wmgym.registration import make_env
 from wmgym.spec import TaskSpec
-from wmgym.sweep import SB3Policy
 
 #: Seeds of real evaluation episodes start here (training episodes use ``seed + i``).
 EVAL_SEED_OFFSET = 100_000
@@ -38,7 +38,7 @@ class RealEvaluator:
     def __call__(self, model: BaseAlgorithm, episodes: int) -> dict[str, float]:
         """Success rate and mean return of ``model`` (deterministic) over ``episodes``."""
         if self._env is None:
-            self._env = make_sim_env(self.spec.sim_id, images=False)
+            self._env = make_env(self.spec.sim_id, images=False)
         policy = SB3Policy(model)
         success, returns = [], []
         for e in range(episodes):

@@ -11,23 +11,12 @@ Reported per policy: success rate and mean return in both twins; over policies: 
 Spearman correlation of the success rates, SIMPLER's MMRV (mean maximum rank violation) and the
 mean absolute success gap. Written as ``sweep.json`` and ``sweep.png`` (real vs imagined success).
 
-Policies are given as:
-
-* names of :func:`wmgym.policies.make_policy`: ``pick``, ``pick:error=0.02``, ``random``;
-* stable-baselines3 zip files: ``sac:path.zip``, ``ppo:path.zip`` (``td3``, ``a2c``, ``ddpg``),
-  run with ``predict(obs, deterministic=True)`` on the keys they were trained on (see
-  :class:`SB3Policy`);
-* Python paths ``module:attr`` to a policy class or a zero-argument factory;
-* in the Python API also objects: a class or factory, a policy instance (copied per episode),
-  a plain ``policy(obs) -> action`` function, or a loaded SB3 model.
+Policies are given as names, SB3 zip files, Python paths or objects: see
+:mod:`wmgym.policy_sources`.
 """
 
 from __future__ import annotations
 
-import copy
-import functools
-import importlib
-import inspect
 import multiprocessing as mp
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -36,12 +25,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from gymnasium import spaces
 from tqdm.auto import tqdm
 
-from wmgym.bench import machine, write_result
-from wmgym.policies import Policy, make_policy
-from wmgym.spec import STATE_FIELDS, TaskSpec, load_spec
+from wmgym.metrics import agreement
+from wmgym.policies import Policy
+from wmgym.policy_sources import PolicySource, named_policies, policy_factory
+from wmgym.results import machine, write_result
+from wmgym.spec import TaskSpec, load_spec
 
 #: Policies of clearly different competence (real success from 0 to 1 on Pick).
 DEFAULT_POLICIES = (
@@ -55,13 +45,6 @@ DEFAULT_POLICIES = (
     "pick:give_up_prob=1",
     "random",
 )
-
-#: stable-baselines3 algorithms a policy spec may name (``<algo>:<path.zip>``).
-SB3_ALGOS = ("sac", "ppo", "td3", "a2c", "ddpg")
-
-PolicySource = str | Callable[..., Any]
-"""A policy spec string, a policy (function or instance), a policy factory or an SB3 model."""
-
 
 @dataclass
 class SweepArgs:
@@ -93,202 +76,9 @@ class SweepArgs:
     """Show progress bars."""
 
 
-# ----------------------------------------------------------------------------- policies
-
-
-class SB3Policy:
-    """A stable-baselines3 model as a policy: ``model.predict(obs, deterministic=True)``.
-
-    A model trained on a ``Dict`` observation space gets the keys it knows (e.g. only
-    ``state`` after ``SB3VecEnv(..., keys=["state"])``); one trained on a ``Box`` gets the
-    privileged ``state`` vector.
-
-    Args:
-        model: A loaded SB3 model (anything with ``predict`` and ``observation_space``).
-        deterministic: Take the mode of the action distribution.
-
-    """
-
-    def __init__(self, model: Any, deterministic: bool = True) -> None:
-        self.model, self.deterministic = model, deterministic
-        space = model.observation_space
-        self.keys = list(space.spaces) if isinstance(space, spaces.Dict) else None
-        if self.keys is None and space.shape != (len(STATE_FIELDS),):
-            raise ValueError(
-                f"SB3 model observes {space}: expected a Dict of env observation keys or the "
-                f"{len(STATE_FIELDS)}-D state Box"
-            )
-
-    def reset(self, seed: int | None = None) -> None:
-        """Stateless: nothing to reset."""
-
-    def __call__(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
-        x = {k: obs[k] for k in self.keys} if self.keys is not None else obs["state"]
-        action, _ = self.model.predict(x, deterministic=self.deterministic)
-        return np.asarray(action, dtype=np.float32)
-
-
-@functools.lru_cache(maxsize=16)
-def load_sb3_model(algo: str, path: str) -> Any:
-    """Loads an SB3 zip once per process (on CPU: small MLPs act fastest there)."""
-    import stable_baselines3
-
-    if algo not in SB3_ALGOS:
-        raise ValueError(f"unknown SB3 algorithm {algo!r}; expected one of {SB3_ALGOS}")
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{algo}:{path}: no such SB3 model file")
-    return getattr(stable_baselines3, algo.upper()).load(path, device="cpu")
-
-
-def _sb3_policy(algo: str, path: str) -> SB3Policy:
-    return SB3Policy(load_sb3_model(algo, path))
-
-
-def _required_args(fn: Callable[..., Any]) -> int | None:
-    """Number of required positional parameters of ``fn`` (None when it cannot be told)."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return sum(p.kind in kinds and p.default is p.empty for p in params)
-
-
-def policy_factory(source: PolicySource) -> Callable[[], Policy]:
-    """A zero-argument callable that makes a fresh policy for one episode.
-
-    >>> make = policy_factory("pick:error=0.02")
-    >>> a, b = make(), make()  # one instance per parallel episode
-    >>> a is b
-    False
-
-    Args:
-        source: A spec string (see the module doc), a policy class or factory, a policy
-            instance or function, or a loaded SB3 model.
-
-    Returns:
-        The factory; it is picklable when ``source`` is (spec strings always are).
-
-    Raises:
-        ValueError: ``source`` names no known kind of policy.
-    """
-    if isinstance(source, str):
-        kind, sep, rest = source.partition(":")
-        if kind in ("pick", "random"):
-            return functools.partial(make_policy, source)
-        if kind.lower() in SB3_ALGOS and rest:
-            return functools.partial(_sb3_policy, kind.lower(), rest)
-        if sep and rest:
-            try:
-                obj = getattr(importlib.import_module(kind), rest)
-            except (ImportError, AttributeError) as e:
-                raise ValueError(f"policy {source!r}: cannot import {rest!r} from {kind!r}") from e
-            return policy_factory(obj)
-        raise ValueError(
-            f"unknown policy {source!r}: expected 'pick[:k=v,...]', 'random[:repeat=n]', "
-            f"'<{'|'.join(SB3_ALGOS)}>:path.zip' or 'module:attr'"
-        )
-    if hasattr(source, "predict") and hasattr(source, "observation_space"):
-        return functools.partial(SB3Policy, source)  # one shared model, stateless adapters
-    if not callable(source):
-        raise ValueError(f"a policy must be callable, got {type(source).__name__}")
-    if inspect.isclass(source) or _required_args(source) == 0:
-        return source  # a class or factory: calling it makes a policy
-    return functools.partial(copy.deepcopy, source)  # an instance or function: one copy each
-
-
-def _name(source: PolicySource) -> str:
-    if isinstance(source, str):
-        return source
-    return getattr(source, "__name__", type(source).__name__)
-
-
-def _named(policies: Mapping[str, PolicySource] | Iterable[PolicySource]) -> dict[str, Any]:
-    named = dict(policies) if isinstance(policies, Mapping) else {}
-    if not named:
-        for source in policies:
-            key = _name(source)
-            if key in named:
-                raise ValueError(f"two policies are named {key!r}: pass a dict of names instead")
-            named[key] = source
-    if not named:
-        raise ValueError("no policies to sweep")
-    return named
-
-
 def _start_episode(policy: Policy, seed: int) -> None:
     if hasattr(policy, "reset"):
         policy.reset(seed=seed)
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-def pearson(x: Sequence[float], y: Sequence[float]) -> float:
-    """Pearson correlation of two equally long lists; NaN when either is constant."""
-    x, y = _pair(x, y)
-    dx, dy = x - x.mean(), y - y.mean()
-    denom = np.sqrt((dx**2).sum() * (dy**2).sum())
-    return float((dx * dy).sum() / denom) if denom > 0 else float("nan")
-
-
-def ranks(x: Sequence[float]) -> np.ndarray:
-    """1-based ranks of ``x``, ties sharing their average rank (as ``scipy.stats.rankdata``)."""
-    _, inverse, counts = np.unique(np.asarray(x, float), return_inverse=True, return_counts=True)
-    first = np.cumsum(counts) - counts + 1
-    return (first + (counts - 1) / 2)[inverse]
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman rank correlation (Pearson of the tie-averaged ranks); NaN when constant."""
-    x, y = _pair(x, y)
-    return pearson(ranks(x), ranks(y))
-
-
-def mmrv(real: Sequence[float], imagined: Sequence[float], strict: bool = True) -> float:
-    """SIMPLER's mean maximum rank violation of imagined vs real policy performance.
-
-    ``MMRV = 1/N sum_i max_j |R_i - R_j| * 1[order_R(i, j) != order_S(i, j)]`` (Li et al.,
-    "Evaluating Real-World Robot Manipulation Policies in Simulation", 2024): for each policy,
-    the largest real-performance margin by which the imagined twin ranks it on the wrong side
-    of another policy; 0 when the twins order every pair alike. Lower is better.
-
-    Args:
-        real: Real performance ``R`` per policy (e.g. success rates).
-        imagined: Imagined performance ``S`` per policy, same order.
-        strict: Compare orders as SIMPLER's reference code does, ``(S_i > S_j) != (R_i > R_j)``:
-            a tie in one twin against a strict order in the other counts once per pair. False
-            compares signs, ``sign(S_i - S_j) != sign(R_i - R_j)``: such a pair counts for both.
-
-    Returns:
-        The MMRV, in the units of ``real``.
-    """
-    r, s = _pair(real, imagined)
-    margin = np.abs(r[:, None] - r[None, :])
-    if strict:
-        disagree = (s[:, None] > s[None, :]) != (r[:, None] > r[None, :])
-    else:
-        disagree = np.sign(s[:, None] - s[None, :]) != np.sign(r[:, None] - r[None, :])
-    return float(np.max(margin * disagree, axis=1).mean())
-
-
-def agreement(real: Sequence[float], imagined: Sequence[float]) -> dict[str, float | None]:
-    """Pearson, Spearman, MMRV and mean absolute gap of per-policy performance (NaN -> None)."""
-    r, s = _pair(real, imagined)
-    out = {
-        "pearson": pearson(r, s),
-        "spearman": spearman(r, s),
-        "mmrv": mmrv(r, s),
-        "mean_abs_gap": float(np.abs(r - s).mean()),
-    }
-    return {k: None if np.isnan(v) else round(v, 4) for k, v in out.items()}
-
-
-def _pair(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if x.shape != y.shape or x.ndim != 1 or len(x) < 2:
-        raise ValueError(f"need two equally long lists of >= 2 values, got {x.shape}, {y.shape}")
-    return x, y
 
 
 # ----------------------------------------------------------------------------- episodes
@@ -321,9 +111,9 @@ _WORKER_ENV: Any = None
 
 def _init_worker(env_id: str, max_steps: int) -> None:
     global _WORKER_ENV
-    from wmgym.bench import make_sim_env
+    from wmgym.registration import make_env
 
-    _WORKER_ENV = make_sim_env(env_id, images=True, max_episode_steps=max_steps)
+    _WORKER_ENV = make_env(env_id, images=True, max_episode_steps=max_steps)
 
 
 def _worker_episode(job: tuple[Callable[[], Policy], int]) -> tuple[Any, ...]:
@@ -352,9 +142,9 @@ def run_real(
     """
     bar = tqdm(total=len(jobs), desc=f"{spec.sim_id} episodes", disable=not progress)
     if workers <= 1:
-        from wmgym.bench import make_sim_env
+        from wmgym.registration import make_env
 
-        env = make_sim_env(spec.sim_id, images=True, max_episode_steps=max_steps)
+        env = make_env(spec.sim_id, images=True, max_episode_steps=max_steps)
         results = []
         for job in jobs:
             results.append(_real_episode(env, *job))
@@ -525,7 +315,7 @@ def run_sweep(
     spec = load_spec(args.task)
     if args.episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {args.episodes}")
-    named = _named(policies)
+    named = named_policies(policies)
     factories = [policy_factory(src) for src in named.values()]
     load_checkpoint(args.checkpoint or spec.checkpoint, spec, args.device)  # fail fast
     max_steps = args.max_steps or spec.max_episode_steps

@@ -32,8 +32,8 @@ import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
-from wmgym.bench import machine, write_result
 from wmgym.env.sb3 import make_sb3_env
+from wmgym.results import machine, write_result
 from wmgym.rl import EVAL_SEED_OFFSET, CurveCallback, RealEvaluator
 from wmgym.spec import TaskSpec, load_spec
 

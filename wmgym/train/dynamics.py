@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from wmgym.bench import machine
 from wmgym.model import checkpoint as ckpt
 from wmgym.model.tokenizer import MMTokenizer, TokenizerConfig
 from wmgym.model.transformer import DynamicsConfig, DynamicsTransformer
 from wmgym.model.world_model import WorldModel
+from wmgym.results import machine
 from wmgym.spec import load_spec
 from wmgym.train import common
 from wmgym.train.data import load_episodes, sample_clips, tokenize_episodes

@@ -1,0 +1,152 @@
+"""Policies from wherever users keep them: names, SB3 zip files, Python paths, objects.
+
+* names of :func:`wmgym.policies.make_policy`: ``pick``, ``pick:error=0.02``, ``random``;
+* stable-baselines3 zip files: ``sac:path.zip``, ``ppo:path.zip`` (``td3``, ``a2c``, ``ddpg``),
+  run with ``predict(obs, deterministic=True)`` on the keys they were trained on (see
+  :class:`SB3Policy`);
+* Python paths ``module:attr`` to a policy class or a zero-argument factory;
+* in the Python API also objects: a class or factory, a policy instance (copied per episode),
+  a plain ``policy(obs) -> action`` function, or a loaded SB3 model.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+from wmgym.policies import Policy, make_policy
+from wmgym.spec import STATE_FIELDS
+
+#: stable-baselines3 algorithms a policy spec may name (``<algo>:<path.zip>``).
+SB3_ALGOS = ("sac", "ppo", "td3", "a2c", "ddpg")
+
+PolicySource = str | Callable[..., Any]
+"""A policy spec string, a policy (function or instance), a policy factory or an SB3 model."""
+
+
+class SB3Policy:
+    """A stable-baselines3 model as a policy: ``model.predict(obs, deterministic=True)``.
+
+    A model trained on a ``Dict`` observation space gets the keys it knows (e.g. only
+    ``state`` after ``SB3VecEnv(..., keys=["state"])``); one trained on a ``Box`` gets the
+    privileged ``state`` vector.
+
+    Args:
+        model: A loaded SB3 model (anything with ``predict`` and ``observation_space``).
+        deterministic: Take the mode of the action distribution.
+
+    """
+
+    def __init__(self, model: Any, deterministic: bool = True) -> None:
+        self.model, self.deterministic = model, deterministic
+        space = model.observation_space
+        self.keys = list(space.spaces) if isinstance(space, spaces.Dict) else None
+        if self.keys is None and space.shape != (len(STATE_FIELDS),):
+            raise ValueError(
+                f"SB3 model observes {space}: expected a Dict of env observation keys or the "
+                f"{len(STATE_FIELDS)}-D state Box"
+            )
+
+    def reset(self, seed: int | None = None) -> None:
+        """Stateless: nothing to reset."""
+
+    def __call__(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        x = {k: obs[k] for k in self.keys} if self.keys is not None else obs["state"]
+        action, _ = self.model.predict(x, deterministic=self.deterministic)
+        return np.asarray(action, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def load_sb3_model(algo: str, path: str) -> Any:
+    """Loads an SB3 zip once per process (on CPU: small MLPs act fastest there)."""
+    import stable_baselines3
+
+    if algo not in SB3_ALGOS:
+        raise ValueError(f"unknown SB3 algorithm {algo!r}; expected one of {SB3_ALGOS}")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{algo}:{path}: no such SB3 model file")
+    return getattr(stable_baselines3, algo.upper()).load(path, device="cpu")
+
+
+def _sb3_policy(algo: str, path: str) -> SB3Policy:
+    return SB3Policy(load_sb3_model(algo, path))
+
+
+def _required_args(fn: Callable[..., Any]) -> int | None:
+    """Number of required positional parameters of ``fn`` (None when it cannot be told)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(p.kind in kinds and p.default is p.empty for p in params)
+
+
+def policy_factory(source: PolicySource) -> Callable[[], Policy]:
+    """A zero-argument callable that makes a fresh policy for one episode.
+
+    >>> make = policy_factory("pick:error=0.02")
+    >>> a, b = make(), make()  # one instance per parallel episode
+    >>> a is b
+    False
+
+    Args:
+        source: A spec string (see the module doc), a policy class or factory, a policy
+            instance or function, or a loaded SB3 model.
+
+    Returns:
+        The factory; it is picklable when ``source`` is (spec strings always are).
+
+    Raises:
+        ValueError: ``source`` names no known kind of policy.
+    """
+    if isinstance(source, str):
+        kind, sep, rest = source.partition(":")
+        if kind in ("pick", "random"):
+            return functools.partial(make_policy, source)
+        if kind.lower() in SB3_ALGOS and rest:
+            return functools.partial(_sb3_policy, kind.lower(), rest)
+        if sep and rest:
+            try:
+                obj = getattr(importlib.import_module(kind), rest)
+            except (ImportError, AttributeError) as e:
+                raise ValueError(f"policy {source!r}: cannot import {rest!r} from {kind!r}") from e
+            return policy_factory(obj)
+        raise ValueError(
+            f"unknown policy {source!r}: expected 'pick[:k=v,...]', 'random[:repeat=n]', "
+            f"'<{'|'.join(SB3_ALGOS)}>:path.zip' or 'module:attr'"
+        )
+    if hasattr(source, "predict") and hasattr(source, "observation_space"):
+        return functools.partial(SB3Policy, source)  # one shared model, stateless adapters
+    if not callable(source):
+        raise ValueError(f"a policy must be callable, got {type(source).__name__}")
+    if inspect.isclass(source) or _required_args(source) == 0:
+        return source  # a class or factory: calling it makes a policy
+    return functools.partial(copy.deepcopy, source)  # an instance or function: one copy each
+
+
+def policy_name(source: PolicySource) -> str:
+    if isinstance(source, str):
+        return source
+    return getattr(source, "__name__", type(source).__name__)
+
+
+def named_policies(policies: Mapping[str, PolicySource] | Iterable[PolicySource]) -> dict[str, Any]:
+    named = dict(policies) if isinstance(policies, Mapping) else {}
+    if not named:
+        for source in policies:
+            key = policy_name(source)
+            if key in named:
+                raise ValueError(f"two policies are named {key!r}: pass a dict of names instead")
+            named[key] = source
+    if not named:
+        raise ValueError("no policies to sweep")
+    return named
