@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -47,6 +48,8 @@ def randomize_actions(model: DynamicsTransformer) -> None:
     # (at init it is near uniform, which would hide wrong keys or positions)
     torch.nn.init.normal_(model.action_proj.weight, std=0.5)
     torch.nn.init.normal_(model.action_proj.bias, std=0.5)
+    if model.cfg.gap_embedding:
+        torch.nn.init.normal_(model.gap_emb, std=0.5)
     with torch.no_grad():
         for block in model.blocks:
             block.attn.qkv.weight.mul_(10.0)
@@ -268,11 +271,14 @@ def rollout(model, cache, n_frames, actions, gens=None, last=None):
     return torch.stack(tokens, 1), logits, frame
 
 
-def test_sliding_window_exact_for_one_layer():
+@pytest.mark.parametrize("gap", [False, True])
+def test_sliding_window_exact_for_one_layer(gap):
     # with one layer the cached keys/values depend only on (token, position), so after any
-    # number of window shifts the cache must equal a fresh forward over ctx + the last window
+    # number of window shifts the cache must equal a fresh forward over ctx + the last window;
+    # with a gap embedding, frames imagined after the window slid carry it, as training clips
+    # that do not start right after their context do
     torch.manual_seed(0)
-    cfg = tiny_dynamics_config(n_layer=1)
+    cfg = tiny_dynamics_config(n_layer=1, gap_embedding=gap)
     model = DynamicsTransformer(cfg).eval()
     randomize_actions(model)
     b, k, w = 2, 3 * cfg.max_frames + 1, cfg.max_frames
@@ -284,9 +290,29 @@ def test_sliding_window_exact_for_one_layer():
     assert tokens.min() >= 0 and tokens.max() < cfg.vocab_size
     assert (cache.lengths == cfg.max_seq_len).all() and (cache.n_frames == w).all()
     with torch.no_grad():
-        full = model(batch["ctx_tokens"], tokens[:, -w:], batch["actions"][:, -w:])
+        full = model(batch["ctx_tokens"], tokens[:, -w:], batch["actions"][:, -w:],
+                     gap=torch.ones(b))
+        no_gap = model(batch["ctx_tokens"], tokens[:, -w:], batch["actions"][:, -w:])
     assert torch.allclose(logits, full.logits[:, -1], atol=1e-4)
     assert torch.allclose(frame.state, full.state[:, -1], atol=1e-4)
+    assert torch.allclose(full.logits, no_gap.logits) != gap  # the flag reaches the model
+
+
+def test_gap_flag_is_set_only_after_the_window_slides():
+    torch.manual_seed(0)
+    cfg = tiny_dynamics_config(n_layer=1, gap_embedding=True)
+    model = DynamicsTransformer(cfg).eval()
+    randomize_actions(model)
+    batch = dynamics_batch(cfg, 2, cfg.max_frames, seed=4)
+    cache = model.new_cache(2)
+    model.prefill(cache, batch["ctx_tokens"])
+    with torch.no_grad():  # inside the first window: no gap, as in clips right after a context
+        full = model(batch["ctx_tokens"], batch["frame_tokens"], batch["actions"],
+                     gap=torch.zeros(2))
+    for t in range(cfg.max_frames):
+        logits, _ = model.teacher_force_frame(cache, batch["actions"][:, t],
+                                              batch["frame_tokens"][:, t])
+        assert torch.allclose(logits, full.logits[:, t], atol=1e-4)
 
 
 def test_sliding_window_cache_contents():

@@ -57,8 +57,10 @@ def test_dynamics_exports_a_loadable_world_model(tiny_data, tiny_tokenizer, tmp_
     for (k, a), (_, b) in zip(wm.state_dict().items(), copy.state_dict().items()):
         assert torch.equal(a, b), k
     result = evaluate(EvalArgs(checkpoint=str(ckpt), data=str(tiny_data), split="all",
-                               horizon=5, out=str(tmp_path / "eval"), device="cpu"))
+                               horizon=5, out=str(tmp_path / "eval"), device="cpu",
+                               probe_starts=1))
     assert result["steps"] == 5 and (tmp_path / "eval" / "rollout.gif").exists()
+    assert 0.0 <= result["action_probe"]["false_success"] <= 1.0
     assert 0.0 <= result["open_loop"]["success_acc"]["mean"] <= 1.0
 
 

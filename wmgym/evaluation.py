@@ -9,6 +9,9 @@ Three measurements on the same episodes, batched:
    real ones, per horizon.
 3. **Action sensitivity** — the same rollouts under another episode's actions. A model that
    listens to actions is measurably closer to the truth with the real ones.
+4. **Action probes** — constant actions the data never showed (hold, up, sideways, …) from
+   real starts, in ``Sim-<Task>-v0`` and imagined (:mod:`wmgym.action_probe`): the gripper
+   error and the false successes an agent training in imagination would meet.
 
 Writes ``metrics.json``, ``horizon.png`` (metric vs horizon) and ``rollout.gif``
 (real | imagined; rgb, depth, mask).
@@ -55,6 +58,8 @@ class EvalArgs:
     """Output directory for metrics.json, horizon.png and rollout.gif."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
+    probe_starts: int = 8
+    """Real starts of the action probes (runs robosuite; 0 = skip them)."""
 
 
 def frame_metrics(pred: Tensor, true: Tensor, depth_range) -> dict[str, Tensor]:
@@ -177,6 +182,15 @@ def evaluate(args: EvalArgs) -> dict:
         k: {"real_actions": float(real[k].mean()), "other_actions": float(other[k].mean())}
         for k in ("rgb_psnr", "mask_iou", "depth_absrel")
     }
+    if args.probe_starts:
+        from wmgym.action_probe import probe_actions
+        from wmgym.model.checkpoint import read_config
+
+        task = str(read_config(args.checkpoint).get("task", "pick")).lower()
+        result["action_probe"] = probe_actions(
+            task, args.probe_starts, seed=args.seed,
+            checkpoint=args.checkpoint, device=args.device, temperature=args.temperature,
+        ).summary()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=1))
@@ -237,6 +251,14 @@ def format_table(result: dict) -> str:
     lines.append("Action sensitivity (mean over all steps): " + ", ".join(
         f"{k} {v['real_actions']:.3f} (real actions) vs {v['other_actions']:.3f} (other)"
         for k, v in sens.items()))
+    if "action_probe" in result:
+        p = result["action_probe"]
+        lines.append(
+            f"Action probes ({p['starts']} real starts x {len(p['per_pattern_eef_err_m'])} "
+            f"constant actions): gripper error " + ", ".join(
+                f"{h} {v:.3f} m" for h, v in p["eef_err_m"].items())
+            + f"; false successes {p['false_success']:.2f}; imagined/real gripper travel "
+            f"{p['move_ratio']:.2f}")
     return "\n".join(lines)
 
 

@@ -49,6 +49,10 @@ class DynamicsConfig:
     w_reward: float = 1.0  # loss weight: reward MSE in symlog space
     w_success: float = 1.0  # loss weight: success BCE
     w_state: float = 1.0  # loss weight: normalised state MSE
+    # A learned vector on the slot tokens of frames that do not follow the context directly
+    # (clips cut from later in an episode; the sliding window in long rollouts). Without it the
+    # first imagined frame cannot tell "one step after the context" from "many steps after".
+    gap_embedding: bool = False
 
     @property
     def max_seq_len(self) -> int:
@@ -256,6 +260,8 @@ class DynamicsTransformer(nn.Module):
         self.frame_pos = nn.Parameter(torch.zeros(n, d))  # index of a token within its frame
         self.slot = nn.Parameter(torch.zeros(d))
         self.action_proj = nn.Linear(cfg.action_dim, d)
+        if cfg.gap_embedding:
+            self.gap_emb = nn.Parameter(torch.zeros(d))
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(d, cfg.norm_eps)
         self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)
@@ -292,12 +298,20 @@ class DynamicsTransformer(nn.Module):
 
     # --------------------------------------------------------------------- training
 
-    def _hidden(self, ctx_tokens: Tensor, frame_tokens: Tensor, actions: Tensor) -> Tensor:
+    def _slots(self, actions: Tensor, gap: Tensor | None) -> Tensor:
+        """Slot tokens ``(..., d)``: the slot, the action and (per sample) the gap flag."""
+        x = self.slot + self.action_proj(actions.to(self.slot.dtype))
+        if gap is not None and self.cfg.gap_embedding:
+            x = x + gap.to(x.dtype).view(-1, *([1] * (x.dim() - 1))) * self.gap_emb
+        return x
+
+    def _hidden(self, ctx_tokens: Tensor, frame_tokens: Tensor, actions: Tensor,
+                gap: Tensor | None = None) -> Tensor:
         """Final-norm hidden states of the frame part, ``(B, T, n + 1, d)``."""
         b, t, n = frame_tokens.shape
         if t > self.cfg.max_frames:
             raise ValueError(f"{t} frames exceed the window of max_frames={self.cfg.max_frames}")
-        slots = (self.slot + self.action_proj(actions.to(self.slot.dtype))).unsqueeze(2)
+        slots = self._slots(actions, gap).unsqueeze(2)
         frames = self.tok_emb(frame_tokens) + self.frame_pos  # (B, T, n, d)
         x = torch.cat([self.ctx_emb(ctx_tokens), torch.cat([slots, frames], 2).flatten(1, 2)], 1)
         cos, sin = self.rope_cos[: x.shape[1]], self.rope_sin[: x.shape[1]]
@@ -306,26 +320,28 @@ class DynamicsTransformer(nn.Module):
         x = self.norm(x)
         return x[:, ctx_tokens.shape[1] :].view(b, t, n + 1, -1)
 
-    def forward(self, ctx_tokens: Tensor, frame_tokens: Tensor, actions: Tensor) -> DynamicsOutput:
+    def forward(self, ctx_tokens: Tensor, frame_tokens: Tensor, actions: Tensor,
+                gap: Tensor | None = None) -> DynamicsOutput:
         """Teacher-forced forward.
 
         Args:
             ctx_tokens: ``(B, Nc)`` context tokens.
             frame_tokens: ``(B, T, n)`` future tokens, ``T <= max_frames``.
             actions: ``(B, T, action_dim)``; ``actions[:, t]`` leads to ``frame_tokens[:, t]``.
+            gap: ``(B,)``: 1 where the first frame does not follow the context directly.
 
         Returns:
             :class:`DynamicsOutput`.
 
         """
-        h = self._hidden(ctx_tokens, frame_tokens, actions)
+        h = self._hidden(ctx_tokens, frame_tokens, actions, gap)
         n = frame_tokens.shape[-1]
         return DynamicsOutput(self.lm_head(h[:, :, :n]),
                               *self._decode_aux(self.aux_head(h[:, :, n])))
 
     def loss(self, ctx_tokens: Tensor, frame_tokens: Tensor, actions: Tensor, reward: Tensor,
              success: Tensor, state: Tensor, valid: Tensor | None = None,
-             ) -> tuple[Tensor, dict[str, float]]:
+             gap: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         """Token cross-entropy + reward symlog MSE + success BCE + normalised state MSE.
 
         Args:
@@ -336,13 +352,14 @@ class DynamicsTransformer(nn.Module):
             success: ``(B, T)`` success flag of frame ``t`` (bool or float).
             state: ``(B, T, state_dim)`` raw state of frame ``t``.
             valid: Optional ``(B, T)`` mask of real (non-padding) frames.
+            gap: Optional ``(B,)``: 1 where the first frame does not follow the context directly.
 
         Returns:
             ``(scalar loss, metrics)``.
 
         """
         cfg, n = self.cfg, frame_tokens.shape[-1]
-        h = self._hidden(ctx_tokens, frame_tokens, actions)
+        h = self._hidden(ctx_tokens, frame_tokens, actions, gap)
         logits, aux = self.lm_head(h[:, :, :n]), self.aux_head(h[:, :, n])
         w = torch.ones_like(reward) if valid is None else valid.to(reward.dtype)
         denom = w.sum().clamp_min(1.0)
@@ -443,10 +460,11 @@ class DynamicsTransformer(nn.Module):
         """Append one (slot + frame) block: ``n + 1`` single-token forwards over the batch."""
         if int(cache.lengths.min()) < self.cfg.n_ctx_tokens:
             raise RuntimeError("call prefill(cache, ctx_tokens) before generating frames")
+        slides = cache.n_frames >= self.cfg.max_frames  # the window drops a frame: a gap opens
         self._make_room(cache)
         b, n = actions.shape[0], self.cfg.n_frame_tokens
         tokens = torch.empty(b, n, dtype=torch.long, device=actions.device)
-        x = (self.slot + self.action_proj(actions.to(self.slot.dtype))).unsqueeze(1)
+        x = self._slots(actions, slides).unsqueeze(1)
         entropy = torch.zeros(b, device=actions.device)
         for i in range(n):
             logits = self.lm_head(self._step(x, cache))

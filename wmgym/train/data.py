@@ -116,10 +116,11 @@ def sample_clips(
     """Dynamics training clips: a context and ``length`` later frames with their actions.
 
     Half the clips start right after their context (the start of an imagined episode); the rest
-    start later, as the sliding window sees them in long rollouts. Episodes too short to fill
-    ``length`` frames are padded and ``valid`` marks the real frames.
+    start later, as the sliding window sees them in long rollouts; ``gap`` flags those (the model
+    is told, as it is when its window slides). Episodes too short to fill ``length`` frames are
+    padded and ``valid`` marks the real frames.
     """
-    keys = ("ctx", "tokens", "actions", "reward", "success", "state", "valid")
+    keys = ("ctx", "tokens", "actions", "reward", "success", "state", "valid", "gap")
     cols: dict[str, list[Tensor]] = {k: [] for k in keys}
     for _ in range(batch):
         te = episodes[rng.integers(len(episodes))]
@@ -140,6 +141,7 @@ def sample_clips(
         cols["success"].append(_pad(ep.success[frames_t - 1], pad))
         cols["state"].append(_pad(ep.state[frames_t], pad))
         cols["valid"].append(_pad(torch.ones(k), pad))
+        cols["gap"].append(torch.tensor(float(first > 1)))
     return {k: torch.stack(v) for k, v in cols.items()}
 
 

@@ -52,6 +52,11 @@ class TrainDynamicsArgs(common.TrainArgs):
     """Besides frame 0, every ``ctx_stride``-th frame also serves as a clip's context."""
     bank_size: int = 96
     """Real initial observations shipped with the checkpoint for ``reset()`` without context."""
+    gap_embedding: bool = True
+    """Tell the model when a clip's first frame does not follow its context directly."""
+    init: str = ""
+    """Fine-tune: start from this world-model checkpoint (its tokenizer and dynamics weights;
+    parameters it lacks, such as a new gap embedding, start at zero). Empty: from scratch."""
 
 
 def load_tokenizer(directory: str | Path, device) -> MMTokenizer:
@@ -74,6 +79,18 @@ def start_bank(data: str, size: int, seed: int) -> dict[str, np.ndarray]:
             for k in eps[0].observations}
 
 
+def init_from(model: DynamicsTransformer, source: DynamicsTransformer, path: str) -> None:
+    """Copies ``source``'s weights into ``model``; only parameters new in ``model`` may be absent.
+
+    Raises:
+        ValueError: The architectures differ beyond added parameters (names the checkpoint).
+    """
+    missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+    if unexpected or not set(missing) <= {"gap_emb"}:
+        raise ValueError(f"{path}: cannot fine-tune from it: missing {missing}, "
+                         f"unexpected {unexpected} (expected the same dynamics config)")
+
+
 def train_dynamics(args: TrainDynamicsArgs) -> Path:
     """Trains the dynamics transformer and exports the world-model checkpoint."""
     d = common.setup_distributed(args.device)
@@ -81,7 +98,8 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
     rng = np.random.default_rng(args.seed + d.rank)
     spec = load_spec(args.task)
     out = Path(args.out)
-    tok = load_tokenizer(args.tokenizer, d.device)
+    init = WorldModel.load(args.init, d.device) if args.init else None
+    tok = init.tokenizer.eval() if init else load_tokenizer(args.tokenizer, d.device)
     episodes = load_episodes(args.data, "train", spec.depth_range)
     start = time.perf_counter()
     tokenized = tokenize_episodes(tok, episodes, args.ctx_stride, d.device, progress=d.main)
@@ -90,11 +108,13 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
         ctx_vocab_size=tok.ctx_vocab_size, vocab_size=tok.future_vocab_size,
         n_ctx_tokens=tok.n_ctx_tokens, n_frame_tokens=tok.n_future_tokens,
         max_frames=args.max_frames, d_model=args.d_model, n_layer=args.n_layer,
-        n_head=args.n_head, dropout=args.dropout,
+        n_head=args.n_head, dropout=args.dropout, gap_embedding=args.gap_embedding,
     )
     model = DynamicsTransformer(cfg).to(d.device)
     states = torch.cat([ep.state for ep in episodes])
     model.set_state_normalization(states.mean(0), states.std(0).clamp_min(1e-3))
+    if init is not None:
+        init_from(model, init.dynamics, args.init)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05, betas=(0.9, 0.95))
     step = 0
     if args.resume and (out / "state.json").exists():
@@ -113,7 +133,7 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
                                                          rng).items()}
         model.train()
         loss, m = trainer(b["ctx"], b["tokens"], b["actions"], b["reward"], b["success"],
-                          b["state"], b["valid"])
+                          b["state"], b["valid"], b["gap"])
         common.optimizer_step(model, opt, loss,
                               common.lr_at(step, args.steps, args.lr, args.warmup))
         if d.main and (step % args.log_every == 0 or step == args.steps - 1):
@@ -130,18 +150,24 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
         wm = WorldModel(tok.cfg, cfg, spec.depth_range)
         wm.tokenizer.load_state_dict(tok.state_dict())
         wm.dynamics.load_state_dict(model.state_dict())
-        tok_meta = ckpt.read_config(args.tokenizer)
+        train_info = {
+            "data": args.data,
+            "tokenize_seconds": round(tokenize_s, 1),
+            "dynamics_seconds": round(time.perf_counter() - t0, 1),
+            "dynamics_args": asdict(args),
+            "machine": machine(),
+        }
+        if args.init:  # fine-tuned: keep the base run's record
+            base = ckpt.read_config(args.init).get("train", {})
+            train_info |= {"tokenizer_seconds": base.get("tokenizer_seconds"),
+                           "tokenizer_args": base.get("tokenizer_args"), "base": base}
+        else:
+            tok_meta = ckpt.read_config(args.tokenizer)
+            train_info |= {"tokenizer_seconds": tok_meta.get("train_seconds"),
+                           "tokenizer_args": tok_meta.get("args")}
         wm.save(ckpt_dir, extra={
             "task": spec.name,
-            "train": {
-                "data": args.data,
-                "tokenizer_seconds": tok_meta.get("train_seconds"),
-                "tokenize_seconds": round(tokenize_s, 1),
-                "dynamics_seconds": round(time.perf_counter() - t0, 1),
-                "tokenizer_args": tok_meta.get("args"),
-                "dynamics_args": asdict(args),
-                "machine": machine(),
-            },
+            "train": train_info,
         }, start_obs=start_bank(args.data, args.bank_size, args.seed))
         print(f"world model -> {ckpt_dir} ({time.perf_counter() - start:.0f} s)")
     log.close()
