@@ -12,7 +12,14 @@ import pytest
 import torch
 from stable_baselines3 import SAC
 
-from wmgym.mbpo import MBPO, ContextBank, MixedReplayBuffer, ModelBuffer, make_real_env
+from wmgym.mbpo import (
+    MBPO,
+    ContextBank,
+    MBPOConfig,
+    MixedReplayBuffer,
+    ModelBuffer,
+    make_real_env,
+)
 from wmgym.mbpo_experiment import MBPOArgs, mbpo_main, summarize
 from wmgym.rl import steps_to
 from wmgym.spec import IMAGE_KEYS
@@ -127,8 +134,8 @@ def test_transfer_trains_in_both_twins_and_evaluates_in_sim(ckpt, tmp_path):
 
 def test_mbpo_experiment_reports_crossings(ckpt, tmp_path):
     args = MBPOArgs(
-        steps=60, learning_starts=20, eval_every=30, curve_episodes=1, every=20, rollouts=4,
-        horizon=2, max_uncertainty=None, checkpoint=str(ckpt), device="cpu",
+        steps=60, learning_starts=20, eval_every=30, curve_episodes=1, checkpoint=str(ckpt),
+        mbpo=MBPOConfig(every=20, rollouts=4, horizon=2, max_uncertainty=None), device="cpu",
         out=tmp_path / "runs",
         result=tmp_path / "mbpo.json", plot=tmp_path / "mbpo.png", progress=False,
     )

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from wmgym.model.frames import DEPTH, MASK, RGB, psnr, ssim
 from wmgym.model.world_model import WorldModel, resolve_device
+from wmgym.viz import save_figure
 
 HORIZONS = (1, 5, 10, 15, 25, 50, 100)
 
@@ -219,8 +220,7 @@ def plot_horizon(result: dict, real: dict[str, Tensor], upper: dict[str, Tensor]
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{result['episodes']} {result['split']} episodes, open loop from one frame")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def write_rollout_gif(real: Tensor, imagined: Tensor, depth_range, path) -> None:

@@ -13,7 +13,7 @@ is also rendered and kept, images included, in a :class:`ContextBank` that branc
 >>> from wmgym.mbpo import MBPO, make_real_env
 >>> env, bank = make_real_env("Sim-Pick-v0", seed=0)  # state-only agent, images kept aside
 >>> agent = SAC("MultiInputPolicy", env, gradient_steps=4)
->>> agent.learn(20_000, callback=MBPO(bank, horizon=5))  # doctest: +SKIP
+>>> agent.learn(20_000, callback=MBPO(bank, horizon=3))  # doctest: +SKIP
 
 Branches stop early where the model is unsure (``max_uncertainty``: the mean token entropy of
 an imagined frame, see ``WorldModelEnv``), so transitions imagined from unfamiliar actions do
@@ -238,7 +238,7 @@ class MBPOConfig:
     """Real steps between branchings."""
     rollouts: int = 256
     """Imagined branches per branching (one batched world-model env)."""
-    horizon: int = 5
+    horizon: int = 3
     """Imagined steps per branch."""
     real_ratio: float = 0.5
     """Fraction of each training batch drawn from real transitions."""

@@ -9,8 +9,9 @@ the real twin on fixed seeds. Written: the result JSON (``--result``) and the le
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,8 +22,9 @@ from stable_baselines3.common.callbacks import CallbackList
 from wmgym.env.sb3 import make_sb3_env
 from wmgym.mbpo import MBPO, MBPOConfig, make_real_env
 from wmgym.results import machine, write_result
-from wmgym.rl import CurveCallback, RealEvaluator, steps_to
+from wmgym.rl import CurveCallback, RealEvaluator, RLArgs, steps_to
 from wmgym.spec import TaskSpec, load_spec
+from wmgym.viz import save_figure
 
 Method = Literal["mbpo", "sac"]
 
@@ -31,11 +33,9 @@ THRESHOLDS = (0.5, 0.8)
 
 
 @dataclass
-class MBPOArgs:
+class MBPOArgs(RLArgs):
     """MBPO-augmented SAC vs plain SAC in Sim-<Task>-v0: real steps to 50% / 80% success."""
 
-    task: str = "pick"
-    """Task spec name."""
     steps: int = 15_000
     """Real environment steps per run."""
     seeds: tuple[int, ...] = (0,)
@@ -44,41 +44,18 @@ class MBPOArgs:
     """Which agents to train."""
     updates_per_step: int = 2
     """SAC gradient steps per real step (both methods)."""
-    learning_starts: int = 1_000
-    """Random-action real steps before learning (both methods)."""
     eval_every: int = 1_000
     """Evaluate in the real twin every this many real steps."""
-    curve_episodes: int = 10
-    """Real episodes per evaluation."""
-    every: int = 250
-    """MBPO: real steps between branchings."""
-    rollouts: int = 256
-    """MBPO: imagined branches per branching."""
-    horizon: int = 3
-    """MBPO: imagined steps per branch."""
-    real_ratio: float = 0.5
-    """MBPO: fraction of each batch from real transitions."""
-    max_uncertainty: float | None = 1.2
-    """MBPO: cut a branch where the frame's token entropy exceeds this (None: never)."""
+    mbpo: MBPOConfig = field(default_factory=MBPOConfig)
+    """MBPO's branching and mixing (``--mbpo.horizon 3`` …); its seed is each run's."""
     stride: int = 2
     """MBPO: keep every ``stride``-th real observation (with images) as a branch start."""
-    checkpoint: str | None = None
-    """World-model checkpoint directory; defaults to the spec's."""
-    device: str = "auto"
-    """World-model device."""
     out: Path = Path("runs/mbpo")
     """TensorBoard logs go here."""
     result: Path | None = Path("benchmarks/mbpo.json")
     """Result JSON; None to skip."""
     plot: Path | None = Path("docs/mbpo.png")
     """Learning-curve plot; None to skip."""
-    progress: bool = True
-    """Show progress bars."""
-
-
-def _mbpo_config(args: MBPOArgs, seed: int) -> MBPOConfig:
-    return MBPOConfig(every=args.every, rollouts=args.rollouts, horizon=args.horizon,
-                      real_ratio=args.real_ratio, max_uncertainty=args.max_uncertainty, seed=seed)
 
 
 def run_one(args: MBPOArgs, spec: TaskSpec, method: Method, seed: int,
@@ -91,7 +68,7 @@ def run_one(args: MBPOArgs, spec: TaskSpec, method: Method, seed: int,
     mbpo = None
     if method == "mbpo":
         env, bank = make_real_env(spec.sim_id, seed=seed, stride=args.stride)
-        mbpo = MBPO(bank, _mbpo_config(args, seed), checkpoint=args.checkpoint,
+        mbpo = MBPO(bank, replace(args.mbpo, seed=seed), checkpoint=args.checkpoint,
                     device=args.device, task=args.task)
         callbacks.append(mbpo)
     else:
@@ -174,13 +151,7 @@ def plot_mbpo(result: dict[str, Any], path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def mbpo_main(args: MBPOArgs) -> dict[str, Any]:
@@ -197,7 +168,7 @@ def mbpo_main(args: MBPOArgs) -> dict[str, Any]:
     result = {
         "task": spec.name,
         "steps": args.steps,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in args.__dict__.items()},
+        "config": json.loads(json.dumps(asdict(args), default=str)),
         "machine": machine(),
         "runs": runs,
         "summary": summarize(runs, args.steps),

@@ -20,6 +20,25 @@ from wmgym.policy_sources import SB3Policy
 from wmgym.registration import make_env
 from wmgym.spec import TaskSpec
 
+
+@dataclass
+class RLArgs:
+    """Options every RL experiment command has."""
+
+    task: str = "pick"
+    """Task spec name (``envs/<task>.toml``)."""
+    learning_starts: int = 1_000
+    """Random-action steps before the agent learns."""
+    curve_episodes: int = 10
+    """Real episodes per learning-curve point."""
+    checkpoint: str | None = None
+    """World-model checkpoint directory; defaults to the spec's."""
+    device: str = "auto"
+    """Device of the world model (``auto``: CUDA when present)."""
+    progress: bool = True
+    """Show progress bars."""
+
+
 #: Seeds of real evaluation episodes start here (training episodes use ``seed + i``).
 EVAL_SEED_OFFSET = 100_000
 

@@ -32,6 +32,7 @@ from wmgym.policies import Policy
 from wmgym.policy_sources import PolicySource, named_policies, policy_factory
 from wmgym.results import machine, write_result
 from wmgym.spec import TaskSpec, load_spec
+from wmgym.viz import save_figure
 
 #: Policies of clearly different competence (real success from 0 to 1 on Pick).
 DEFAULT_POLICIES = (
@@ -380,11 +381,7 @@ def plot_sweep(result: dict[str, Any], path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, bbox_inches="tight")
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -34,21 +34,20 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from wmgym.env.sb3 import make_sb3_env
 from wmgym.results import machine, write_result
-from wmgym.rl import EVAL_SEED_OFFSET, CurveCallback, RealEvaluator
+from wmgym.rl import EVAL_SEED_OFFSET, CurveCallback, RealEvaluator, RLArgs
 from wmgym.spec import TaskSpec, load_spec
+from wmgym.viz import save_figure
 
 Twin = Literal["wm", "sim"]
 
 
 @dataclass
-class TransferArgs:
+class TransferArgs(RLArgs):
     """Train an SB3 agent in WM-<Task>-v0 and in Sim-<Task>-v0; evaluate both in Sim."""
 
-    task: str = "pick"
-    """Task spec name (``envs/<task>.toml``)."""
     algo: Literal["sac", "ppo"] = "sac"
     """SB3 algorithm."""
-    steps: int = 30_000
+    steps: int = 40_000
     """Environment steps of training, per twin."""
     twins: tuple[Twin, ...] = ("wm", "sim")
     """Which twins to train in (results of earlier runs of the others in ``--result`` are kept)."""
@@ -60,20 +59,12 @@ class TransferArgs:
     """Sub-envs of the real env (robosuite steps one at a time)."""
     updates_per_step: float = 1.0
     """SAC gradient steps per environment step (same for both twins)."""
-    learning_starts: int = 1_000
-    """SAC: random-action steps before learning."""
     eval_every: int = 5_000
     """Evaluate in the real twin every this many training steps (0 = only at the end)."""
-    curve_episodes: int = 10
-    """Real episodes per learning-curve point."""
     eval_episodes: int = 50
     """Real (and, for the WM agent, imagined) episodes of the final evaluation."""
     images: bool = False
     """Train on camera observations (rgb, depth, mask, state) instead of state only."""
-    checkpoint: str | None = None
-    """World-model checkpoint directory; defaults to the spec's."""
-    device: str = "auto"
-    """Device of the world model (``auto``: CUDA when present)."""
     agent_device: str = "cpu"
     """Device of the SB3 agent (small MLPs are fastest on CPU)."""
     out: Path = Path("runs/transfer")
@@ -82,8 +73,6 @@ class TransferArgs:
     """Result JSON (merged with the twins already in it); None to skip."""
     plot: Path | None = Path("docs/transfer.png")
     """Learning-curve plot; None to skip."""
-    progress: bool = True
-    """Show progress bars."""
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -223,13 +212,7 @@ def plot_transfer(result: dict[str, Any], path: str | Path) -> Path:
         ax.legend(fontsize=7)
     fig.suptitle(f"{result['algo'].upper()}: train in imagination vs in the real simulator")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -36,3 +36,16 @@ def write_gif(path: str | Path, frames: list[np.ndarray], fps: int = 10, scale: 
     imageio.mimsave(tmp, [upscale(f, scale) for f in frames], duration=1000 / fps, loop=0)
     tmp.replace(path)
     return path
+
+
+def save_figure(fig, path: str | Path, **kwargs) -> Path:
+    """Saves a matplotlib figure atomically (temporary file, then rename) and closes it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp" + path.suffix)
+    fig.savefig(tmp, **{"dpi": 110, **kwargs})
+    plt.close(fig)
+    tmp.replace(path)
+    return path
