@@ -14,7 +14,7 @@ from stable_baselines3 import SAC
 
 import wmgym  # noqa: F401  (registers Sim-Pick-v0 and WM-Pick-v0)
 from wmgym.env.sb3 import make_sb3_env
-from wmgym.sweep import SB3Policy
+from wmgym.policy_sources import SB3Policy
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

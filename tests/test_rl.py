@@ -143,6 +143,11 @@ def test_mbpo_experiment_reports_crossings(ckpt, tmp_path):
     assert [r["method"] for r in result["runs"]] == ["mbpo", "sac"]
     assert result["runs"][0]["imagined_steps"] > 0 and (tmp_path / "mbpo.png").exists()
     assert json.loads((tmp_path / "mbpo.json").read_text())["summary"] == result["summary"]
+    # another seed later: the first run's records stay
+    again = mbpo_main(MBPOArgs(**{**args.__dict__, "seeds": (1,), "methods": ("sac",),
+                                  "plot": None}))
+    assert [(r["method"], r["seed"]) for r in again["runs"]] == [
+        ("mbpo", 0), ("sac", 0), ("sac", 1)]
 
 
 def test_steps_to_and_summary():

@@ -154,6 +154,18 @@ def plot_mbpo(result: dict[str, Any], path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
+def _previous_runs(args: MBPOArgs) -> list[dict[str, Any]]:
+    """Runs in ``--result`` from an earlier call with the same budget and SAC settings."""
+    if args.result is None or not args.result.exists():
+        return []
+    old = json.loads(args.result.read_text())
+    keys = ("task", "steps", "updates_per_step", "learning_starts", "eval_every",
+            "curve_episodes")
+    mine = json.loads(json.dumps(asdict(args), default=str))
+    same = all(old.get("config", {}).get(k) == mine[k] for k in keys)
+    return old.get("runs", []) if same else []
+
+
 def mbpo_main(args: MBPOArgs) -> dict[str, Any]:
     """Runs ``wmgym mbpo``; returns (and writes) the result."""
     import wmgym  # noqa: F401  (registers the envs)
@@ -165,6 +177,8 @@ def mbpo_main(args: MBPOArgs) -> dict[str, Any]:
                 for seed in args.seeds for method in args.methods]
     finally:
         evaluate.close()
+    done = {(r["method"], r["seed"]) for r in runs}
+    runs = [r for r in _previous_runs(args) if (r["method"], r["seed"]) not in done] + runs
     result = {
         "task": spec.name,
         "steps": args.steps,

@@ -277,6 +277,8 @@ class DynamicsTransformer(nn.Module):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
         nn.init.normal_(self.frame_pos, std=0.02)
         nn.init.normal_(self.slot, std=0.02)
+        if cfg.gap_embedding:  # as large as the slot from the start: the flag must be visible
+            nn.init.normal_(self.gap_emb, std=0.02)
         nn.init.zeros_(self.action_proj.weight)
         nn.init.zeros_(self.action_proj.bias)
 

@@ -56,7 +56,8 @@ class TrainDynamicsArgs(common.TrainArgs):
     """Tell the model when a clip's first frame does not follow its context directly."""
     init: str = ""
     """Fine-tune: start from this world-model checkpoint (its tokenizer and dynamics weights;
-    parameters it lacks, such as a new gap embedding, start at zero). Empty: from scratch."""
+    parameters it lacks, such as a new gap embedding, keep their initialisation). Empty: from
+    scratch."""
 
 
 def load_tokenizer(directory: str | Path, device) -> MMTokenizer:
