@@ -163,3 +163,27 @@ def test_scripted_pick_succeeds_and_random_does_not():
         obs, reward, terminated, truncated, info = env.step(policy(obs))
         assert 0.0 <= reward <= 1.0
     env.close()
+
+
+def test_exploring_pick_makes_held_random_excursions():
+    env = gym.make("Sim-Pick-v0", images=False)
+    policy = ScriptedPick(explore=0.1)
+    policy.reset(3)
+    obs, _ = env.reset(seed=3)
+    actions = []
+    for _ in range(env.spec.max_episode_steps):
+        actions.append(policy(obs))
+        obs, _, terminated, truncated, _ = env.step(actions[-1])
+        if terminated or truncated:
+            break
+    env.close()
+    # excursions: runs of one action off the script's grid of 0 / +-1 gripper commands
+    runs, i = [], 0
+    while i < len(actions):
+        j = i
+        while j + 1 < len(actions) and np.array_equal(actions[j + 1], actions[i]):
+            j += 1
+        if abs(abs(actions[i][3]) - 1.0) > 1e-6:  # the script only ever opens or closes fully
+            runs.append(j - i + 1)
+        i = j + 1
+    assert runs and all(2 <= r <= 8 for r in runs)

@@ -41,15 +41,18 @@ class ScriptedPick:
         error: Std of a per-episode xy offset of the believed cube position (metres).
         drop_prob: Probability per episode of opening the gripper mid-lift (makes drops).
         give_up_prob: Probability per episode of switching to random actions at a random step.
+        explore: Probability per step of an excursion: one uniform random action held for 2-8
+            steps, after which the script (driven by the state) carries on. It breaks the tie
+            between an action and the phase of the pick that scripted data otherwise has.
 
     """
 
     def __init__(
         self, noise: float = 0.0, error: float = 0.0, drop_prob: float = 0.0,
-        give_up_prob: float = 0.0,
+        give_up_prob: float = 0.0, explore: float = 0.0,
     ):
         self.noise, self.error = noise, error
-        self.drop_prob, self.give_up_prob = drop_prob, give_up_prob
+        self.drop_prob, self.give_up_prob, self.explore = drop_prob, give_up_prob, explore
         self.reset()
 
     def reset(self, seed: int | None = None) -> None:
@@ -61,6 +64,7 @@ class ScriptedPick:
             int(self.rng.integers(5, 60)) if self.rng.random() < self.give_up_prob else None
         )
         self.lift_from: np.ndarray | None = None
+        self.excursion, self.excursion_left = np.zeros(4), 0
 
     def _goto(self, eef: np.ndarray, target: np.ndarray, grip: float) -> np.ndarray:
         return np.r_[np.clip(GAIN * (target - eef), -1.0, 1.0), grip]
@@ -70,8 +74,14 @@ class ScriptedPick:
         eef, cube = state[:3], state[5:8] + self.offset
         self.t += 1
         self.t_phase += 1
+        if self.explore and not self.excursion_left and self.rng.random() < self.explore:
+            self.excursion = self.rng.uniform(-1.0, 1.0, 4)
+            self.excursion_left = int(self.rng.integers(2, 9))
         if self.give_up_at is not None and self.t >= self.give_up_at:
             action = self.rng.uniform(-1.0, 1.0, 4)
+        elif self.excursion_left:
+            self.excursion_left -= 1
+            action = self.excursion
         else:
             action = self._scripted(eef, cube)
         if self.noise:

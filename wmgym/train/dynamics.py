@@ -52,8 +52,9 @@ class TrainDynamicsArgs(common.TrainArgs):
     """Besides frame 0, every ``ctx_stride``-th frame also serves as a clip's context."""
     bank_size: int = 96
     """Real initial observations shipped with the checkpoint for ``reset()`` without context."""
-    gap_embedding: bool = True
-    """Tell the model when a clip's first frame does not follow its context directly."""
+    gap_embedding: bool = False
+    """Tell the model when a clip's first frame does not follow its context directly (off in
+    the shipped checkpoint's recipe; see its card)."""
     init: str = ""
     """Fine-tune: start from this world-model checkpoint (its tokenizer and dynamics weights;
     parameters it lacks, such as a new gap embedding, keep their initialisation). Empty: from
