@@ -18,7 +18,7 @@ $PY -m wmgym.cli eval --checkpoint checkpoints/WM-Pick-v0 --data data/pick --spl
     --out out/eval
 # the reference the quality regression test (tests/test_quality.py) holds later checkpoints to
 $PY -m wmgym.cli eval --checkpoint checkpoints/WM-Pick-v0 --data tests/data/heldout_pick \
-    --split all --device cpu --out out/eval_regression
+    --split all --device cpu --probe-starts 2 --out out/eval_regression
 cp out/eval_regression/metrics.json checkpoints/WM-Pick-v0/regression.json
 $PY -m wmgym.cli card --checkpoint checkpoints/WM-Pick-v0 --eval out/eval/metrics.json \
     --data data/pick

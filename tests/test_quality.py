@@ -27,7 +27,8 @@ pytestmark = pytest.mark.skipif(
 def result(tmp_path_factory):
     torch.set_num_threads(1)
     return evaluate(EvalArgs(checkpoint=str(CHECKPOINT), data=str(DATA), split="all",
-                             out=str(tmp_path_factory.mktemp("eval")), device="cpu"))
+                             out=str(tmp_path_factory.mktemp("eval")), device="cpu",
+                             probe_starts=2))
 
 
 def test_reference_was_measured_on_these_episodes(result):
@@ -54,3 +55,13 @@ def test_open_loop_imagination_holds(result):
 def test_imagination_listens_to_actions(result):
     sens = result["action_sensitivity"]["rgb_psnr"]
     assert sens["real_actions"] > sens["other_actions"]
+
+
+def test_action_probes_do_not_get_worse(result):
+    # constant actions from real Sim starts: where an agent in imagination goes off the data
+    ref = json.loads(REFERENCE.read_text())["action_probe"]
+    probe = result["action_probe"]
+    assert probe["starts"] == ref["starts"] and probe["horizon"] == ref["horizon"]
+    assert probe["eef_err_m"]["h1"] <= ref["eef_err_m"]["h1"] + 0.03
+    assert probe["eef_err_m"]["h20"] <= ref["eef_err_m"]["h20"] + 0.03
+    assert probe["false_success"] <= ref["false_success"] + 0.1
