@@ -124,32 +124,36 @@ def summarize(runs: list[dict[str, Any]], steps: int) -> dict[str, Any]:
 
 
 def plot_mbpo(result: dict[str, Any], path: str | Path) -> Path:
-    """Real success vs real steps: each run faint, the mean over seeds bold."""
+    """Real success and return vs real steps: each run faint, the mean over seeds bold."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     colors = {"mbpo": "tab:blue", "sac": "tab:orange"}
-    for method in colors:
-        runs = [r for r in result["runs"] if r["method"] == method]
-        if not runs:
-            continue
-        for r in runs:
-            ax.plot([p["step"] for p in r["curve"]], [p["real_success"] for p in r["curve"]],
-                    color=colors[method], alpha=0.3)
-        n = min(len(r["curve"]) for r in runs)
-        steps = [p["step"] for p in runs[0]["curve"][:n]]
-        mean = np.mean([[p["real_success"] for p in r["curve"][:n]] for r in runs], axis=0)
-        label = "SAC + MBPO (WM-Pick-v0 branches)" if method == "mbpo" else "SAC"
-        ax.plot(steps, mean, "o-", color=colors[method], label=f"{label}, {len(runs)} seed(s)")
+    for ax, key in zip(axes, ("real_success", "real_return")):
+        for method in colors:
+            runs = [r for r in result["runs"] if r["method"] == method]
+            if not runs:
+                continue
+            for r in runs:
+                ax.plot([p["step"] for p in r["curve"]], [p[key] for p in r["curve"]],
+                        color=colors[method], alpha=0.3)
+            n = min(len(r["curve"]) for r in runs)
+            steps = [p["step"] for p in runs[0]["curve"][:n]]
+            mean = np.mean([[p[key] for p in r["curve"][:n]] for r in runs], axis=0)
+            label = "SAC + MBPO (WM-Pick-v0 branches)" if method == "mbpo" else "SAC"
+            ax.plot(steps, mean, "o-", color=colors[method], ms=3,
+                    label=f"{label}, {len(runs)} seed(s)")
+        ax.set(xlabel="real environment steps")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     for t in THRESHOLDS:
-        ax.axhline(t, color="grey", lw=0.8, ls=":")
-    ax.set(xlabel="real environment steps", ylabel="success rate in Sim", ylim=(-0.05, 1.05),
-           title="MBPO replay augmentation vs plain SAC")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        axes[0].axhline(t, color="grey", lw=0.8, ls=":")
+    axes[0].set(ylabel="success rate in Sim", ylim=(-0.05, 1.05), title="success (real)")
+    axes[1].set(ylabel="episode return in Sim", title="return (real)")
+    fig.suptitle("MBPO replay augmentation vs plain SAC")
     fig.tight_layout()
     return save_figure(fig, path)
 
