@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +94,8 @@ def test_mixed_buffer_draws_the_set_ratio_and_delegates_the_rest():
     assert batch.observations["state"].shape == (8, 8)
     assert (batch.next_observations["state"][2:] == 1).all()
     assert mixed.size() == 7  # everything else is the real buffer's
+    copy = pickle.loads(pickle.dumps(mixed))  # SB3's save_replay_buffer pickles it
+    assert copy.real_ratio == 0.25 and copy.model.size == 3
 
 
 @pytest.mark.parametrize("max_uncertainty, full", [(None, True), (0.0, False)])

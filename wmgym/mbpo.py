@@ -207,6 +207,8 @@ class MixedReplayBuffer:
         self.rng = np.random.default_rng(seed)
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("real", "model", "real_ratio", "rng"):  # not set yet (e.g. unpickling)
+            raise AttributeError(name)
         return getattr(self.real, name)
 
     def sample(self, batch_size: int, env: Any = None) -> Any:
@@ -294,7 +296,9 @@ class MBPO(BaseCallback):
         )
         self.buffer = ModelBuffer(cfg.model_buffer_size, space, agent.action_space.shape[0],
                                   agent.device)
-        if not isinstance(agent.replay_buffer, MixedReplayBuffer):
+        if isinstance(agent.replay_buffer, MixedReplayBuffer):  # learn() called again
+            agent.replay_buffer.model = self.buffer
+        else:
             agent.replay_buffer = MixedReplayBuffer(agent.replay_buffer, self.buffer,
                                                     cfg.real_ratio, cfg.seed)
         self._seeded = False
