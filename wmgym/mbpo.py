@@ -23,7 +23,7 @@ not reach the agent.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import gymnasium as gym
@@ -271,7 +271,7 @@ class MBPO(BaseCallback):
                  verbose: int = 0, **overrides: Any) -> None:
         super().__init__(verbose)
         base = config or MBPOConfig()
-        self.config = MBPOConfig(**{**base.__dict__, **overrides})
+        self.config = replace(base, **overrides)
         if not 0.0 <= self.config.real_ratio <= 1.0:
             raise ValueError(f"real_ratio must be in [0, 1], got {self.config.real_ratio}")
         self.bank, self.checkpoint, self.device, self.task = bank, checkpoint, device, task
