@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from wmgym.card import CardArgs, render_card
 from wmgym.data.collect import CollectArgs, collect
 from wmgym.evaluation import EvalArgs, evaluate
 from wmgym.model.checkpoint import read_config
@@ -45,8 +46,10 @@ def test_tokenizer_resume_continues_from_the_saved_step(tiny_data, tiny_tokenize
 
 def test_dynamics_exports_a_loadable_world_model(tiny_data, tiny_tokenizer, tmp_path):
     ckpt = train_dynamics(TrainDynamicsArgs(
-        data=str(tiny_data), tokenizer=str(tiny_tokenizer), out=str(tmp_path / "dyn"),
-        checkpoint=str(tmp_path / "wm"), steps=3, ctx_stride=5, device="cpu", **TINY_DYN))
+        data=str(tiny_data), extra_data=(str(tiny_data),), tokenizer=str(tiny_tokenizer),
+        out=str(tmp_path / "dyn"), checkpoint=str(tmp_path / "wm"), steps=3, ctx_stride=5,
+        device="cpu", **TINY_DYN))
+    assert read_config(ckpt)["train"]["data"] == [str(tiny_data)] * 2
     wm = WorldModel.load(ckpt)
     again = WorldModel.load(ckpt)
     for (k, a), (_, b) in zip(wm.state_dict().items(), again.state_dict().items()):
@@ -62,6 +65,9 @@ def test_dynamics_exports_a_loadable_world_model(tiny_data, tiny_tokenizer, tmp_
     assert result["steps"] == 5 and (tmp_path / "eval" / "rollout.gif").exists()
     assert 0.0 <= result["action_probe"]["false_success"] <= 1.0
     assert 0.0 <= result["open_loop"]["success_acc"]["mean"] <= 1.0
+    card = render_card(CardArgs(checkpoint=str(ckpt), eval=str(tmp_path / "eval/metrics.json"),
+                                data=(str(tiny_data), str(tiny_data))))
+    assert card.count(f"`{tiny_data}`: 3 episodes") == 2 and "| open loop h1 |" in card
 
 
 def test_torchrun_two_process_gloo(tiny_data, tiny_tokenizer, tmp_path):

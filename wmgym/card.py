@@ -20,8 +20,8 @@ class CardArgs:
     """Checkpoint directory; ``card.md`` is written into it."""
     eval: str = "out/eval/metrics.json"
     """``wmgym eval``'s metrics.json for this checkpoint."""
-    data: str = "data/pick"
-    """The dataset it was trained on."""
+    data: tuple[str, ...] = ("data/pick",)
+    """The datasets it was trained on."""
     recipe: str = "scripts/recipe_wm_pick.sh"
     """The script that produced it."""
 
@@ -30,19 +30,12 @@ def render_card(args: CardArgs) -> str:
     """The card's Markdown."""
     config = read_config(args.checkpoint)
     metrics = json.loads(Path(args.eval).read_text())
-    meta = read_metadata(args.data)
-    summary = meta.get("summary", {})
     train = config.get("train", {})
     n_params = sum(int(__import__("math").prod(s)) for s in config["shapes"].values())
     minutes = {k: (train.get(k) or 0) / 60 for k in
                ("tokenizer_seconds", "tokenize_seconds", "dynamics_seconds")}
-    per_policy = "\n".join(
-        f"| `{name}` | {row['episodes']} | {row['success_rate']:.2f} |"
-        for name, row in summary.get("per_policy", {}).items())
     mach = train.get("machine") or machine()
     tok, dyn = config["tokenizer"], config["dynamics"]
-    steps_each = summary.get("steps", 0) // max(1, meta["total_episodes"])
-    collected = f"{summary.get('seconds', 0):.0f} s with {summary.get('workers', '?')} workers"
     times = ", ".join(f"{k.split('_')[0]} {v:.1f} min" for k, v in minutes.items())
     where = f"{mach['cores']} CPU cores ({mach['cpu']}), torch {mach['torch']}"
     if mach.get("cuda"):
@@ -58,14 +51,7 @@ channels; dynamics transformer d={dyn['d_model']}, {dyn['n_layer']} layers, wind
 wmgym {config['wmgym_version']}.
 
 ## Data
-`{args.data}`: {meta['total_episodes']} episodes, {meta['total_steps']} steps of `Sim-Pick-v0`
-(terminate-on-success off, {steps_each} steps each), {len(meta['heldout'])} held out
-(seed {meta['split_seed']}). Collected in {collected}.
-
-| policy | episodes | success |
-|---|---|---|
-{per_policy}
-
+{"".join(data_section(path) for path in args.data)}
 ## Recipe
 `{args.recipe}` (collect → train tokenizer → train dynamics → eval → card).
 Training time: {times}; on {where}.
@@ -78,6 +64,26 @@ Training time: {times}; on {where}.
   unusual motions) are imagined less faithfully.
 - `state` and reward come from heads on the transformer, not from physics; check policies trained
   in imagination on `Sim-Pick-v0`.
+"""
+
+
+def data_section(path: str) -> str:
+    """One dataset's size, split, collection time and per-policy table."""
+    meta = read_metadata(path)
+    summary = meta.get("summary", {})
+    steps_each = summary.get("steps", 0) // max(1, meta["total_episodes"])
+    collected = f"{summary.get('seconds', 0):.0f} s with {summary.get('workers', '?')} workers"
+    per_policy = "\n".join(
+        f"| `{name}` | {row['episodes']} | {row['success_rate']:.2f} |"
+        for name, row in summary.get("per_policy", {}).items())
+    return f"""`{path}`: {meta['total_episodes']} episodes, {meta['total_steps']} steps of
+`Sim-Pick-v0` (terminate-on-success off, {steps_each} steps each), {len(meta['heldout'])} held out
+(seed {meta['split_seed']}). Collected in {collected}.
+
+| policy | episodes | success |
+|---|---|---|
+{per_policy}
+
 """
 
 

@@ -41,9 +41,12 @@ class ScriptedPick:
         error: Std of a per-episode xy offset of the believed cube position (metres).
         drop_prob: Probability per episode of opening the gripper mid-lift (makes drops).
         give_up_prob: Probability per episode of switching to random actions at a random step.
-        explore: Probability per step of an excursion: one uniform random action held for 2-8
-            steps, after which the script (driven by the state) carries on. It breaks the tie
-            between an action and the phase of the pick that scripted data otherwise has.
+        explore: Probability per step of an excursion: one action held for 2-8 steps, after
+            which the script (driven by the state) carries on. Half the excursions are uniform
+            random actions; the rest are primitives: full-speed moves along a random subset of
+            the axes (none: standing still) with the gripper open or closed. They break the tie
+            between an action and the phase of the pick that scripted data otherwise has
+            (standing still with the gripper open, say, happens only right above the cube).
 
     """
 
@@ -75,7 +78,7 @@ class ScriptedPick:
         self.t += 1
         self.t_phase += 1
         if self.explore and not self.excursion_left and self.rng.random() < self.explore:
-            self.excursion = self.rng.uniform(-1.0, 1.0, 4)
+            self.excursion = self._excursion()
             self.excursion_left = int(self.rng.integers(2, 9))
         if self.give_up_at is not None and self.t >= self.give_up_at:
             action = self.rng.uniform(-1.0, 1.0, 4)
@@ -87,6 +90,13 @@ class ScriptedPick:
         if self.noise:
             action = action + self.rng.normal(0.0, self.noise, 4)
         return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+    def _excursion(self) -> np.ndarray:
+        if self.rng.random() < 0.5:
+            return self.rng.uniform(-1.0, 1.0, 4)
+        axes = self.rng.random(3) < 0.5
+        move = np.where(axes, self.rng.choice([-1.0, 1.0], 3), 0.0)
+        return np.r_[move, self.rng.choice([-1.0, 1.0])]
 
     def _next(self, phase: str) -> None:
         self.phase, self.t_phase = phase, 0

@@ -27,6 +27,18 @@ MIX: dict[str, float] = {
     "random": 0.1,
 }
 
+#: Coverage of actions the scripted data never ties to other phases of the pick: excursions
+#: (random actions and axis moves, standing still included) held 2-8 steps inside picks, and
+#: long-held random actions. Collected as a second dataset beside ``MIX``'s.
+EXPLORE_MIX: dict[str, float] = {
+    "pick:explore=0.1": 0.3,
+    "pick:explore=0.2,noise=0.1": 0.3,
+    "pick:explore=0.15,error=0.02": 0.2,
+    "random:repeat=10": 0.2,
+}
+
+MIXES: dict[str, dict[str, float]] = {"mix": MIX, "explore": EXPLORE_MIX}
+
 
 @dataclass
 class CollectArgs:
@@ -37,7 +49,8 @@ class CollectArgs:
     episodes: int = 200
     """Number of episodes."""
     policy: str = "mix"
-    """``mix`` (the default mix), or one policy name such as ``pick:noise=0.3`` or ``random``."""
+    """``mix`` (the default mix), ``explore`` (off-script actions), or one policy name such as
+    ``pick:noise=0.3`` or ``random``."""
     workers: int = 2
     """Worker processes, each with its own simulator."""
     task: str = "pick"
@@ -53,10 +66,11 @@ class CollectArgs:
 
 
 def choose_policy(policy: str, seed: int) -> str:
-    """The policy name for an episode: ``policy`` itself, or a draw from ``MIX`` by ``seed``."""
-    if policy != "mix":
+    """The policy name for an episode: ``policy`` itself, or a draw from a mix by ``seed``."""
+    if policy not in MIXES:
         return policy
-    names, weights = list(MIX), np.array(list(MIX.values()))
+    mix = MIXES[policy]
+    names, weights = list(mix), np.array(list(mix.values()))
     return names[np.random.default_rng([seed, 7]).choice(len(names), p=weights / weights.sum())]
 
 

@@ -24,6 +24,9 @@ from wmgym.train.data import load_episodes, sample_clips, tokenize_episodes
 class TrainDynamicsArgs(common.TrainArgs):
     """Options of ``wmgym train dynamics``."""
 
+    extra_data: tuple[str, ...] = ()
+    """More datasets to train on beside ``data`` (their train splits), e.g. ``wmgym collect
+    --policy explore``'s. The start-observation bank comes from ``data`` alone."""
     tokenizer: str = "runs/tokenizer/final"
     """Trained tokenizer (``wmgym train tokenizer``'s ``final/``)."""
     out: str = "runs/dynamics"
@@ -102,7 +105,8 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
     out = Path(args.out)
     init = WorldModel.load(args.init, d.device) if args.init else None
     tok = init.tokenizer.eval() if init else load_tokenizer(args.tokenizer, d.device)
-    episodes = load_episodes(args.data, "train", spec.depth_range)
+    episodes = [ep for path in (args.data, *args.extra_data)
+                for ep in load_episodes(path, "train", spec.depth_range)]
     start = time.perf_counter()
     tokenized = tokenize_episodes(tok, episodes, args.ctx_stride, d.device, progress=d.main)
     tokenize_s = time.perf_counter() - start
@@ -153,7 +157,7 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
         wm.tokenizer.load_state_dict(tok.state_dict())
         wm.dynamics.load_state_dict(model.state_dict())
         train_info = {
-            "data": args.data,
+            "data": [args.data, *args.extra_data],
             "tokenize_seconds": round(tokenize_s, 1),
             "dynamics_seconds": round(time.perf_counter() - t0, 1),
             "dynamics_args": asdict(args),
