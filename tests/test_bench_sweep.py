@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import gymnasium as gym
@@ -299,6 +300,21 @@ def test_sweep_writes_json_and_plot(tiny, tmp_path):
     gap = np.mean(np.abs(np.subtract(real, imagined)))
     assert m["mean_abs_gap"] == pytest.approx(gap, abs=1e-4)  # rounded to 4 digits
     assert saved["metrics"] == json.loads(json.dumps(result["metrics"]))
+
+    # re-scoring: the real episodes come from the saved sweep; only the imagined side runs, from
+    # the same reset observations, so the result is the same
+    again = sw.run_sweep(args.policies, replace(args, real_from=str(tmp_path / "sweep.json")))
+    for a, b in zip(again["policies"], saved["policies"]):
+        assert a["imagined"] == b["imagined"] and a["success_gap"] == b["success_gap"]
+        assert a["real"]["per_episode"] == b["real"]["per_episode"]
+        assert a["real"]["return"] == pytest.approx(b["real"]["return"], abs=1e-3)
+    mixed = sw.run_sweep(("random", "pick:noise=0.6"),
+                         replace(args, real_from=str(tmp_path / "sweep.json"), workers=1))
+    reused = saved["policies"][2]["real"]["per_episode"]
+    assert mixed["policies"][0]["real"]["per_episode"] == reused
+    assert mixed["policies"][1]["real"]["length"] >= 1
+    with pytest.raises(ValueError, match="cannot reuse its real episodes"):
+        sw.run_sweep(("random",), replace(args, real_from=str(tmp_path / "sweep.json"), seed=5))
 
 
 def test_example_runs(tiny, tmp_path):

@@ -71,6 +71,11 @@ class SweepArgs:
     """Most imagined episodes stepped together; more run as several vector envs in turn."""
     workers: int = 1
     """Processes running the Sim episodes (spawned; 1 = this process; >1 pickles the policies)."""
+    real_from: str = ""
+    """A previous ``sweep.json`` whose real-twin episodes to reuse for the policies it holds
+    (same task, seeds and ``max_steps``; matched by policy name, so a name must mean the same
+    policy): only the imagined side, and policies it lacks, run. For re-scoring a new
+    checkpoint."""
     out: str = "out/sweep"
     """Output directory for sweep.json and sweep.png."""
     progress: bool = True
@@ -163,6 +168,45 @@ def run_real(
     return Episodes(np.array(success), np.array(ret), np.array(length)), list(first)
 
 
+def reset_observations(spec: TaskSpec, seeds: Sequence[int]) -> list[dict[str, np.ndarray]]:
+    """``Sim-<Task>-v0``'s first observation (camera included) after ``reset(seed)``, per seed."""
+    from wmgym.registration import make_env
+
+    env = make_env(spec.sim_id, images=True)
+    first = [env.reset(seed=int(s))[0] for s in seeds]
+    env.close()
+    return first
+
+
+def reuse_real(
+    path: str | Path, names: Sequence[str], task: str, seeds: Sequence[int], max_steps: int
+) -> dict[str, Episodes]:
+    """The real-twin episodes of the policies in ``names`` that the sweep result ``path`` holds.
+
+    Raises:
+        ValueError: ``path`` was run on another task, other seeds or another ``max_steps``.
+    """
+    import json
+
+    prev = json.loads(Path(path).read_text())
+    want = {"task": task, "seeds": list(seeds), "max_steps": max_steps}
+    got = {k: prev.get(k) for k in want}
+    if got != want:
+        raise ValueError(f"{path}: cannot reuse its real episodes: it ran {got}, "
+                         f"this sweep needs {want}")
+    out = {}
+    for p in prev["policies"]:
+        if p["name"] in names:
+            real = p["real"]
+            n = len(real["per_episode"]["success"])
+            out[p["name"]] = Episodes(
+                np.array(real["per_episode"]["success"], bool),
+                np.array(real["per_episode"]["return"], float),
+                np.array(real["per_episode"].get("length", [real["length"]] * n)),
+            )
+    return out
+
+
 def _final_success(infos: dict[str, Any], done: np.ndarray) -> np.ndarray:
     """``info["success"]`` of every sub-env's step, the finished ones' from ``final_info``."""
     success = np.asarray(infos["success"], dtype=bool).copy()
@@ -247,6 +291,7 @@ def _summary(episodes: Episodes, rows: np.ndarray) -> dict[str, Any]:
         "per_episode": {
             "success": episodes.success[rows].tolist(),
             "return": [round(float(x), 4) for x in episodes.ret[rows]],
+            "length": [int(x) for x in episodes.length[rows]],
         },
     }
 
@@ -323,7 +368,7 @@ def run_sweep(
     seeds = [args.seed + e for e in range(args.episodes)]
     jobs = [(make, s) for make in factories for s in seeds]  # policy-major order
     start = time.perf_counter()
-    real, first_obs = run_real(spec, jobs, max_steps, args.workers, args.progress)
+    real, first_obs = _real_side(spec, list(named), factories, seeds, max_steps, args)
     sim_seconds = time.perf_counter() - start
     imagined = _imagine_all(spec, jobs, first_obs, max_steps, args)
     wm_seconds = time.perf_counter() - start - sim_seconds
@@ -340,8 +385,40 @@ def run_sweep(
         "policies": per_policy,
         "metrics": metrics,
         "seconds": {"sim": round(sim_seconds, 1), "wm": round(wm_seconds, 1)},
+        "real_from": args.real_from or None,
         "machine": machine(),
     }
+
+
+def _real_side(
+    spec: TaskSpec,
+    names: list[str],
+    factories: list[Callable[[], Policy]],
+    seeds: list[int],
+    max_steps: int,
+    args: SweepArgs,
+) -> tuple[Episodes, list[dict[str, np.ndarray]]]:
+    """Real episodes of every policy and the first observation of every job, policy-major.
+
+    Policies that ``args.real_from`` holds are reused from it, the others run in Sim.
+    """
+    reused = (reuse_real(args.real_from, names, spec.name, seeds, max_steps)
+              if args.real_from else {})
+    todo = [i for i, name in enumerate(names) if name not in reused]
+    jobs = [(factories[i], s) for i in todo for s in seeds]
+    ran, first = run_real(spec, jobs, max_steps, args.workers, args.progress) if jobs else (
+        None, reset_observations(spec, seeds))
+    parts, at = [], 0
+    for name in names:
+        if name in reused:
+            parts.append(reused[name])
+        else:
+            assert ran is not None
+            parts.append(Episodes(*(x[at:at + len(seeds)] for x in ran)))
+            at += len(seeds)
+    per_seed = first[:len(seeds)]  # a reset's observation depends on its seed alone
+    return (Episodes(*(np.concatenate(x) for x in zip(*parts))),
+            [obs for _ in names for obs in per_seed])
 
 
 def plot_sweep(result: dict[str, Any], path: str | Path) -> Path:
