@@ -47,14 +47,20 @@ class ScriptedPick:
             the axes (none: standing still) with the gripper open or closed. They break the tie
             between an action and the phase of the pick that scripted data otherwise has
             (standing still with the gripper open, say, happens only right above the cube).
+        gain: Multiplies the script's gain (action per metre of position error). Below 1 the
+            pick is slower and its actions smaller: the script's unsaturated actions are
+            proportional to the distance to its target, so at one gain a small action means
+            "almost there"; several gains break that tie.
+        pause: Probability per step of pausing: zero motion for 2-8 steps, the gripper kept as
+            it was, anywhere in the pick.
 
     """
 
     def __init__(
         self, noise: float = 0.0, error: float = 0.0, drop_prob: float = 0.0,
-        give_up_prob: float = 0.0, explore: float = 0.0,
+        give_up_prob: float = 0.0, explore: float = 0.0, gain: float = 1.0, pause: float = 0.0,
     ):
-        self.noise, self.error = noise, error
+        self.noise, self.error, self.gain, self.pause = noise, error, gain, pause
         self.drop_prob, self.give_up_prob, self.explore = drop_prob, give_up_prob, explore
         self.reset()
 
@@ -68,9 +74,10 @@ class ScriptedPick:
         )
         self.lift_from: np.ndarray | None = None
         self.excursion, self.excursion_left = np.zeros(4), 0
+        self.last_grip = -1.0
 
     def _goto(self, eef: np.ndarray, target: np.ndarray, grip: float) -> np.ndarray:
-        return np.r_[np.clip(GAIN * (target - eef), -1.0, 1.0), grip]
+        return np.r_[np.clip(self.gain * GAIN * (target - eef), -1.0, 1.0), grip]
 
     def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         state = np.asarray(obs["state"], np.float64)
@@ -80,6 +87,9 @@ class ScriptedPick:
         if self.explore and not self.excursion_left and self.rng.random() < self.explore:
             self.excursion = self._excursion()
             self.excursion_left = int(self.rng.integers(2, 9))
+        if self.pause and not self.excursion_left and self.rng.random() < self.pause:
+            self.excursion = np.r_[0.0, 0.0, 0.0, self.last_grip]
+            self.excursion_left = int(self.rng.integers(2, 9))
         if self.give_up_at is not None and self.t >= self.give_up_at:
             action = self.rng.uniform(-1.0, 1.0, 4)
         elif self.excursion_left:
@@ -87,6 +97,7 @@ class ScriptedPick:
             action = self.excursion
         else:
             action = self._scripted(eef, cube)
+        self.last_grip = float(action[3])
         if self.noise:
             action = action + self.rng.normal(0.0, self.noise, 4)
         return np.clip(action, -1.0, 1.0).astype(np.float32)

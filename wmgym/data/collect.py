@@ -37,7 +37,18 @@ EXPLORE_MIX: dict[str, float] = {
     "random:repeat=10": 0.2,
 }
 
-MIXES: dict[str, dict[str, float]] = {"mix": MIX, "explore": EXPLORE_MIX}
+#: Picks whose action size does not tell how far the target is: slower gains (the script's
+#: unsaturated action is proportional to the distance to its target) and pauses (standing still
+#: anywhere). A third dataset: with ``MIX``'s alone, a model reads "almost there" off a small
+#: action (measured by ``wmgym.action_probe``).
+SLOW_MIX: dict[str, float] = {
+    "pick:gain=0.35,pause=0.05": 0.3,
+    "pick:gain=0.6,pause=0.1,explore=0.05": 0.3,
+    "pick:pause=0.15,explore=0.1": 0.2,
+    "pick:gain=0.35,noise=0.1": 0.2,
+}
+
+MIXES: dict[str, dict[str, float]] = {"mix": MIX, "explore": EXPLORE_MIX, "slow": SLOW_MIX}
 
 
 @dataclass
@@ -49,7 +60,8 @@ class CollectArgs:
     episodes: int = 200
     """Number of episodes."""
     policy: str = "mix"
-    """``mix`` (the default mix), ``explore`` (off-script actions), or one policy name such as
+    """``mix`` (the default mix), ``explore`` (off-script actions), ``slow`` (slow picks and
+    pauses), or one policy name such as
     ``pick:noise=0.3`` or ``random``."""
     workers: int = 2
     """Worker processes, each with its own simulator."""
