@@ -11,17 +11,19 @@ export MUJOCO_GL=egl
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
 $PY -m wmgym.cli collect --episodes 400 --workers 2 --seed 0 --out data/pick --overwrite
-# off-script actions (excursions, axis moves, standing still) that break the tie between an
-# action and the phase of the pick; see the card's "Off-data actions"
+# off-script actions (excursions, axis moves, standing still), slow picks and pauses: they break
+# the tie between an action and the state of the pick; see the card's "Off-data actions"
 $PY -m wmgym.cli collect --policy explore --episodes 200 --workers 2 --seed 5000 \
     --out data/pick_explore --overwrite
+$PY -m wmgym.cli collect --policy slow --episodes 150 --workers 2 --seed 8000 \
+    --out data/pick_slow --overwrite
 $PY -m wmgym.cli train tokenizer --data data/pick --steps 1000 --out runs/tokenizer
 $PY -m wmgym.cli train dynamics --data data/pick --tokenizer runs/tokenizer/final \
     --steps "${DYN_STEPS:-2000}" --out runs/dynamics --checkpoint runs/wm_base
-# fine-tune on both datasets, telling the model when a clip does not follow its context
-$PY -m wmgym.cli train dynamics --init runs/wm_base --data data/pick --extra-data data/pick_explore \
-    --gap-embedding --steps "${FT_STEPS:-1200}" --lr 3e-4 --warmup 100 --out runs/dynamics_explore \
-    --checkpoint checkpoints/WM-Pick-v0
+# fine-tune on all three, telling the model when a clip does not follow its context
+$PY -m wmgym.cli train dynamics --init runs/wm_base --data data/pick \
+    --extra-data data/pick_explore data/pick_slow --gap-embedding --steps "${FT_STEPS:-1200}" \
+    --lr 3e-4 --warmup 100 --out runs/dynamics_ft --checkpoint checkpoints/WM-Pick-v0
 $PY -m wmgym.cli eval --checkpoint checkpoints/WM-Pick-v0 --data data/pick --split heldout \
     --out out/eval
 # the reference the quality regression test (tests/test_quality.py) holds later checkpoints to
@@ -29,4 +31,4 @@ $PY -m wmgym.cli eval --checkpoint checkpoints/WM-Pick-v0 --data tests/data/held
     --split all --device cpu --probe-starts 2 --out out/eval_regression
 cp out/eval_regression/metrics.json checkpoints/WM-Pick-v0/regression.json
 $PY -m wmgym.cli card --checkpoint checkpoints/WM-Pick-v0 --eval out/eval/metrics.json \
-    --data data/pick data/pick_explore
+    --data data/pick data/pick_explore data/pick_slow

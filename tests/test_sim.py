@@ -187,3 +187,19 @@ def test_exploring_pick_makes_held_random_excursions():
             runs.append(j - i + 1)
         i = j + 1
     assert runs and all(2 <= r <= 8 for r in runs)
+
+
+def test_slow_and_pausing_picks():
+    # gripper 1 cm from its hover point above the cube: the script's action is unsaturated
+    obs = {"state": np.array([0.01, 0.0, 0.96, 0.0, 0.0, 0.02, 0.01, 0.9], np.float32)}
+    full, slow = ScriptedPick(), ScriptedPick(gain=0.5)
+    full.reset(0)
+    slow.reset(0)
+    a, b = full(obs), slow(obs)
+    np.testing.assert_allclose(b[:3], 0.5 * a[:3], atol=1e-6)
+    assert 0.0 < np.abs(a[:3]).max() < 1.0 and a[3] == b[3] == -1.0
+    pausing = ScriptedPick(pause=0.3)
+    pausing.reset(1)
+    still = [not np.abs(pausing(obs)[:3]).any() for _ in range(60)]
+    runs = [len(r) for r in "".join("x" if s else "." for s in still).split(".") if r]
+    assert runs and all(r >= 2 for r in runs[:-1])  # the last run may be cut by the loop's end
