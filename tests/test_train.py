@@ -65,9 +65,12 @@ def test_dynamics_exports_a_loadable_world_model(tiny_data, tiny_tokenizer, tmp_
     assert result["steps"] == 5 and (tmp_path / "eval" / "rollout.gif").exists()
     assert 0.0 <= result["action_probe"]["false_success"] <= 1.0
     assert 0.0 <= result["open_loop"]["success_acc"]["mean"] <= 1.0
+    (tmp_path / "notes.md").write_text("## Measured elsewhere\nprobes\n")
     card = render_card(CardArgs(checkpoint=str(ckpt), eval=str(tmp_path / "eval/metrics.json"),
-                                data=(str(tiny_data), str(tiny_data))))
+                                data=(str(tiny_data), str(tiny_data)),
+                                notes=str(tmp_path / "notes.md")))
     assert card.count(f"`{tiny_data}`: 3 episodes") == 2 and "| open loop h1 |" in card
+    assert card.endswith("## Measured elsewhere\nprobes\n")
 
 
 def test_torchrun_two_process_gloo(tiny_data, tiny_tokenizer, tmp_path):

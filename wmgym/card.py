@@ -24,6 +24,8 @@ class CardArgs:
     """The datasets it was trained on."""
     recipe: str = "scripts/recipe_wm_pick.sh"
     """The script that produced it."""
+    notes: str = ""
+    """A Markdown file appended to the card: measured findings beyond ``wmgym eval``'s."""
 
 
 def render_card(args: CardArgs) -> str:
@@ -34,14 +36,22 @@ def render_card(args: CardArgs) -> str:
     n_params = sum(int(__import__("math").prod(s)) for s in config["shapes"].values())
     minutes = {k: (train.get(k) or 0) / 60 for k in
                ("tokenizer_seconds", "tokenize_seconds", "dynamics_seconds")}
+    if "base" in train:  # fine-tuned (``train dynamics --init``): the base run, then the tuning
+        base = train["base"]
+        minutes = {"tokenizer": (train.get("tokenizer_seconds") or 0) / 60,
+                   "base tokenize": (base.get("tokenize_seconds") or 0) / 60,
+                   "base dynamics": (base.get("dynamics_seconds") or 0) / 60,
+                   "fine-tune tokenize": (train.get("tokenize_seconds") or 0) / 60,
+                   "fine-tune": (train.get("dynamics_seconds") or 0) / 60}
     mach = train.get("machine") or machine()
     tok, dyn = config["tokenizer"], config["dynamics"]
-    times = ", ".join(f"{k.split('_')[0]} {v:.1f} min" for k, v in minutes.items())
+    times = ", ".join(f"{k.removesuffix('_seconds')} {v:.1f} min" for k, v in minutes.items())
     where = f"{mach['cores']} CPU cores ({mach['cpu']}), torch {mach['torch']}"
     if mach.get("cuda"):
         where = f"{mach['cuda']}, torch {mach['torch']}"
     eval_what = (f"{metrics['episodes']} {metrics['split']} episodes, {metrics['steps']} steps "
                  f"open loop from one real frame, temperature {metrics['args']['temperature']}")
+    notes = "\n" + Path(args.notes).read_text() if args.notes else ""
     return f"""# WM-Pick-v0 — model card
 
 Learned twin of `Sim-Pick-v0` (robosuite Lift, Panda, OSC_POSITION, 64×64 rgb + depth + mask).
@@ -53,7 +63,8 @@ wmgym {config['wmgym_version']}.
 ## Data
 {"".join(data_section(path) for path in args.data)}
 ## Recipe
-`{args.recipe}` (collect → train tokenizer → train dynamics → eval → card).
+`{args.recipe}` (collect → train tokenizer → train dynamics → fine-tune on every dataset →
+eval → card).
 Training time: {times}; on {where}.
 
 ## Evaluation (`wmgym eval`: {eval_what})
@@ -64,7 +75,7 @@ Training time: {times}; on {where}.
   unusual motions) are imagined less faithfully.
 - `state` and reward come from heads on the transformer, not from physics; check policies trained
   in imagination on `Sim-Pick-v0`.
-"""
+{notes}"""
 
 
 def data_section(path: str) -> str:
