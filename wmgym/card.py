@@ -34,18 +34,18 @@ def render_card(args: CardArgs) -> str:
     metrics = json.loads(Path(args.eval).read_text())
     train = config.get("train", {})
     n_params = sum(int(__import__("math").prod(s)) for s in config["shapes"].values())
-    minutes = {k: (train.get(k) or 0) / 60 for k in
-               ("tokenizer_seconds", "tokenize_seconds", "dynamics_seconds")}
-    if "base" in train:  # fine-tuned (``train dynamics --init``): the base run, then the tuning
-        base = train["base"]
-        minutes = {"tokenizer": (train.get("tokenizer_seconds") or 0) / 60,
-                   "base tokenize": (base.get("tokenize_seconds") or 0) / 60,
-                   "base dynamics": (base.get("dynamics_seconds") or 0) / 60,
-                   "fine-tune tokenize": (train.get("tokenize_seconds") or 0) / 60,
-                   "fine-tune": (train.get("dynamics_seconds") or 0) / 60}
+    base = train.get("base")  # fine-tuned (``train dynamics --init``): the base run, then this
+    seconds = {"tokenizer": train.get("tokenizer_seconds"),
+               "base tokenize": base.get("tokenize_seconds"),
+               "base dynamics": base.get("dynamics_seconds"),
+               "fine-tune tokenize": train.get("tokenize_seconds"),
+               "fine-tune": train.get("dynamics_seconds")} if base else {
+        "tokenizer": train.get("tokenizer_seconds"), "tokenize": train.get("tokenize_seconds"),
+        "dynamics": train.get("dynamics_seconds")}
+    minutes = {k: (v or 0) / 60 for k, v in seconds.items()}
     mach = train.get("machine") or machine()
     tok, dyn = config["tokenizer"], config["dynamics"]
-    times = ", ".join(f"{k.removesuffix('_seconds')} {v:.1f} min" for k, v in minutes.items())
+    times = ", ".join(f"{k} {v:.1f} min" for k, v in minutes.items())
     where = f"{mach['cores']} CPU cores ({mach['cpu']}), torch {mach['torch']}"
     if mach.get("cuda"):
         where = f"{mach['cuda']}, torch {mach['torch']}"

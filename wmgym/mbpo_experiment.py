@@ -21,7 +21,7 @@ from stable_baselines3.common.callbacks import CallbackList
 
 from wmgym.env.sb3 import make_sb3_env
 from wmgym.mbpo import MBPO, MBPOConfig, make_real_env
-from wmgym.results import machine, write_result
+from wmgym.results import checkpoint_id, machine, matching_result, write_result
 from wmgym.rl import CurveCallback, RealEvaluator, RLArgs, steps_to
 from wmgym.spec import TaskSpec, load_spec
 from wmgym.viz import save_figure
@@ -93,6 +93,7 @@ def run_one(args: MBPOArgs, spec: TaskSpec, method: Method, seed: int,
         **{f"steps_to_{int(t * 100)}": steps_to(curve.curve, t) for t in THRESHOLDS},
     }
     if mbpo is not None:
+        record["checkpoint"] = checkpoint_id(args.checkpoint or spec.checkpoint)
         record["imagined_steps"] = mbpo.imagined_steps
         record["branches_cut_short"] = mbpo.cut_short
     return record
@@ -160,14 +161,10 @@ def plot_mbpo(result: dict[str, Any], path: str | Path) -> Path:
 
 def _previous_runs(args: MBPOArgs) -> list[dict[str, Any]]:
     """Runs in ``--result`` from an earlier call with the same budget and SAC settings."""
-    if args.result is None or not args.result.exists():
-        return []
-    old = json.loads(args.result.read_text())
     keys = ("task", "steps", "updates_per_step", "learning_starts", "eval_every",
             "curve_episodes")
-    mine = json.loads(json.dumps(asdict(args), default=str))
-    same = all(old.get("config", {}).get(k) == mine[k] for k in keys)
-    return old.get("runs", []) if same else []
+    return matching_result(args.result, {f"config.{k}": getattr(args, k) for k in keys}).get(
+        "runs", [])
 
 
 def mbpo_main(args: MBPOArgs) -> dict[str, Any]:

@@ -17,6 +17,7 @@ Policies are given as names, SB3 zip files, Python paths or objects: see
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 from wmgym.metrics import agreement
 from wmgym.policies import Policy
 from wmgym.policy_sources import PolicySource, named_policies, policy_factory
-from wmgym.results import machine, write_result
+from wmgym.results import checkpoint_id, machine, write_result
 from wmgym.spec import TaskSpec, load_spec
 from wmgym.viz import save_figure
 
@@ -186,8 +187,6 @@ def reuse_real(
     Raises:
         ValueError: ``path`` was run on another task, other seeds or another ``max_steps``.
     """
-    import json
-
     prev = json.loads(Path(path).read_text())
     want = {"task": task, "seeds": list(seeds), "max_steps": max_steps}
     got = {k: prev.get(k) for k in want}
@@ -378,6 +377,7 @@ def run_sweep(
         "sim_env": spec.sim_id,
         "wm_env": spec.wm_id,
         "checkpoint": str(Path(args.checkpoint or spec.checkpoint).resolve()),
+        "checkpoint_sha256": checkpoint_id(args.checkpoint or spec.checkpoint)["sha256"],
         "episodes": args.episodes,
         "seeds": seeds,
         "max_steps": max_steps,

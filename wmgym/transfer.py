@@ -33,7 +33,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
 from wmgym.env.sb3 import make_sb3_env
-from wmgym.results import machine, write_result
+from wmgym.results import checkpoint_id, machine, matching_result, write_result
 from wmgym.rl import EVAL_SEED_OFFSET, CurveCallback, RealEvaluator, RLArgs
 from wmgym.spec import TaskSpec, load_spec
 from wmgym.viz import save_figure
@@ -163,6 +163,7 @@ def train_twin(args: TransferArgs, spec: TaskSpec, twin: Twin, evaluate: RealEva
         "model": str(path),
     }
     if twin == "wm":
+        record["checkpoint"] = checkpoint_id(args.checkpoint or spec.checkpoint)
         imagined = imagined_eval(agent, args, spec, args.eval_episodes)
         record["imagined_success"] = imagined["success"]
         record["imagined_return"] = imagined["return"]
@@ -231,14 +232,11 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _previous_twins(args: TransferArgs) -> dict[str, dict[str, Any]]:
+def _previous_twins(args: TransferArgs, spec: TaskSpec) -> dict[str, dict[str, Any]]:
     """Twins of an earlier run with the same algorithm, budget and seed in ``--result``."""
-    if args.result is None or not args.result.exists():
-        return {}
-    old = json.loads(args.result.read_text())
-    same = all(old.get(k) == getattr(args, k) for k in ("algo", "steps", "seed", "images"))
-    same = same and str(old.get("task")).lower() == args.task.lower()
-    return old.get("twins", {}) if same else {}
+    expect = {"task": spec.name, **{k: getattr(args, k) for k in ("algo", "steps", "seed",
+                                                                  "images")}}
+    return matching_result(args.result, expect).get("twins", {})
 
 
 def transfer_main(args: TransferArgs) -> dict[str, Any]:
@@ -254,7 +252,7 @@ def transfer_main(args: TransferArgs) -> dict[str, Any]:
             twins[twin] = train_twin(args, spec, twin, evaluate)
     finally:
         evaluate.close()
-    twins = {**_previous_twins(args), **twins}  # read now: another run may have written since
+    twins = {**_previous_twins(args, spec), **twins}  # read now: another run may have written since
     result = {
         "task": spec.name,
         "algo": args.algo,
