@@ -49,7 +49,9 @@ def test_dynamics_exports_a_loadable_world_model(tiny_data, tiny_tokenizer, tmp_
         data=str(tiny_data), extra_data=(str(tiny_data),), tokenizer=str(tiny_tokenizer),
         out=str(tmp_path / "dyn"), checkpoint=str(tmp_path / "wm"), steps=3, ctx_stride=5,
         device="cpu", **TINY_DYN))
-    assert read_config(ckpt)["train"]["data"] == [str(tiny_data)] * 2
+    train = read_config(ckpt)["train"]
+    assert train["data"] == [str(tiny_data)] * 2
+    assert str(tiny_data) in train["tokens_from_cache"]  # the second copy reads the first's
     wm = WorldModel.load(ckpt)
     again = WorldModel.load(ckpt)
     for (k, a), (_, b) in zip(wm.state_dict().items(), again.state_dict().items()):
@@ -71,6 +73,39 @@ def test_dynamics_exports_a_loadable_world_model(tiny_data, tiny_tokenizer, tmp_
                                 notes=str(tmp_path / "notes.md")))
     assert card.count(f"`{tiny_data}`: 3 episodes") == 2 and "| open loop h1 |" in card
     assert card.endswith("## Measured elsewhere\nprobes\n")
+
+
+def test_token_cache_matches_fresh_tokens_and_rebuilds_when_stale(tiny_data, tiny_tokenizer,
+                                                                   tmp_path):
+    import shutil
+    import warnings
+
+    from wmgym.spec import load_spec
+    from wmgym.train.data import load_episodes, tokenize_episodes
+    from wmgym.train.dynamics import load_tokenizer
+    from wmgym.train.token_cache import cache_file, cached_tokenize, tokenizer_fingerprint
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns("token_cache"))
+    tok = load_tokenizer(tiny_tokenizer, "cpu")
+    eps = load_episodes(str(data), "train", load_spec("pick").depth_range)
+    fresh = tokenize_episodes(tok, eps, 4, "cpu", progress=False)
+    first, hit1 = cached_tokenize(tok, data, "train", eps, 4, "cpu", progress=False)
+    again, hit2 = cached_tokenize(tok, data, "train", eps, 4, "cpu", progress=False)
+    assert (hit1, hit2) == (False, True)
+    for a, b in zip(fresh, again):
+        assert a.ctx_index == b.ctx_index and torch.equal(a.ctx_tokens, b.ctx_tokens)
+        assert all(torch.equal(x, y) for x, y in zip(a.frame_tokens, b.frame_tokens))
+    path = cache_file(data, "train", tokenizer_fingerprint(tok), 4)
+    with pytest.warns(UserWarning, match="token cache not used"):  # other episodes: rebuilt
+        _, hit = cached_tokenize(tok, data, "train", eps[:1], 4, "cpu", progress=False)
+    assert not hit
+    path.write_bytes(b"damaged")
+    with pytest.warns(UserWarning, match="token cache not used"):
+        _, hit = cached_tokenize(tok, data, "train", eps, 4, "cpu", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cached_tokenize(tok, data, "train", eps, 4, "cpu", progress=False)[1]
 
 
 def test_torchrun_two_process_gloo(tiny_data, tiny_tokenizer, tmp_path):

@@ -41,7 +41,7 @@ class ScriptedPick:
         error: Std of a per-episode xy offset of the believed cube position (metres).
         drop_prob: Probability per episode of opening the gripper mid-lift (makes drops).
         give_up_prob: Probability per episode of switching to random actions at a random step.
-        explore: Probability per step of an excursion: one action held for 2-8 steps, after
+        explore: Probability per step of an excursion: one action held for 2-``hold`` steps, after
             which the script (driven by the state) carries on. Half the excursions are uniform
             random actions; the rest are primitives: full-speed moves along a random subset of
             the axes (none: standing still) with the gripper open or closed. They break the tie
@@ -53,14 +53,21 @@ class ScriptedPick:
             "almost there"; several gains break that tie.
         pause: Probability per step of pausing: zero motion for 2-8 steps, the gripper kept as
             it was, anywhere in the pick.
+        hold: Longest excursion, in steps. Long ones take the arm far from any pick path (an
+            agent early in training holds saturated actions like this).
+        lead: Probability per episode of starting with an excursion, from the reset frame.
 
     """
 
     def __init__(
         self, noise: float = 0.0, error: float = 0.0, drop_prob: float = 0.0,
         give_up_prob: float = 0.0, explore: float = 0.0, gain: float = 1.0, pause: float = 0.0,
+        hold: int = 8, lead: float = 0.0,
     ):
+        if hold < 2:
+            raise ValueError(f"hold must be at least 2 steps, got {hold}")
         self.noise, self.error, self.gain, self.pause = noise, error, gain, pause
+        self.hold, self.lead = int(hold), lead
         self.drop_prob, self.give_up_prob, self.explore = drop_prob, give_up_prob, explore
         self.reset()
 
@@ -75,6 +82,12 @@ class ScriptedPick:
         self.lift_from: np.ndarray | None = None
         self.excursion, self.excursion_left = np.zeros(4), 0
         self.last_grip = -1.0
+        if self.lead and self.rng.random() < self.lead:  # no draw at lead=0: old seeds replay
+            self._start_excursion()
+
+    def _start_excursion(self) -> None:
+        self.excursion = self._excursion()
+        self.excursion_left = int(self.rng.integers(2, self.hold + 1))
 
     def _goto(self, eef: np.ndarray, target: np.ndarray, grip: float) -> np.ndarray:
         return np.r_[np.clip(self.gain * GAIN * (target - eef), -1.0, 1.0), grip]
@@ -85,8 +98,7 @@ class ScriptedPick:
         self.t += 1
         self.t_phase += 1
         if self.explore and not self.excursion_left and self.rng.random() < self.explore:
-            self.excursion = self._excursion()
-            self.excursion_left = int(self.rng.integers(2, 9))
+            self._start_excursion()
         if self.pause and not self.excursion_left and self.rng.random() < self.pause:
             self.excursion = np.r_[0.0, 0.0, 0.0, self.last_grip]
             self.excursion_left = int(self.rng.integers(2, 9))

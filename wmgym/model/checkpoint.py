@@ -40,7 +40,8 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Calls ``write(tmp)`` on a temporary sibling of ``path``, then renames it into place."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
@@ -74,10 +75,10 @@ def save_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    _atomic(directory / WEIGHTS, lambda p: save_file(tensors, str(p)))
+    atomic_write(directory / WEIGHTS, lambda p: save_file(tensors, str(p)))
     if start_obs is not None:
         arrays = {k: np.ascontiguousarray(v) for k, v in start_obs.items()}
-        _atomic(directory / START_OBS, lambda p: save_numpy(arrays, str(p)))
+        atomic_write(directory / START_OBS, lambda p: save_numpy(arrays, str(p)))
     meta = {
         **config,
         "format": FORMAT_VERSION,
@@ -87,7 +88,7 @@ def save_checkpoint(
     }
     if start_obs is not None:
         meta["start_obs_sha256"] = sha256_file(directory / START_OBS)
-    _atomic(directory / CONFIG, lambda p: p.write_text(json.dumps(meta, indent=1)))
+    atomic_write(directory / CONFIG, lambda p: p.write_text(json.dumps(meta, indent=1)))
     return directory
 
 

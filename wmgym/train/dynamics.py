@@ -18,6 +18,7 @@ from wmgym.results import machine
 from wmgym.spec import load_spec
 from wmgym.train import common
 from wmgym.train.data import load_episodes, sample_clips, tokenize_episodes
+from wmgym.train.token_cache import cached_tokenize
 
 
 @dataclass
@@ -58,6 +59,9 @@ class TrainDynamicsArgs(common.TrainArgs):
     gap_embedding: bool = False
     """Tell the model when a clip's first frame does not follow its context directly (off in
     the shipped checkpoint's recipe; see its card)."""
+    token_cache: bool = True
+    """Keep each dataset's tokens in ``DATA/token_cache/`` (keyed by the tokenizer's weights)
+    and reuse them when training again with the same tokenizer."""
     init: str = ""
     """Fine-tune: start from this world-model checkpoint (its tokenizer and dynamics weights;
     parameters it lacks, such as a new gap embedding, keep their initialisation). Empty: from
@@ -105,10 +109,18 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
     out = Path(args.out)
     init = WorldModel.load(args.init, d.device) if args.init else None
     tok = init.tokenizer.eval() if init else load_tokenizer(args.tokenizer, d.device)
-    episodes = [ep for path in (args.data, *args.extra_data)
-                for ep in load_episodes(path, "train", spec.depth_range)]
     start = time.perf_counter()
-    tokenized = tokenize_episodes(tok, episodes, args.ctx_stride, d.device, progress=d.main)
+    episodes, tokenized, cached = [], [], []
+    for path in (args.data, *args.extra_data):
+        eps = load_episodes(path, "train", spec.depth_range)
+        if args.token_cache:
+            toks, hit = cached_tokenize(tok, path, "train", eps, args.ctx_stride, d.device,
+                                        progress=d.main)
+        else:
+            toks, hit = tokenize_episodes(tok, eps, args.ctx_stride, d.device, d.main), False
+        episodes += eps
+        tokenized += toks
+        cached += [path] if hit else []
     tokenize_s = time.perf_counter() - start
     cfg = DynamicsConfig(
         ctx_vocab_size=tok.ctx_vocab_size, vocab_size=tok.future_vocab_size,
@@ -130,7 +142,8 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
     if d.main:
         n_params = sum(p.numel() for p in model.parameters())
         print(f"dynamics: {n_params / 1e6:.2f}M params, {len(episodes)} train episodes, "
-              f"tokenized in {tokenize_s:.0f} s")
+              f"loaded and tokenized in {tokenize_s:.0f} s"
+              + (f" (tokens of {', '.join(cached)} from the cache)" if cached else ""))
     t0 = time.perf_counter()
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, desc="dynamics",
                disable=not d.main)
@@ -159,6 +172,7 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
         train_info = {
             "data": [args.data, *args.extra_data],
             "tokenize_seconds": round(tokenize_s, 1),
+            "tokens_from_cache": cached,
             "dynamics_seconds": round(time.perf_counter() - t0, 1),
             "dynamics_args": asdict(args),
             "machine": machine(),
