@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -209,9 +210,10 @@ def test_symlog_symexp_inverse():
     assert torch.allclose(symexp(symlog(x)), x, rtol=1e-5)
 
 
-def test_dynamics_overfits_small_batch():
+@pytest.mark.parametrize("parallel_head", [False, True])
+def test_dynamics_overfits_small_batch(parallel_head):
     torch.manual_seed(0)
-    cfg = tiny_dynamics_config()
+    cfg = tiny_dynamics_config(parallel_head=parallel_head)
     model = DynamicsTransformer(cfg)
     batch = dynamics_batch(cfg, 4, cfg.max_frames, seed=0)
     model.set_state_normalization(torch.ones(cfg.state_dim), 2 * torch.ones(cfg.state_dim))
@@ -225,6 +227,7 @@ def test_dynamics_overfits_small_batch():
         first = first if first is not None else loss.item()
     assert loss.item() < first / 20, (first, loss.item())  # measured: 300-360x (3 seeds)
     assert m["token_acc"] > 0.95 and m["success_acc"] == 1.0
+    assert m.get("parallel_acc", 1.0) > 0.95 and ("parallel_ce" in m) == parallel_head
     out = model(batch["ctx_tokens"], batch["frame_tokens"], batch["actions"])
     assert out.logits.shape == (4, cfg.max_frames, cfg.n_frame_tokens, cfg.vocab_size)
     assert torch.allclose(out.reward, batch["reward"], atol=0.3)  # real units, not symlog
@@ -417,11 +420,13 @@ def test_dynamics_loss_valid_mask_ignores_padding():
     assert torch.allclose(full, ref, atol=1e-5)
 
 
-def test_restarting_some_rows_matches_fresh_rollouts():
+@pytest.mark.parametrize("decoding", ["autoregressive", "parallel"])
+def test_restarting_some_rows_matches_fresh_rollouts(decoding):
     # rows restart independently: afterwards the cache holds rows of different lengths that
-    # shift their windows at different frames; each must match its own fresh rollout
+    # shift their windows at different frames; each must match its own fresh rollout (the
+    # parallel path appends a frame's tokens in one pass at per-row positions)
     torch.manual_seed(0)
-    cfg = tiny_dynamics_config()
+    cfg = tiny_dynamics_config(parallel_head=decoding == "parallel")
     model = DynamicsTransformer(cfg).eval()
     randomize_actions(model)
     k_before, k_after = 5, 2 * cfg.max_frames + 2
@@ -434,23 +439,71 @@ def test_restarting_some_rows_matches_fresh_rollouts():
     cache = model.new_cache(3)
     model.prefill(cache, ctx)
     for t in range(k_before):
-        model.teacher_force_frame(cache, actions[:, t], frames[:, t])
+        model.teacher_force_frame(cache, actions[:, t], frames[:, t], decoding)
     model.prefill(cache, new["ctx_tokens"], index=torch.tensor([1]))
     assert cache.lengths.tolist() == [cfg.max_seq_len, cfg.n_ctx_tokens, cfg.max_seq_len]
     logits = torch.stack([model.teacher_force_frame(cache, actions[:, k_before + t],
-                                                    frames_after[:, t])[0]
+                                                    frames_after[:, t], decoding)[0]
                           for t in range(k_after)], 1)
 
     alone = model.new_cache(1)
     model.prefill(alone, new["ctx_tokens"])
     ref1 = torch.stack([model.teacher_force_frame(alone, actions[1:2, k_before + t],
-                                                  frames_after[1:2, t])[0]
+                                                  frames_after[1:2, t], decoding)[0]
                         for t in range(k_after)], 1)
     assert torch.allclose(logits[1:2], ref1, atol=1e-4)
 
     rows = [0, 2]
     others = model.new_cache(2)
     model.prefill(others, ctx[rows])
-    ref02 = [model.teacher_force_frame(others, actions[rows, t], frames[rows, t])[0]
+    ref02 = [model.teacher_force_frame(others, actions[rows, t], frames[rows, t], decoding)[0]
              for t in range(k_before + k_after)]
     assert torch.allclose(logits[rows], torch.stack(ref02[k_before:], 1), atol=1e-4)
+
+
+def test_parallel_head_matches_training_pass_and_leaves_the_same_cache():
+    # at inference the head reads the slot, the context and the previous frame's states from the
+    # cache: its logits must equal the teacher-forced training pass's; and a frame appended in
+    # 2 passes must leave the cache as the n + 1 single-token passes do
+    torch.manual_seed(0)
+    cfg = tiny_dynamics_config(parallel_head=True)
+    model = DynamicsTransformer(cfg).eval()
+    randomize_actions(model)
+    batch = dynamics_batch(cfg, 3, cfg.max_frames, seed=1)
+    ctx, frames, actions = batch["ctx_tokens"], batch["frame_tokens"], batch["actions"]
+    with torch.no_grad():
+        par = model._parallel_logits(*model._hidden(ctx, frames, actions))
+        full = model(ctx, frames, actions)
+    caches = {m: model.new_cache(3) for m in ("parallel", "autoregressive")}
+    for mode, cache in caches.items():
+        model.prefill(cache, ctx)
+        for t in range(cfg.max_frames):
+            logits, frame = model.teacher_force_frame(cache, actions[:, t], frames[:, t], mode)
+            ref = par[:, t] if mode == "parallel" else full.logits[:, t]
+            assert torch.allclose(logits, ref, atol=1e-4), (mode, t)
+            assert torch.allclose(frame.reward, full.reward[:, t], atol=1e-4)
+            assert torch.allclose(frame.state, full.state[:, t], atol=1e-4)
+    a, b = caches["parallel"], caches["autoregressive"]
+    for name in ("k", "k_rot", "v", "memory", "lengths", "n_frames", "has_prev"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert torch.allclose(x.float(), y.float(), atol=1e-5), name
+    # sampling in parallel runs on through window slides; greedy picks the head's argmax
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    for t in range(2 * cfg.max_frames):
+        frame = model.generate_frame(a, actions[:, t % cfg.max_frames], gens, decoding="parallel")
+        assert torch.isfinite(frame.entropy).all() and (a.n_frames <= cfg.max_frames).all()
+    twin = copy.deepcopy(b)
+    greedy = model.generate_frame(b, actions[:, 0], None, temperature=0.0, decoding="parallel")
+    logits, _ = model.teacher_force_frame(twin, actions[:, 0], greedy.tokens, "parallel")
+    assert torch.equal(logits.argmax(-1), greedy.tokens)
+
+
+def test_parallel_decoding_needs_the_head():
+    model = DynamicsTransformer(tiny_dynamics_config()).eval()
+    cache = model.new_cache(1)
+    model.prefill(cache, torch.zeros(1, 6, dtype=torch.long))
+    with pytest.raises(ValueError, match="no parallel head"):
+        model.generate_frame(cache, torch.zeros(1, 4), decoding="parallel")
+    with pytest.raises(ValueError, match="decoding must be"):
+        model.generate_frame(cache, torch.zeros(1, 4), decoding="fast")
+    assert model._framer("auto") == model._frame

@@ -38,14 +38,17 @@ def render_card(args: CardArgs) -> str:
     seconds = {"tokenizer": train.get("tokenizer_seconds"),
                "base tokenize": base.get("tokenize_seconds"),
                "base dynamics": base.get("dynamics_seconds"),
-               "fine-tune tokenize": train.get("tokenize_seconds"),
+               "fine-tune load + tokenize": train.get("tokenize_seconds"),
                "fine-tune": train.get("dynamics_seconds")} if base else {
-        "tokenizer": train.get("tokenizer_seconds"), "tokenize": train.get("tokenize_seconds"),
+        "tokenizer": train.get("tokenizer_seconds"),
+        "load + tokenize": train.get("tokenize_seconds"),
         "dynamics": train.get("dynamics_seconds")}
     minutes = {k: (v or 0) / 60 for k, v in seconds.items()}
     mach = train.get("machine") or machine()
     tok, dyn = config["tokenizer"], config["dynamics"]
     times = ", ".join(f"{k} {v:.1f} min" for k, v in minutes.items())
+    if train.get("tokens_from_cache"):
+        times += f" (tokens of {', '.join(train['tokens_from_cache'])} read from the token cache)"
     where = f"{mach['cores']} CPU cores ({mach['cpu']}), torch {mach['torch']}"
     if mach.get("cuda"):
         where = f"{mach['cuda']}, torch {mach['torch']}"

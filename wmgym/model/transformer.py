@@ -53,6 +53,12 @@ class DynamicsConfig:
     # (clips cut from later in an episode; the sliding window in long rollouts). Without it the
     # first imagined frame cannot tell "one step after the context" from "many steps after".
     gap_embedding: bool = False
+    # A second way to sample a frame: :class:`ParallelHead` predicts its n tokens at once from the
+    # slot's hidden state, reading the context's and the previous frame's hidden states. A frame
+    # then costs 2 passes over the cache (slot; the sampled tokens) instead of n + 1.
+    parallel_head: bool = False
+    head_layers: int = 2  # blocks of the parallel head
+    w_parallel: float = 1.0  # loss weight: the parallel head's token cross-entropy
 
     @property
     def max_seq_len(self) -> int:
@@ -120,10 +126,14 @@ class KVCache:
     their current positions, ``v`` the values; all ``(n_layer, B, n_head, max_len, head_dim)``.
     Each row is its own sequence ``[ctx][frame blocks]`` of ``lengths[b]`` positions holding
     ``n_frames[b]`` frames, so rollouts can be restarted one by one.
+
+    With ``memory_len`` (models with a :class:`ParallelHead`), ``memory (B, memory_len, d)`` holds
+    the final hidden states the head reads: the context's, then the latest frame's tokens'
+    (valid where ``has_prev``).
     """
 
     def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int,
-                 device: torch.device | str, dtype: torch.dtype) -> None:
+                 device: torch.device | str, dtype: torch.dtype, memory_len: int = 0) -> None:
         shape = (n_layer, batch_size, n_head, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.k_rot = torch.zeros_like(self.k)
@@ -136,6 +146,9 @@ class KVCache:
         self.max_length = 0  # max(lengths), tracked on the host to avoid syncs per token
         self.uniform = True  # all rows have the same length: attention needs no mask
         self.noise: Tensor | None = None  # per-frame sampling noise buffer, made on first use
+        self.memory = (torch.zeros(batch_size, memory_len, n_head * head_dim, device=device,
+                                   dtype=dtype) if memory_len else None)
+        self.has_prev = torch.zeros(batch_size, dtype=torch.bool, device=device)
 
     def sync(self) -> None:
         """Refresh the host-side ``max_length`` and ``uniform`` from ``lengths``."""
@@ -184,34 +197,31 @@ class Attention(nn.Module):
                 layer: int = 0, mask: Tensor | None = None) -> Tensor:
         """Attend over ``x (B, t, d)``, or with ``cache`` over the cache plus ``x``.
 
-        With a cache, ``t > 1`` is a context prefill (every row from position 0, ``cos, sin``
-        of shape ``(t, hd/2)``); ``t == 1`` is one token per row at ``cache.lengths`` with
-        ``cos, sin`` broadcastable to ``(B, 1, 1, hd/2)`` and ``mask (B, 1, 1, L)`` when rows
-        differ in length.
+        With a cache, the ``t`` tokens of each row go at positions ``cache.lengths[b] + i``
+        (a prefill starts from empty rows). ``cos, sin`` are ``(t, hd/2)`` when all rows have the
+        same length, else ``(B, 1, t, hd/2)``; ``mask`` is ``None`` for one token at a common
+        position or a prefill, else what each new token may see (``(t, L)`` or ``(B, 1, t, L)``).
         """
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         q = apply_rope(q, cos, sin)
+        causal = mask is None and t > 1 and (cache is None or cache.max_length == 0)
         if cache is None:
             k = apply_rope(k, cos, sin)
-        elif t > 1:
-            cache.k[layer, :, :, :t] = k
-            cache.v[layer, :, :, :t] = v
-            k = apply_rope(k, cos, sin, out=cache.k_rot[layer, :, :, :t])
         else:
-            end = cache.max_length + 1
-            if cache.uniform:  # all rows write at the same position: plain slices
-                cache.k[layer, :, :, end - 1 : end] = k
-                cache.v[layer, :, :, end - 1 : end] = v
-                apply_rope(k, cos, sin, out=cache.k_rot[layer, :, :, end - 1 : end])
+            end = cache.max_length + t
+            if cache.uniform:  # all rows write at the same positions: plain slices
+                cache.k[layer, :, :, end - t : end] = k
+                cache.v[layer, :, :, end - t : end] = v
+                apply_rope(k, cos, sin, out=cache.k_rot[layer, :, :, end - t : end])
             else:
-                rows, pos = cache.rows, cache.lengths
-                cache.k[layer, rows, :, pos] = k[:, :, 0]
-                cache.v[layer, rows, :, pos] = v[:, :, 0]
-                cache.k_rot[layer, rows, :, pos] = apply_rope(k, cos, sin)[:, :, 0]
+                rows, pos = cache.rows[:, None], cache.lengths[:, None] + cache.positions[:t]
+                cache.k[layer, rows, :, pos] = k.transpose(1, 2)
+                cache.v[layer, rows, :, pos] = v.transpose(1, 2)
+                cache.k_rot[layer, rows, :, pos] = apply_rope(k, cos, sin).transpose(1, 2)
             k, v = cache.k_rot[layer, :, :, :end], cache.v[layer, :, :, :end]
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=t > 1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
 
@@ -237,6 +247,57 @@ class Block(nn.Module):
                 layer: int = 0, mask: Tensor | None = None) -> Tensor:
         x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, cache, layer, mask))
         return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+class HeadBlock(nn.Module):
+    """Queries attend to themselves and to a memory of hidden states, then a SwiGLU MLP."""
+
+    def __init__(self, cfg: DynamicsConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.n_head, self.head_dim = cfg.n_head, d // cfg.n_head
+        self.norm, self.mem_norm = RMSNorm(d, cfg.norm_eps), RMSNorm(d, cfg.norm_eps)
+        self.q = nn.Linear(d, d, bias=False)
+        self.kv = nn.Linear(d, 2 * d, bias=False)
+        self.proj = nn.Linear(d, d, bias=False)
+        self.mlp_norm, self.mlp = RMSNorm(d, cfg.norm_eps), SwiGLU(cfg)
+
+    def forward(self, x: Tensor, memory: Tensor, mask: Tensor) -> Tensor:
+        b, n, d = x.shape
+        h = self.norm(x)
+        src = torch.cat([h, self.mem_norm(memory)], 1)
+        q = self.q(h).view(b, n, self.n_head, self.head_dim).transpose(1, 2)
+        k, v = self.kv(src).view(b, -1, 2, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        keys_ok = torch.cat([mask.new_ones(b, n), mask], 1)[:, None, None]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=keys_ok)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, n, d))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class ParallelHead(nn.Module):
+    """All ``n`` tokens of a frame at once: ``n`` queries seeded with the slot's hidden state.
+
+    The queries attend to each other and to a memory: the final hidden states of the context's
+    tokens and of the previous frame's tokens (masked out before the first frame). Tokens are
+    then sampled independently, which suits a near-deterministic scene; the autoregressive path
+    remains for when they are not.
+    """
+
+    def __init__(self, cfg: DynamicsConfig) -> None:
+        super().__init__()
+        d, n = cfg.d_model, cfg.n_frame_tokens
+        self.query_pos = nn.Parameter(torch.randn(n, d) * 0.02)
+        self.memory_pos = nn.Parameter(torch.randn(cfg.n_ctx_tokens + n, d) * 0.02)
+        self.blocks = nn.ModuleList(HeadBlock(cfg) for _ in range(cfg.head_layers))
+        self.norm = RMSNorm(d, cfg.norm_eps)
+
+    def forward(self, slot: Tensor, memory: Tensor, mask: Tensor) -> Tensor:
+        """``slot (N, d)``, ``memory (N, Nc + n, d)``, ``mask (N, Nc + n)`` -> ``(N, n, d)``."""
+        x = slot[:, None] + self.query_pos
+        memory = memory + self.memory_pos
+        for block in self.blocks:
+            x = block(x, memory, mask)
+        return self.norm(x)
 
 
 # ----------------------------------------------------------------------------- model
@@ -266,6 +327,7 @@ class DynamicsTransformer(nn.Module):
         self.norm = RMSNorm(d, cfg.norm_eps)
         self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)
         self.aux_head = nn.Linear(d, 2 + cfg.state_dim)  # [reward (symlog), success, state...]
+        self.head = ParallelHead(cfg) if cfg.parallel_head else None
         self.register_buffer("state_mean", torch.zeros(cfg.state_dim))
         self.register_buffer("state_std", torch.ones(cfg.state_dim))
         cos, sin = rope_tables(cfg.max_seq_len, d // cfg.n_head, cfg.rope_theta)
@@ -273,7 +335,9 @@ class DynamicsTransformer(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
-            if name.endswith(("attn.proj.weight", "mlp.down.weight")):
+            residual_out = name.endswith(("attn.proj.weight", "mlp.down.weight")) or (
+                name.startswith("head.") and name.endswith(".proj.weight"))
+            if residual_out:
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
         nn.init.normal_(self.frame_pos, std=0.02)
         nn.init.normal_(self.slot, std=0.02)
@@ -308,8 +372,8 @@ class DynamicsTransformer(nn.Module):
         return x
 
     def _hidden(self, ctx_tokens: Tensor, frame_tokens: Tensor, actions: Tensor,
-                gap: Tensor | None = None) -> Tensor:
-        """Final-norm hidden states of the frame part, ``(B, T, n + 1, d)``."""
+                gap: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Final-norm hidden states: context ``(B, Nc, d)``, frames ``(B, T, n + 1, d)``."""
         b, t, n = frame_tokens.shape
         if t > self.cfg.max_frames:
             raise ValueError(f"{t} frames exceed the window of max_frames={self.cfg.max_frames}")
@@ -320,7 +384,23 @@ class DynamicsTransformer(nn.Module):
         for block in self.blocks:
             x = block(x, cos, sin)
         x = self.norm(x)
-        return x[:, ctx_tokens.shape[1] :].view(b, t, n + 1, -1)
+        nc = ctx_tokens.shape[1]
+        return x[:, :nc], x[:, nc:].view(b, t, n + 1, -1)
+
+    def _parallel_logits(self, ctx_h: Tensor, h: Tensor) -> Tensor:
+        """The parallel head's logits ``(B, T, n, V)`` for every frame of a teacher-forced pass.
+
+        Frame ``t`` reads the slot of ``t``, the context and frame ``t - 1`` (none for ``t = 0``),
+        exactly what :meth:`generate_frame` gives it from the cache.
+        """
+        b, t, n1, d = h.shape
+        nc, n = ctx_h.shape[1], n1 - 1
+        prev = torch.cat([h.new_zeros(b, 1, n, d), h[:, :-1, 1:]], 1)
+        memory = torch.cat([ctx_h[:, None].expand(b, t, nc, d), prev], 2).flatten(0, 1)
+        mask = torch.ones(b, t, nc + n, dtype=torch.bool, device=h.device)
+        mask[:, 0, nc:] = False
+        out = self.head(h[:, :, 0].flatten(0, 1), memory, mask.flatten(0, 1))
+        return self.lm_head(out).view(b, t, n, -1)
 
     def forward(self, ctx_tokens: Tensor, frame_tokens: Tensor, actions: Tensor,
                 gap: Tensor | None = None) -> DynamicsOutput:
@@ -336,7 +416,7 @@ class DynamicsTransformer(nn.Module):
             :class:`DynamicsOutput`.
 
         """
-        h = self._hidden(ctx_tokens, frame_tokens, actions, gap)
+        _, h = self._hidden(ctx_tokens, frame_tokens, actions, gap)
         n = frame_tokens.shape[-1]
         return DynamicsOutput(self.lm_head(h[:, :, :n]),
                               *self._decode_aux(self.aux_head(h[:, :, n])))
@@ -345,6 +425,8 @@ class DynamicsTransformer(nn.Module):
              success: Tensor, state: Tensor, valid: Tensor | None = None,
              gap: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         """Token cross-entropy + reward symlog MSE + success BCE + normalised state MSE.
+
+        With a parallel head, its token cross-entropy is added too.
 
         Args:
             ctx_tokens: ``(B, Nc)``.
@@ -361,28 +443,42 @@ class DynamicsTransformer(nn.Module):
 
         """
         cfg, n = self.cfg, frame_tokens.shape[-1]
-        h = self._hidden(ctx_tokens, frame_tokens, actions, gap)
+        ctx_h, h = self._hidden(ctx_tokens, frame_tokens, actions, gap)
         logits, aux = self.lm_head(h[:, :, :n]), self.aux_head(h[:, :, n])
         w = torch.ones_like(reward) if valid is None else valid.to(reward.dtype)
         denom = w.sum().clamp_min(1.0)
-        ce = F.cross_entropy(logits.flatten(0, 2).float(), frame_tokens.flatten(),
-                             reduction="none").view_as(frame_tokens).mean(-1)
+
+        def token_ce(lg: Tensor) -> Tensor:
+            return F.cross_entropy(lg.flatten(0, 2).float(), frame_tokens.flatten(),
+                                   reduction="none").view_as(frame_tokens).mean(-1)
+
+        def frame_mean(x: Tensor) -> Tensor:
+            return (x * w).sum() / denom
+
+        ce = token_ce(logits)
         reward_mse = (aux[..., 0] - symlog(reward)).pow(2)
         success_bce = F.binary_cross_entropy_with_logits(aux[..., 1], success.to(aux.dtype),
                                                          reduction="none")
         state_t = (state - self.state_mean) / self.state_std
         state_mse = (aux[..., 2:] - state_t).pow(2).mean(-1)
-        terms = {name: (x * w).sum() / denom for name, x in (
+        terms = {name: frame_mean(x) for name, x in (
             ("token_ce", ce), ("reward_mse", reward_mse), ("success_bce", success_bce),
             ("state_mse", state_mse))}
         loss = (cfg.w_token * terms["token_ce"] + cfg.w_reward * terms["reward_mse"]
                 + cfg.w_success * terms["success_bce"] + cfg.w_state * terms["state_mse"])
+        par_logits = None
+        if self.head is not None:
+            par_logits = self._parallel_logits(ctx_h, h)
+            terms["parallel_ce"] = frame_mean(token_ce(par_logits))
+            loss = loss + cfg.w_parallel * terms["parallel_ce"]
         with torch.no_grad():
             m = {k: v.item() for k, v in terms.items()}
-            acc = (logits.argmax(-1) == frame_tokens).float().mean(-1)
-            m["token_acc"] = ((acc * w).sum() / denom).item()
-            m["success_acc"] = ((((aux[..., 1] > 0) == (success > 0.5)).float() * w).sum()
-                                / denom).item()
+            m["token_acc"] = frame_mean(
+                (logits.argmax(-1) == frame_tokens).float().mean(-1)).item()
+            if par_logits is not None:
+                m["parallel_acc"] = frame_mean(
+                    (par_logits.argmax(-1) == frame_tokens).float().mean(-1)).item()
+            m["success_acc"] = frame_mean(((aux[..., 1] > 0) == (success > 0.5)).float()).item()
             m["loss"] = loss.item()
         return loss, m
 
@@ -391,23 +487,35 @@ class DynamicsTransformer(nn.Module):
     def new_cache(self, batch_size: int) -> KVCache:
         """Allocate an empty cache for ``batch_size`` rollouts on the model's device/dtype."""
         cfg, p = self.cfg, self.lm_head.weight
+        memory_len = cfg.n_ctx_tokens + cfg.n_frame_tokens if self.head is not None else 0
         return KVCache(cfg.n_layer, batch_size, cfg.n_head, cfg.max_seq_len,
-                       cfg.d_model // cfg.n_head, p.device, p.dtype)
+                       cfg.d_model // cfg.n_head, p.device, p.dtype, memory_len)
 
-    def _step(self, x: Tensor, cache: KVCache) -> Tensor:
-        """Run one token per row ``x (B, 1, d)`` at each row's next position; return its hidden."""
+    def _append(self, x: Tensor, cache: KVCache) -> Tensor:
+        """Run ``t`` tokens per row ``x (B, t, d)`` at each row's next positions, in one pass.
+
+        Returns their final-norm hidden states ``(B, t, d)``.
+        """
+        t, start = x.shape[1], cache.max_length
         if cache.uniform:
-            p = slice(cache.max_length, cache.max_length + 1)
-            cos, sin, mask = self.rope_cos[p], self.rope_sin[p], None
-        else:  # per-row positions; row b sees its own first lengths[b] + 1 positions
-            pos = cache.lengths
-            cos, sin = self.rope_cos[pos][:, None, None], self.rope_sin[pos][:, None, None]
-            mask = (cache.positions[: cache.max_length + 1] <= pos[:, None])[:, None, None]
+            p = slice(start, start + t)
+            cos, sin = self.rope_cos[p], self.rope_sin[p]
+            mask = None  # one token sees every position; a prefill (start 0) is plain causal
+            if t > 1 and start > 0:
+                mask = cache.positions[: start + t] <= start + cache.positions[:t, None]
+        else:  # per-row positions; token i of row b sees its own first lengths[b] + i + 1
+            pos = cache.lengths[:, None] + cache.positions[:t]  # (B, t)
+            cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]
+            mask = (cache.positions[: start + t] <= pos[:, :, None])[:, None]
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, cache, i, mask)
-        cache.lengths += 1
-        cache.max_length += 1
-        return self.norm(x)[:, 0]
+        cache.lengths += t
+        cache.max_length += t
+        return self.norm(x)
+
+    def _step(self, x: Tensor, cache: KVCache) -> Tensor:
+        """One token per row ``x (B, 1, d)``: its final-norm hidden state ``(B, d)``."""
+        return self._append(x, cache)[:, 0]
 
     @torch.no_grad()
     def prefill(self, cache: KVCache, ctx_tokens: Tensor, index: Tensor | None = None) -> None:
@@ -421,23 +529,26 @@ class DynamicsTransformer(nn.Module):
         nc = self.cfg.n_ctx_tokens
         if index is not None:
             rows = index.nonzero().squeeze(1) if index.dtype == torch.bool else index
+            mem = cache.memory.shape[1] if cache.memory is not None else 0
             tmp = KVCache(self.cfg.n_layer, len(rows), self.cfg.n_head, nc,
-                          cache.k.shape[-1], cache.k.device, cache.k.dtype)
+                          cache.k.shape[-1], cache.k.device, cache.k.dtype, mem)
             self.prefill(tmp, ctx_tokens)
             for buf, new in ((cache.k, tmp.k), (cache.k_rot, tmp.k_rot), (cache.v, tmp.v)):
                 buf[:, rows, :, :nc] = new
-            cache.lengths[rows], cache.n_frames[rows] = nc, 0
+            if cache.memory is not None:
+                cache.memory[rows] = tmp.memory
+            cache.lengths[rows], cache.n_frames[rows], cache.has_prev[rows] = nc, 0, False
             cache.sync()
             return
         if ctx_tokens.shape != (cache.batch_size, nc):
             raise ValueError(f"ctx_tokens {tuple(ctx_tokens.shape)} do not fit the cache")
-        x = self.ctx_emb(ctx_tokens)
         cache.lengths.zero_()
         cache.sync()
-        for i, block in enumerate(self.blocks):
-            x = block(x, self.rope_cos[:nc], self.rope_sin[:nc], cache, i)
-        cache.lengths.fill_(nc)
+        h = self._append(self.ctx_emb(ctx_tokens), cache)
+        if cache.memory is not None:
+            cache.memory[:, :nc] = h
         cache.n_frames.zero_()
+        cache.has_prev.zero_()
         cache.sync()
 
     def _make_room(self, cache: KVCache) -> None:
@@ -456,38 +567,82 @@ class DynamicsTransformer(nn.Module):
                 cache.k_rot[:, rows, :, w] = apply_rope(cache.k[:, rows, :, w], cos, sin)
         cache.sync()
 
-    def _frame(self, cache: KVCache, actions: Tensor, forced: Tensor | None,
-               gumbel: Tensor | None, temperature: float, top_k: int | None,
-               logits_out: Tensor | None = None) -> FrameSample:
-        """Append one (slot + frame) block: ``n + 1`` single-token forwards over the batch."""
+    def _begin_frame(self, cache: KVCache, actions: Tensor) -> Tensor:
+        """Make room in full windows; return the slot tokens ``(B, 1, d)`` of the new frame."""
         if int(cache.lengths.min()) < self.cfg.n_ctx_tokens:
             raise RuntimeError("call prefill(cache, ctx_tokens) before generating frames")
         slides = cache.n_frames >= self.cfg.max_frames  # the window drops a frame: a gap opens
         self._make_room(cache)
+        return self._slots(actions, slides).unsqueeze(1)
+
+    def _end_frame(self, cache: KVCache, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Keep the frame's token hidden states ``(B, n, d)`` for the head; decode the heads."""
+        if cache.memory is not None:
+            cache.memory[:, self.cfg.n_ctx_tokens :] = hidden
+            cache.has_prev.fill_(True)
+        cache.n_frames += 1
+        return self._decode_aux(self.aux_head(hidden[:, -1]))
+
+    @staticmethod
+    def _pick(logits: Tensor, forced: Tensor | None, gumbel: Tensor | None, temperature: float,
+              top_k: int | None) -> tuple[Tensor, Tensor]:
+        """Tokens from logits ``(..., V)`` (forced, argmax or Gumbel-max) and their entropy."""
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        entropy = -(logp.exp() * logp).sum(-1)
+        if forced is not None:
+            return forced, entropy
+        if gumbel is None:
+            return logits.argmax(-1), entropy
+        scores = logits.float() / temperature
+        if top_k is not None and top_k < scores.shape[-1]:
+            kth = scores.topk(top_k, dim=-1).values[..., -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        return (scores + gumbel).argmax(-1), entropy
+
+    def _frame(self, cache: KVCache, actions: Tensor, forced: Tensor | None,
+               gumbel: Tensor | None, temperature: float, top_k: int | None,
+               logits_out: Tensor | None = None) -> FrameSample:
+        """Append one (slot + frame) block: ``n + 1`` single-token forwards over the batch."""
+        x = self._begin_frame(cache, actions)
         b, n = actions.shape[0], self.cfg.n_frame_tokens
         tokens = torch.empty(b, n, dtype=torch.long, device=actions.device)
-        x = self._slots(actions, slides).unsqueeze(1)
+        hidden = torch.empty(b, n, self.cfg.d_model, device=actions.device, dtype=x.dtype)
         entropy = torch.zeros(b, device=actions.device)
         for i in range(n):
-            logits = self.lm_head(self._step(x, cache))
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            entropy -= (logp.exp() * logp).sum(-1)
+            h = self._step(x, cache)
+            if i:
+                hidden[:, i - 1] = h
+            logits = self.lm_head(h)
             if logits_out is not None:
                 logits_out[:, i] = logits
-            if forced is not None:
-                tokens[:, i] = forced[:, i]
-            elif gumbel is None:
-                tokens[:, i] = logits.argmax(-1)
-            else:
-                scores = logits.float() / temperature
-                if top_k is not None and top_k < scores.shape[-1]:
-                    kth = scores.topk(top_k, dim=-1).values[:, -1:]
-                    scores = scores.masked_fill(scores < kth, float("-inf"))
-                tokens[:, i] = (scores + gumbel[:, i]).argmax(-1)
+            tokens[:, i], ent = self._pick(
+                logits, None if forced is None else forced[:, i],
+                None if gumbel is None else gumbel[:, i], temperature, top_k)
+            entropy += ent
             x = (self.tok_emb(tokens[:, i]) + self.frame_pos[i]).unsqueeze(1)
-        aux = self.aux_head(self._step(x, cache))
-        cache.n_frames += 1
-        return FrameSample(tokens, *self._decode_aux(aux), entropy / n)
+        hidden[:, n - 1] = self._step(x, cache)
+        return FrameSample(tokens, *self._end_frame(cache, hidden), entropy / n)
+
+    def _frame_parallel(self, cache: KVCache, actions: Tensor, forced: Tensor | None,
+                        gumbel: Tensor | None, temperature: float, top_k: int | None,
+                        logits_out: Tensor | None = None) -> FrameSample:
+        """Append one (slot + frame) block in 2 passes: the slot, then the frame's n tokens.
+
+        The tokens are sampled at once from the parallel head's logits.
+        """
+        if self.head is None:
+            raise ValueError("this checkpoint has no parallel head (DynamicsConfig."
+                             "parallel_head); use decoding='autoregressive'")
+        slot_h = self._step(self._begin_frame(cache, actions), cache)
+        nc = self.cfg.n_ctx_tokens
+        mask = torch.ones(cache.memory.shape[:2], dtype=torch.bool, device=slot_h.device)
+        mask[:, nc:] = cache.has_prev[:, None]
+        logits = self.lm_head(self.head(slot_h, cache.memory, mask))
+        if logits_out is not None:
+            logits_out.copy_(logits)
+        tokens, entropy = self._pick(logits, forced, gumbel, temperature, top_k)
+        hidden = self._append(self.tok_emb(tokens) + self.frame_pos, cache)
+        return FrameSample(tokens, *self._end_frame(cache, hidden), entropy.mean(-1))
 
     def _gumbel(self, cache: KVCache, b: int, generators: list[torch.Generator] | None) -> Tensor:
         """Gumbel noise ``(B, n, V)``; sample ``i``'s comes from one draw of ``generators[i]``."""
@@ -505,10 +660,21 @@ class DynamicsTransformer(nn.Module):
         u = cache.noise.to(self.lm_head.weight.device).clamp(1e-10, 1.0 - 1e-7)
         return -torch.log(-torch.log(u))
 
+    def _framer(self, decoding: str):
+        if decoding == "auto":
+            decoding = "parallel" if self.head is not None else "autoregressive"
+        if decoding == "autoregressive":
+            return self._frame
+        if decoding == "parallel":
+            return self._frame_parallel
+        raise ValueError(f"decoding must be 'auto', 'autoregressive' or 'parallel', got "
+                         f"{decoding!r}")
+
     @torch.no_grad()
     def generate_frame(self, cache: KVCache, actions: Tensor,
                        generators: list[torch.Generator] | None = None,
-                       temperature: float = 1.0, top_k: int | None = None) -> FrameSample:
+                       temperature: float = 1.0, top_k: int | None = None,
+                       decoding: str = "autoregressive") -> FrameSample:
         """Sample the next frame of every rollout in the cache.
 
         Per-sample reproducible: sample ``i`` draws all its randomness for the frame in one call
@@ -521,26 +687,33 @@ class DynamicsTransformer(nn.Module):
             generators: One ``torch.Generator`` per sample, or ``None`` for the global RNG.
             temperature: Softmax temperature; ``0`` takes the argmax.
             top_k: Sample only among the ``top_k`` most likely tokens.
+            decoding: ``autoregressive`` (token by token, ``n + 1`` passes), ``parallel`` (the
+                parallel head: 2 passes, tokens sampled independently) or ``auto`` (parallel
+                when the model has the head).
 
         Returns:
             :class:`FrameSample` with tokens ``(B, n)``, reward ``(B,)``, success logit ``(B,)``
             and state ``(B, state_dim)``.
 
         """
+        frame = self._framer(decoding)
         gumbel = None if temperature == 0 else self._gumbel(cache, actions.shape[0], generators)
-        return self._frame(cache, actions, None, gumbel, temperature, top_k)
+        return frame(cache, actions, None, gumbel, temperature, top_k)
 
     @torch.no_grad()
-    def teacher_force_frame(self, cache: KVCache, actions: Tensor,
-                            frame_tokens: Tensor) -> tuple[Tensor, FrameSample]:
-        """Append a known frame ``(B, n)`` through the cache, token by token.
+    def teacher_force_frame(self, cache: KVCache, actions: Tensor, frame_tokens: Tensor,
+                            decoding: str = "autoregressive") -> tuple[Tensor, FrameSample]:
+        """Append a known frame ``(B, n)`` through the cache.
+
+        Token by token, or with ``decoding="parallel"`` in 2 passes.
 
         Returns:
-            ``(logits (B, n, V), FrameSample)``: the logits the model gave each token and the
-            heads' predictions for the frame.
+            ``(logits (B, n, V), FrameSample)``: the logits the model gave each token (the
+            autoregressive or the parallel head's) and the heads' predictions for the frame.
 
         """
+        frame = self._framer(decoding)
         b, n = frame_tokens.shape
         logits = torch.empty(b, n, self.cfg.vocab_size, device=frame_tokens.device,
                              dtype=self.lm_head.weight.dtype)
-        return logits, self._frame(cache, actions, frame_tokens, None, 1.0, None, logits)
+        return logits, frame(cache, actions, frame_tokens, None, 1.0, None, logits)
