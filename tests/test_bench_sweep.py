@@ -236,8 +236,9 @@ def test_commands_registered():
     assert len(sw.SweepArgs().policies) >= 8
 
 
-def test_bench_speed_writes_json(tiny, tmp_path):
+def test_bench_speed_writes_json(tmp_path):
     out = tmp_path / "speed.json"
+    tiny = make_tiny_checkpoint(tmp_path / "tiny", success_bias=0.0, parallel_head=True)
     args = BenchSpeedArgs(
         checkpoint=str(tiny),
         batch_sizes=(1, 4),
@@ -256,7 +257,9 @@ def test_bench_speed_writes_json(tiny, tmp_path):
     bench_speed_main(args)
     result = json.loads(out.read_text())
     assert {"machine", "wm", "sim", "window", "speedup", "profile"} <= set(result)
-    assert [row["batch"] for row in result["wm"]] == [1, 4]
+    assert [(row["decoding"], row["batch"]) for row in result["wm"]] == [
+        ("autoregressive", 1), ("autoregressive", 4), ("parallel", 1), ("parallel", 4)]
+    assert set(result["speedup_by_decoding"]) == {"autoregressive", "parallel"}
     for row in result["wm"]:
         assert row["steps_per_s"] > 0 and row["peak_rss_mb"] > 0 and row["rss_added_mb"] >= 0
     assert result["sim"]["single_process"]["steps_per_s"] > 0

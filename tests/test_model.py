@@ -502,7 +502,7 @@ def test_parallel_decoding_needs_the_head():
     model = DynamicsTransformer(tiny_dynamics_config()).eval()
     cache = model.new_cache(1)
     model.prefill(cache, torch.zeros(1, 6, dtype=torch.long))
-    with pytest.raises(ValueError, match="no parallel head"):
+    with pytest.raises(ValueError, match="needs a model with the parallel head"):
         model.generate_frame(cache, torch.zeros(1, 4), decoding="parallel")
     with pytest.raises(ValueError, match="decoding must be"):
         model.generate_frame(cache, torch.zeros(1, 4), decoding="fast")

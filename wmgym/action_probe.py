@@ -77,6 +77,7 @@ def probe_actions(
     device: str = "auto",
     temperature: float = 1.0,
     progress: bool = True,
+    decoding: str = "auto",
 ) -> ProbeResult:
     """Runs every pattern from ``starts`` real starts in Sim and in the world model.
 
@@ -89,6 +90,7 @@ def probe_actions(
         device: World-model device.
         temperature: Token sampling temperature.
         progress: Show a progress bar.
+        decoding: The world model's decoding mode (see ``Imagination``).
 
     Returns:
         The per-step errors.
@@ -116,7 +118,8 @@ def probe_actions(
     bar.close()
     sim.close()
 
-    core = Imagination(spec, starts * n_pat, checkpoint, device, temperature, images=False)
+    core = Imagination(spec, starts * n_pat, checkpoint, device, temperature, images=False,
+                       decoding=decoding)
     rng = np.random.default_rng(seed)
     core.reset([core.draw_start(rng, contexts[s]) for s in range(starts) for _ in range(n_pat)])
     batch_actions = np.tile(actions, (starts, 1))

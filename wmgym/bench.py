@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from wmgym.memory import gpu_peak_mb, gpu_reset_peak, peak_rss_mb, reset_peak_rss, round_mb
+from wmgym.model.checkpoint import read_config
 from wmgym.profiling import cumulative, time_breakdown, top_ops
 from wmgym.registration import make_env
 from wmgym.results import machine, write_result
@@ -63,6 +64,9 @@ class BenchSpeedArgs:
     """Length of that episode (no early termination)."""
     window_span: int = 20
     """Steps timed at each end of that episode: steps 1..span vs the last span steps."""
+    decodings: tuple[str, ...] = ("autoregressive", "parallel")
+    """Decoding modes to time at every batch size (``parallel`` only if the checkpoint has the
+    head). The steady-cost check and the profile use the checkpoint's default (``auto``)."""
     profile_batch: int = 64
     """Batch size of the profiled run (0 = no profile)."""
     profile_steps: int = 20
@@ -138,7 +142,7 @@ def _make_wm(args: BenchSpeedArgs, num_envs: int, **kwargs: Any):
     )
 
 
-def bench_wm_batch(args: BenchSpeedArgs, batch: int) -> dict:
+def bench_wm_batch(args: BenchSpeedArgs, batch: int, decoding: str = "auto") -> dict:
     """Imagined steps/s and peak memory of one ``WM-<Task>-v0`` vector env of ``batch`` envs.
 
     Episodes end at the time limit only (as random actions end them in Sim), so the cost of
@@ -150,10 +154,11 @@ def bench_wm_batch(args: BenchSpeedArgs, batch: int) -> dict:
     reset_peak_rss()
     before = peak_rss_mb()  # just reset: the current RSS
     gpu_reset_peak()
-    envs = _make_wm(args, batch, terminate_on_success=False)
+    envs = _make_wm(args, batch, terminate_on_success=False, decoding=decoding)
     sps = time_env(envs, args.steps, seed=args.seed, warmup=args.warmup)
     peak = peak_rss_mb()
     row = {
+        "decoding": envs.unwrapped.core.decoding,
         "batch": batch,
         "steps_per_s": round(sps, 1),
         "ms_per_vector_step": round(1000 * batch / sps, 3),
@@ -293,10 +298,21 @@ def _batch_sizes(args: BenchSpeedArgs) -> list[int]:
     return sizes
 
 
+def _decodings(args: BenchSpeedArgs) -> list[str]:
+    """The requested decoding modes the checkpoint supports."""
+    from wmgym.spec import load_spec
+
+    spec = load_spec(args.task)
+    has_head = bool(read_config(args.checkpoint or spec.checkpoint)["dynamics"].get(
+        "parallel_head"))
+    return [m for m in args.decodings if m != "parallel" or has_head]
+
+
 def speedups(wm: list[dict], sim: dict[str, dict | None]) -> dict:
-    """WM steps/s at its best batch size over each Sim configuration's steps/s."""
+    """WM steps/s at its best batch size (and decoding) over each Sim configuration's steps/s."""
     best = max(wm, key=lambda row: row["steps_per_s"])
-    out: dict[str, Any] = {"best_batch": best["batch"], "wm_steps_per_s": best["steps_per_s"]}
+    out: dict[str, Any] = {"best_batch": best["batch"], "wm_steps_per_s": best["steps_per_s"],
+                           "decoding": best.get("decoding")}
     for name, row in sim.items():
         ratio = None if row is None else best["steps_per_s"] / row["steps_per_s"]
         out[f"vs_{name}"] = None if ratio is None else round(ratio, 2)
@@ -328,8 +344,8 @@ def format_speed_table(result: dict) -> str:
     for row in result["wm"]:
         gpu = f", GPU {row['peak_gpu_mb']} MiB" if row.get("peak_gpu_mb") is not None else ""
         lines.append(
-            f"| {wm_id} ({device}) | {row['batch']} | {row['steps_per_s']:.1f} | "
-            f"{row['peak_rss_mb']}{gpu} | {row['rss_added_mb']} |"
+            f"| {wm_id} ({device}, {row.get('decoding', 'autoregressive')}) | {row['batch']} | "
+            f"{row['steps_per_s']:.1f} | {row['peak_rss_mb']}{gpu} | {row['rss_added_mb']} |"
         )
     for name, row in result["sim"].items():
         if row is not None:
@@ -341,7 +357,7 @@ def format_speed_table(result: dict) -> str:
     lines += [
         "",
         _window_line(result["window"]),
-        f"Speed-up WM/Sim at batch {s['best_batch']}: "
+        f"Speed-up WM/Sim at batch {s['best_batch']} ({s.get('decoding')} decoding): "
         + ", ".join(f"x{v} {k[3:]}" for k, v in s.items() if k.startswith("vs_") and v),
     ]
     if result.get("profile"):
@@ -374,9 +390,13 @@ def bench_speed_main(args: BenchSpeedArgs) -> dict:
         "single_process": bench_sim_single(args, spec.sim_id),
         "async_workers": bench_sim_parallel(args, spec.sim_id),
     }
-    result["wm"] = [bench_wm_batch(args, b) for b in _batch_sizes(args)]
+    result["wm"] = [bench_wm_batch(args, b, mode) for mode in _decodings(args)
+                    for b in _batch_sizes(args)]
     result["window"] = bench_window(args)
     result["speedup"] = speedups(result["wm"], result["sim"])
+    result["speedup_by_decoding"] = {
+        mode: speedups([r for r in result["wm"] if r["decoding"] == mode], result["sim"])
+        for mode in dict.fromkeys(r["decoding"] for r in result["wm"])}
     result["profile"] = profile_wm(args) if args.profile_batch > 0 else None
     write_result(args.out, result)
     print(format_speed_table(result))

@@ -53,6 +53,9 @@ class EvalArgs:
     """Token sampling temperature (0 = greedy)."""
     top_k: int = 0
     """Sample among the top-k tokens only (0 = all)."""
+    decoding: str = "auto"
+    """``auto`` (the parallel head when the checkpoint has one), ``parallel`` or
+    ``autoregressive``."""
     seed: int = 0
     """Seed of the samplers and of the action shuffle."""
     out: str = "out/eval"
@@ -114,14 +117,15 @@ def tokenizer_upper_bound(wm: WorldModel, frames: Tensor) -> dict[str, Tensor]:
 
 @torch.no_grad()
 def open_loop(wm: WorldModel, frames: Tensor, actions: Tensor, seed: int, temperature: float,
-              top_k: int | None, keep_frames: bool = False):
+              top_k: int | None, keep_frames: bool = False, decoding: str = "auto"):
     """Imagine ``T`` steps from frame 0 under ``actions`` (B, T, 4); per-step outputs."""
     b, t = actions.shape[:2]
     gens = [torch.Generator(device=wm.device).manual_seed(seed * 100_003 + i) for i in range(b)]
     state = wm.reset(frames[:, 0], generators=gens)
     out = {"reward": [], "success": [], "state": [], "metrics": [], "frames": []}
     for k in range(t):
-        step, state = wm.step(state, actions[:, k], temperature=temperature, top_k=top_k)
+        step, state = wm.step(state, actions[:, k], temperature=temperature, top_k=top_k,
+                              decoding=decoding)
         pred = step.frames.float().cpu()
         out["metrics"].append(frame_metrics(pred, frames[:, k + 1], wm.depth_range))
         out["reward"].append(step.reward.cpu())
@@ -159,15 +163,18 @@ def evaluate(args: EvalArgs) -> dict:
     start = time.perf_counter()
     upper = tokenizer_upper_bound(wm, frames)
     real, r_pred, s_pred, st_pred, imagined = open_loop(
-        wm, frames, actions, args.seed, args.temperature, top_k, keep_frames=True
+        wm, frames, actions, args.seed, args.temperature, top_k, keep_frames=True,
+        decoding=args.decoding,
     )
     perm = np.roll(np.arange(len(episodes)), 1)  # every episode gets another one's actions
-    other, *_ = open_loop(wm, frames, actions[perm], args.seed, args.temperature, top_k)
+    other, *_ = open_loop(wm, frames, actions[perm], args.seed, args.temperature, top_k,
+                          decoding=args.decoding)
     seconds = time.perf_counter() - start
 
     result: dict = {
         "checkpoint": args.checkpoint, "data": args.data, "split": args.split,
         "episodes": len(episodes), "steps": length, "args": asdict(args),
+        "decoding": wm.resolve_decoding(args.decoding),
         "seconds": round(seconds, 1),
         "tokenizer": {k: float(v.mean()) for k, v in upper.items()},
         "open_loop": {k: _per_horizon(v.numpy(), length) for k, v in real.items()},
@@ -191,6 +198,7 @@ def evaluate(args: EvalArgs) -> dict:
         result["action_probe"] = probe_actions(
             task, args.probe_starts, seed=args.seed,
             checkpoint=args.checkpoint, device=args.device, temperature=args.temperature,
+            decoding=args.decoding,
         ).summary()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

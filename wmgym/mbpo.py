@@ -250,6 +250,8 @@ class MBPOConfig:
     """Stop a branch at the first frame whose mean token entropy (nats) is above this."""
     temperature: float = 1.0
     """Token sampling temperature of the world model."""
+    decoding: str = "auto"
+    """World-model decoding (``auto``: the parallel head when the checkpoint has one)."""
     seed: int = 0
     """Seed of the model's sampling and of batch mixing."""
 
@@ -291,7 +293,7 @@ class MBPO(BaseCallback):
         self.keys = list(space.spaces)
         self.wm = WorldModelVectorEnv(
             cfg.rollouts, self.task, max_episode_steps=cfg.horizon + 1, device=self.device,
-            checkpoint=self.checkpoint, temperature=cfg.temperature,
+            checkpoint=self.checkpoint, temperature=cfg.temperature, decoding=cfg.decoding,
             images=any(k in IMAGE_KEYS for k in self.keys), terminate_on_success=False,
         )
         self.buffer = ModelBuffer(cfg.model_buffer_size, space, agent.action_space.shape[0],

@@ -68,6 +68,9 @@ class SweepArgs:
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``: where the world model runs."""
     temperature: float = 1.0
     """Token sampling temperature of the world model (0 = greedy)."""
+    decoding: str = "auto"
+    """World-model decoding: ``auto`` (the parallel head when the checkpoint has one),
+    ``parallel`` or ``autoregressive``."""
     max_batch: int = 256
     """Most imagined episodes stepped together; more run as several vector envs in turn."""
     workers: int = 1
@@ -303,7 +306,8 @@ def _imagine_all(
     args: SweepArgs,
 ) -> Episodes:
     """Every job as one imagined episode, ``max_batch`` sub-envs per vector env at most."""
-    env_kwargs: dict[str, Any] = {"device": args.device, "temperature": args.temperature}
+    env_kwargs: dict[str, Any] = {"device": args.device, "temperature": args.temperature,
+                                  "decoding": args.decoding}
     if args.checkpoint:
         env_kwargs["checkpoint"] = args.checkpoint
     size = max(args.max_batch, 1)
@@ -382,6 +386,7 @@ def run_sweep(
         "seeds": seeds,
         "max_steps": max_steps,
         "temperature": args.temperature,
+        "decoding": args.decoding,
         "policies": per_policy,
         "metrics": metrics,
         "seconds": {"sim": round(sim_seconds, 1), "wm": round(wm_seconds, 1)},

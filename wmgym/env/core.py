@@ -79,6 +79,9 @@ class Imagination:
         device: ``"auto"`` (CUDA when present) or a torch device.
         temperature: Token sampling temperature (0 = greedy).
         top_k: Sample among the ``top_k`` most likely tokens only (None = all).
+        images: Return rgb/depth/mask (else ``state`` only; frames are then not decoded).
+        decoding: ``auto`` (the parallel head when the checkpoint has one), ``parallel`` or
+            ``autoregressive`` (token by token: slower, samples a frame's tokens jointly).
 
     """
 
@@ -91,6 +94,7 @@ class Imagination:
         temperature: float = 1.0,
         top_k: int | None = None,
         images: bool = True,
+        decoding: str = "auto",
     ) -> None:
         self.task = load_spec(spec) if isinstance(spec, str) else spec
         self.images = images
@@ -108,6 +112,7 @@ class Imagination:
         self.action_space = self.task.action_space()
         self.checkpoint = load_checkpoint(checkpoint or self.task.checkpoint, self.task, device)
         self.model = self.checkpoint.model
+        self.decoding = self.model.resolve_decoding(decoding)
         self.device = self.model.device
         self.state: RolloutState | None = None
         self.obs: Obs | None = None  # current observation of every rollout, (N, ...)
@@ -267,6 +272,7 @@ class Imagination:
             temperature=self.temperature,
             top_k=self.top_k,
             decode=self.images,
+            decoding=self.decoding,
         )
         space = self.observation_space.spaces
         state = out.state.to(torch.float32).cpu().numpy()

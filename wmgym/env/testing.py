@@ -59,6 +59,7 @@ def make_tiny_checkpoint(
     bank_size: int = 4,
     success_bias: float = -1.0,
     max_frames: int = 4,
+    parallel_head: bool = False,
 ) -> Path:
     """Writes a tiny random-weight ``WorldModel`` checkpoint with a bank of start observations.
 
@@ -75,6 +76,7 @@ def make_tiny_checkpoint(
         success_bias: Bias of the success logit: ``-1.0`` ends about one step in 25, ``0.0``
             about one in four.
         max_frames: Attention window in frames (small, so long rollouts slide it).
+        parallel_head: Give the dynamics the parallel head (``decoding="parallel"``).
 
     Returns:
         The checkpoint directory.
@@ -82,14 +84,15 @@ def make_tiny_checkpoint(
     task = load_spec(spec)
     with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG alone
         torch.manual_seed(seed)
-        model = _tiny_model(task, max_frames, success_bias)
+        model = _tiny_model(task, max_frames, success_bias, parallel_head)
     bank = synthetic_start_obs(task, bank_size, seed)
     states = torch.as_tensor(bank["state"])
     model.dynamics.set_state_normalization(states.mean(0), torch.full((states.shape[1],), 0.05))
     return model.save(path, extra={"task": task.name}, start_obs=bank)
 
 
-def _tiny_model(task: TaskSpec, max_frames: int, success_bias: float) -> WorldModel:
+def _tiny_model(task: TaskSpec, max_frames: int, success_bias: float,
+                parallel_head: bool = False) -> WorldModel:
     tok_cfg = TokenizerConfig(
         resolution=task.resolution,
         base_channels=4,
@@ -108,6 +111,8 @@ def _tiny_model(task: TaskSpec, max_frames: int, success_bias: float) -> WorldMo
         n_layer=1,
         n_head=2,
         mlp_hidden=64,
+        parallel_head=parallel_head,
+        head_layers=1,
     )
     model = WorldModel(tok_cfg, dyn_cfg, task.depth_range)
     dyn = model.dynamics

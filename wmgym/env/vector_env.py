@@ -51,6 +51,8 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
         top_k: Sample among the ``top_k`` most likely tokens only (None = all).
         images: Return rgb/depth/mask (else ``state`` only, like ``Sim``'s ``images=False``;
             frames are then not decoded, which is faster). Contexts still need images.
+        decoding: ``auto`` (the checkpoint's parallel head when it has one), ``parallel``, or
+            ``autoregressive`` (token by token; slower).
         terminate_on_success: Override the spec's setting.
         render_mode: ``"rgb_array"`` (``render`` returns one frame per sub-env) or None.
 
@@ -72,6 +74,7 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
         temperature: float = 1.0,
         top_k: int | None = None,
         images: bool = True,
+        decoding: str = "auto",
         terminate_on_success: bool | None = None,
         render_mode: str | None = None,
     ) -> None:
@@ -87,7 +90,7 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
         )
         self.metadata = {**self.metadata, "render_fps": self.task.control_freq}
         self.core = Imagination(self.task, num_envs, checkpoint, device, temperature, top_k,
-                                 images)
+                                 images, decoding)
         self.single_observation_space = self.core.observation_space
         self.single_action_space = self.core.action_space
         self.observation_space = batch_space(self.single_observation_space, num_envs)

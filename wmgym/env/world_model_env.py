@@ -44,6 +44,8 @@ class WorldModelEnv(gym.Env):
         top_k: Sample among the ``top_k`` most likely tokens only (None = all).
         images: Return rgb/depth/mask (else ``state`` only, like ``Sim``'s ``images=False``;
             frames are then not decoded, which is faster). Contexts still need images.
+        decoding: ``auto`` (the checkpoint's parallel head when it has one), ``parallel``, or
+            ``autoregressive`` (token by token; slower).
         terminate_on_success: Override the spec's setting.
         render_mode: ``"rgb_array"`` (rgb | depth | mask of the current observation) or None.
 
@@ -59,6 +61,7 @@ class WorldModelEnv(gym.Env):
         temperature: float = 1.0,
         top_k: int | None = None,
         images: bool = True,
+        decoding: str = "auto",
         terminate_on_success: bool | None = None,
         render_mode: str | None = None,
     ) -> None:
@@ -70,7 +73,7 @@ class WorldModelEnv(gym.Env):
         )
         self.metadata = {**self.metadata, "render_fps": self.task.control_freq}
         self.core = Imagination(self.task, 1, checkpoint, device, temperature, top_k,
-                                 images)
+                                 images, decoding)
         self.observation_space = self.core.observation_space
         self.action_space = self.core.action_space
 

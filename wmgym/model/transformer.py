@@ -630,9 +630,6 @@ class DynamicsTransformer(nn.Module):
 
         The tokens are sampled at once from the parallel head's logits.
         """
-        if self.head is None:
-            raise ValueError("this checkpoint has no parallel head (DynamicsConfig."
-                             "parallel_head); use decoding='autoregressive'")
         slot_h = self._step(self._begin_frame(cache, actions), cache)
         nc = self.cfg.n_ctx_tokens
         mask = torch.ones(cache.memory.shape[:2], dtype=torch.bool, device=slot_h.device)
@@ -660,15 +657,26 @@ class DynamicsTransformer(nn.Module):
         u = cache.noise.to(self.lm_head.weight.device).clamp(1e-10, 1.0 - 1e-7)
         return -torch.log(-torch.log(u))
 
-    def _framer(self, decoding: str):
+    def resolve_decoding(self, decoding: str = "auto") -> str:
+        """``auto`` -> ``parallel`` with the parallel head, else ``autoregressive``.
+
+        Raises:
+            ValueError: An unknown mode, or ``parallel`` without the head.
+        """
+        has_head = self.head is not None
         if decoding == "auto":
-            decoding = "parallel" if self.head is not None else "autoregressive"
-        if decoding == "autoregressive":
-            return self._frame
-        if decoding == "parallel":
-            return self._frame_parallel
-        raise ValueError(f"decoding must be 'auto', 'autoregressive' or 'parallel', got "
-                         f"{decoding!r}")
+            return "parallel" if has_head else "autoregressive"
+        if decoding not in ("autoregressive", "parallel"):
+            raise ValueError(f"decoding must be 'auto', 'autoregressive' or 'parallel', got "
+                             f"{decoding!r}")
+        if decoding == "parallel" and not has_head:
+            raise ValueError("decoding='parallel' needs a model with the parallel head "
+                             "(DynamicsConfig.parallel_head; train dynamics --parallel-head)")
+        return decoding
+
+    def _framer(self, decoding: str):
+        mode = self.resolve_decoding(decoding)
+        return self._frame_parallel if mode == "parallel" else self._frame
 
     @torch.no_grad()
     def generate_frame(self, cache: KVCache, actions: Tensor,

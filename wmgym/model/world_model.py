@@ -112,6 +112,10 @@ class WorldModel(nn.Module):
         ckpt.load_state_dict_strict(model, tensors, Path(directory) / ckpt.WEIGHTS)
         return model.to(resolve_device(device)).eval()
 
+    def resolve_decoding(self, decoding: str = "auto") -> str:
+        """The decoding mode ``decoding`` stands for (see ``DynamicsTransformer``)."""
+        return self.dynamics.resolve_decoding(decoding)
+
     @property
     def device(self) -> torch.device:
         return self.dynamics.slot.device
@@ -179,7 +183,7 @@ class WorldModel(nn.Module):
     @torch.no_grad()
     def step(
         self, state: RolloutState, actions: Tensor, temperature: float = 1.0,
-        top_k: int | None = None, decode: bool = True,
+        top_k: int | None = None, decode: bool = True, decoding: str = "auto",
     ) -> tuple[StepOutput, RolloutState]:
         """Imagines one step of every rollout.
 
@@ -190,13 +194,17 @@ class WorldModel(nn.Module):
             top_k: Sample among the ``top_k`` most likely tokens only.
             decode: Decode the frame tokens to images (False: only tokens and heads, faster;
                 imagination continues from the tokens either way).
+            decoding: How frame tokens are sampled: ``autoregressive``, ``parallel`` (the
+                parallel head, 2 passes per frame), or ``auto`` (parallel when the checkpoint
+                has the head).
 
         Returns:
             ``(StepOutput, state)``; the state is updated in place and returned for clarity.
         """
         actions = actions.to(self.device, torch.float32)
         sample = self.dynamics.generate_frame(
-            state.cache, actions, state.generators, temperature=temperature, top_k=top_k
+            state.cache, actions, state.generators, temperature=temperature, top_k=top_k,
+            decoding=decoding,
         )
         frames = self.decode(sample.tokens, state) if decode else None
         state.steps += 1

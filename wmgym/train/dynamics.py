@@ -59,6 +59,11 @@ class TrainDynamicsArgs(common.TrainArgs):
     gap_embedding: bool = False
     """Tell the model when a clip's first frame does not follow its context directly (off in
     the shipped checkpoint's recipe; see its card)."""
+    parallel_head: bool = False
+    """Add the parallel head (a frame's tokens at once, 2 passes per frame at inference instead
+    of n + 1), trained beside the autoregressive one."""
+    head_layers: int = 2
+    """Blocks of the parallel head."""
     token_cache: bool = True
     """Keep each dataset's tokens in ``DATA/token_cache/`` (keyed by the tokenizer's weights)
     and reuse them when training again with the same tokenizer."""
@@ -89,13 +94,15 @@ def start_bank(data: str, size: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def init_from(model: DynamicsTransformer, source: DynamicsTransformer, path: str) -> None:
-    """Copies ``source``'s weights into ``model``; only parameters new in ``model`` may be absent.
+    """Copies ``source``'s weights into ``model``.
+
+    Only parameters new in ``model`` (the gap embedding, the parallel head) may be absent.
 
     Raises:
         ValueError: The architectures differ beyond added parameters (names the checkpoint).
     """
     missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
-    if unexpected or not set(missing) <= {"gap_emb"}:
+    if unexpected or any(k != "gap_emb" and not k.startswith("head.") for k in missing):
         raise ValueError(f"{path}: cannot fine-tune from it: missing {missing}, "
                          f"unexpected {unexpected} (expected the same dynamics config)")
 
@@ -127,6 +134,7 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
         n_ctx_tokens=tok.n_ctx_tokens, n_frame_tokens=tok.n_future_tokens,
         max_frames=args.max_frames, d_model=args.d_model, n_layer=args.n_layer,
         n_head=args.n_head, dropout=args.dropout, gap_embedding=args.gap_embedding,
+        parallel_head=args.parallel_head, head_layers=args.head_layers,
     )
     model = DynamicsTransformer(cfg).to(d.device)
     states = torch.cat([ep.state for ep in episodes])
