@@ -200,7 +200,9 @@ def test_time_breakdown_fractions():
             "core.reset",
             "model.step",
             "transformer._frame",
-            "transformer._step",
+            "transformer._append",
+            "transformer.prefill",
+            "transformer._head_logits",
             "transformer._gumbel",
             "transformer._make_room",
             "tokenizer.decode_future",
@@ -215,12 +217,15 @@ def test_time_breakdown_fractions():
             "core.step": 9.0,
             "model.step": 8.0,
             "transformer._frame": 5.0,
-            "transformer._step": 4.0,
+            "transformer._append": 3.5,  # 0.5 of it inside a prefill (an autoreset)
+            "transformer.prefill": 0.5,
+            "transformer._head_logits": 1.0,
             "tokenizer.decode_future": 3.0,
         }
     )
     parts = time_breakdown(cum)
-    assert parts["transformer_forward"] == 0.4 and parts["decoder"] == 0.3
+    assert parts["transformer_forward"] == 0.3 and parts["decoder"] == 0.3
+    assert parts["parallel_head"] == 0.1
     assert parts["token_sampling"] == 0.1 and parts["obs_conversion"] == 0.1
     assert parts["env_overhead"] == 0.1
 

@@ -14,7 +14,10 @@ _PROFILED = {
     ("env/core.py", "reset"): "core.reset",
     ("model/world_model.py", "step"): "model.step",
     ("model/transformer.py", "_frame"): "transformer._frame",
-    ("model/transformer.py", "_step"): "transformer._step",
+    ("model/transformer.py", "_frame_parallel"): "transformer._frame",
+    ("model/transformer.py", "_append"): "transformer._append",
+    ("model/transformer.py", "prefill"): "transformer.prefill",
+    ("model/transformer.py", "_head_logits"): "transformer._head_logits",
     ("model/transformer.py", "_gumbel"): "transformer._gumbel",
     ("model/transformer.py", "_make_room"): "transformer._make_room",
     ("model/tokenizer.py", "decode_future"): "tokenizer.decode_future",
@@ -39,15 +42,19 @@ def time_breakdown(cum: dict[str, float]) -> dict[str, float]:
         cum: Cumulative seconds per profiled function (see ``_PROFILED``).
 
     Returns:
-        Fractions of the vector env's step time: transformer forwards (one per token), token
-        sampling (lm head, Gumbel-argmax, embeddings), per-env Gumbel noise, the sliding window,
-        the frame decoder, tensor-to-numpy conversion, autoresets, and the env's own overhead.
+        Fractions of the vector env's step time: transformer forwards (one per token, or two
+        per frame with parallel decoding), the parallel head, token sampling (lm head,
+        Gumbel-argmax, embeddings), per-env Gumbel noise, the sliding window, the frame decoder,
+        tensor-to-numpy conversion, autoresets, and the env's own overhead.
     """
     total = cum["vector_env.step"] or 1e-12
+    forward = cum["transformer._append"] - cum["transformer.prefill"]  # prefill: in resets
     parts = {
-        "transformer_forward": cum["transformer._step"],
+        "transformer_forward": forward,
+        "parallel_head": cum["transformer._head_logits"],
         "token_sampling": cum["transformer._frame"]
-        - cum["transformer._step"]
+        - forward
+        - cum["transformer._head_logits"]
         - cum["transformer._make_room"],
         "gumbel_noise": cum["transformer._gumbel"],
         "sliding_window": cum["transformer._make_room"],

@@ -623,6 +623,12 @@ class DynamicsTransformer(nn.Module):
         hidden[:, n - 1] = self._step(x, cache)
         return FrameSample(tokens, *self._end_frame(cache, hidden), entropy / n)
 
+    def _head_logits(self, slot_h: Tensor, cache: KVCache) -> Tensor:
+        """The parallel head's logits ``(B, n, V)`` from the slot's state and the cache memory."""
+        mask = torch.ones(cache.memory.shape[:2], dtype=torch.bool, device=slot_h.device)
+        mask[:, self.cfg.n_ctx_tokens :] = cache.has_prev[:, None]
+        return self.lm_head(self.head(slot_h, cache.memory, mask))
+
     def _frame_parallel(self, cache: KVCache, actions: Tensor, forced: Tensor | None,
                         gumbel: Tensor | None, temperature: float, top_k: int | None,
                         logits_out: Tensor | None = None) -> FrameSample:
@@ -631,10 +637,7 @@ class DynamicsTransformer(nn.Module):
         The tokens are sampled at once from the parallel head's logits.
         """
         slot_h = self._step(self._begin_frame(cache, actions), cache)
-        nc = self.cfg.n_ctx_tokens
-        mask = torch.ones(cache.memory.shape[:2], dtype=torch.bool, device=slot_h.device)
-        mask[:, nc:] = cache.has_prev[:, None]
-        logits = self.lm_head(self.head(slot_h, cache.memory, mask))
+        logits = self._head_logits(slot_h, cache)
         if logits_out is not None:
             logits_out.copy_(logits)
         tokens, entropy = self._pick(logits, forced, gumbel, temperature, top_k)
