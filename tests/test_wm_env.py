@@ -397,3 +397,28 @@ def test_state_only_mode_imagines_the_same_states_faster_path(ckpt):
         if t1:
             break
     np.testing.assert_array_equal(full.render(), lean.render())  # decoded on demand
+
+
+def test_parallel_decoding_env(tmp_path):
+    # a checkpoint with the parallel head decodes in parallel by default ("auto"), passes
+    # Gymnasium's checks and reproduces seeded rollouts; without the head, asking for it fails
+    from wmgym.env.testing import make_tiny_checkpoint
+
+    par = make_tiny_checkpoint(tmp_path / "par", parallel_head=True)
+    env = gym.make("WM-Pick-v0", checkpoint=par, device=DEVICE)
+    assert env.unwrapped.core.decoding == "parallel"
+    check_env(env.unwrapped, skip_render_check=True)
+    assert_same(rollout(env, seed=3, steps=30), rollout(env, seed=3, steps=30))
+    ar = gym.make("WM-Pick-v0", checkpoint=par, device=DEVICE, decoding="autoregressive")
+    assert ar.unwrapped.core.decoding == "autoregressive"
+    a, b = rollout(env, seed=3, steps=5), rollout(ar, seed=3, steps=5)
+    assert not np.array_equal(a[3][0]["rgb"], b[3][0]["rgb"])  # two samplers, two rollouts
+    envs = gym.make_vec("WM-Pick-v0", num_envs=3, vectorization_mode="vector_entry_point",
+                        checkpoint=par, device=DEVICE)
+    envs.reset(seed=0)
+    for _ in range(6):  # rows restart at different steps: per-row cache positions
+        envs.step(envs.action_space.sample())
+    plain = make_tiny_checkpoint(tmp_path / "plain")
+    assert gym.make("WM-Pick-v0", checkpoint=plain).unwrapped.core.decoding == "autoregressive"
+    with pytest.raises(ValueError, match="parallel head"):
+        gym.make("WM-Pick-v0", checkpoint=plain, decoding="parallel")
