@@ -34,15 +34,16 @@ def render_card(args: CardArgs) -> str:
     metrics = json.loads(Path(args.eval).read_text())
     train = config.get("train", {})
     n_params = sum(int(__import__("math").prod(s)) for s in config["shapes"].values())
-    base = train.get("base")  # fine-tuned (``train dynamics --init``): the base run, then this
-    seconds = {"tokenizer": train.get("tokenizer_seconds"),
-               "base tokenize": base.get("tokenize_seconds"),
-               "base dynamics": base.get("dynamics_seconds"),
-               "fine-tune load + tokenize": train.get("tokenize_seconds"),
-               "fine-tune": train.get("dynamics_seconds")} if base else {
-        "tokenizer": train.get("tokenizer_seconds"),
-        "load + tokenize": train.get("tokenize_seconds"),
-        "dynamics": train.get("dynamics_seconds")}
+    chain = [train]  # fine-tuned (``train dynamics --init``): the runs it started from
+    while chain[-1].get("base"):
+        chain.append(chain[-1]["base"])
+    chain.reverse()
+    seconds = {"tokenizer": chain[0].get("tokenizer_seconds")}
+    for i, stage in enumerate(chain):
+        name = "base " if i == 0 and len(chain) > 1 else (
+            "" if i == 0 else "fine-tune " if len(chain) == 2 else f"fine-tune {i} ")
+        seconds[f"{name}load + tokenize"] = stage.get("tokenize_seconds")
+        seconds[f"{name}dynamics"] = stage.get("dynamics_seconds")
     minutes = {k: (v or 0) / 60 for k, v in seconds.items()}
     mach = train.get("machine") or machine()
     tok, dyn = config["tokenizer"], config["dynamics"]
