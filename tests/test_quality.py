@@ -34,6 +34,7 @@ def result(tmp_path_factory):
 def test_reference_was_measured_on_these_episodes(result):
     ref = json.loads(REFERENCE.read_text())
     assert ref["episodes"] == result["episodes"] and ref["steps"] == result["steps"]
+    assert ref.get("decoding", "autoregressive") == result["decoding"]  # the env's default
 
 
 def test_tokenizer_reconstruction_holds(result):

@@ -250,7 +250,12 @@ class Block(nn.Module):
 
 
 class HeadBlock(nn.Module):
-    """Queries attend to themselves and to a memory of hidden states, then a SwiGLU MLP."""
+    """Queries attend to themselves and to a memory of hidden states, then a SwiGLU MLP.
+
+    The memory comes in two parts: ``ctx (G, Mc, d)``, shared by the ``N / G`` consecutive
+    query rows of each group (a training sample's frames share its context: its keys and
+    values are computed once), and ``prev (N, Mp, d)``, one per row, valid where ``prev_ok``.
+    """
 
     def __init__(self, cfg: DynamicsConfig) -> None:
         super().__init__()
@@ -262,15 +267,20 @@ class HeadBlock(nn.Module):
         self.proj = nn.Linear(d, d, bias=False)
         self.mlp_norm, self.mlp = RMSNorm(d, cfg.norm_eps), SwiGLU(cfg)
 
-    def forward(self, x: Tensor, memory: Tensor, mask: Tensor) -> Tensor:
-        b, n, d = x.shape
+    def _heads(self, x: Tensor) -> Tensor:
+        return x.view(x.shape[0], x.shape[1], self.n_head, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: Tensor, ctx: Tensor, prev: Tensor, prev_ok: Tensor) -> Tensor:
+        n_rows, n, d = x.shape
         h = self.norm(x)
-        src = torch.cat([h, self.mem_norm(memory)], 1)
-        q = self.q(h).view(b, n, self.n_head, self.head_dim).transpose(1, 2)
-        k, v = self.kv(src).view(b, -1, 2, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        keys_ok = torch.cat([mask.new_ones(b, n), mask], 1)[:, None, None]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=keys_ok)
-        x = x + self.proj(y.transpose(1, 2).reshape(b, n, d))
+        kv_ctx = self.kv(self.mem_norm(ctx)).repeat_interleave(n_rows // ctx.shape[0], 0)
+        kv = torch.cat([self.kv(h), kv_ctx, self.kv(self.mem_norm(prev))], 1)
+        k, v = (self._heads(t) for t in kv.chunk(2, dim=-1))
+        keys_ok = torch.cat([prev_ok.new_ones(n_rows, n + ctx.shape[1]),
+                             prev_ok[:, None].expand(n_rows, prev.shape[1])], 1)
+        y = F.scaled_dot_product_attention(self._heads(self.q(h)), k, v,
+                                           attn_mask=keys_ok[:, None, None])
+        x = x + self.proj(y.transpose(1, 2).reshape(n_rows, n, d))
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -286,17 +296,22 @@ class ParallelHead(nn.Module):
     def __init__(self, cfg: DynamicsConfig) -> None:
         super().__init__()
         d, n = cfg.d_model, cfg.n_frame_tokens
+        self.n_ctx = cfg.n_ctx_tokens
         self.query_pos = nn.Parameter(torch.randn(n, d) * 0.02)
         self.memory_pos = nn.Parameter(torch.randn(cfg.n_ctx_tokens + n, d) * 0.02)
         self.blocks = nn.ModuleList(HeadBlock(cfg) for _ in range(cfg.head_layers))
         self.norm = RMSNorm(d, cfg.norm_eps)
 
-    def forward(self, slot: Tensor, memory: Tensor, mask: Tensor) -> Tensor:
-        """``slot (N, d)``, ``memory (N, Nc + n, d)``, ``mask (N, Nc + n)`` -> ``(N, n, d)``."""
+    def forward(self, slot: Tensor, ctx: Tensor, prev: Tensor, prev_ok: Tensor) -> Tensor:
+        """Query states ``(N, n, d)`` of slots ``(N, d)``.
+
+        ``ctx (G, Nc, d)`` is shared by groups of ``N / G`` rows; ``prev (N, n, d)`` is valid
+        where ``prev_ok (N,)``.
+        """
         x = slot[:, None] + self.query_pos
-        memory = memory + self.memory_pos
+        ctx, prev = ctx + self.memory_pos[: self.n_ctx], prev + self.memory_pos[self.n_ctx :]
         for block in self.blocks:
-            x = block(x, memory, mask)
+            x = block(x, ctx, prev, prev_ok)
         return self.norm(x)
 
 
@@ -394,13 +409,11 @@ class DynamicsTransformer(nn.Module):
         exactly what :meth:`generate_frame` gives it from the cache.
         """
         b, t, n1, d = h.shape
-        nc, n = ctx_h.shape[1], n1 - 1
-        prev = torch.cat([h.new_zeros(b, 1, n, d), h[:, :-1, 1:]], 1)
-        memory = torch.cat([ctx_h[:, None].expand(b, t, nc, d), prev], 2).flatten(0, 1)
-        mask = torch.ones(b, t, nc + n, dtype=torch.bool, device=h.device)
-        mask[:, 0, nc:] = False
-        out = self.head(h[:, :, 0].flatten(0, 1), memory, mask.flatten(0, 1))
-        return self.lm_head(out).view(b, t, n, -1)
+        prev = torch.cat([h.new_zeros(b, 1, n1 - 1, d), h[:, :-1, 1:]], 1)
+        prev_ok = torch.ones(b, t, dtype=torch.bool, device=h.device)
+        prev_ok[:, 0] = False
+        out = self.head(h[:, :, 0].flatten(0, 1), ctx_h, prev.flatten(0, 1), prev_ok.flatten())
+        return self.lm_head(out).view(b, t, n1 - 1, -1)
 
     def forward(self, ctx_tokens: Tensor, frame_tokens: Tensor, actions: Tensor,
                 gap: Tensor | None = None) -> DynamicsOutput:
@@ -625,9 +638,9 @@ class DynamicsTransformer(nn.Module):
 
     def _head_logits(self, slot_h: Tensor, cache: KVCache) -> Tensor:
         """The parallel head's logits ``(B, n, V)`` from the slot's state and the cache memory."""
-        mask = torch.ones(cache.memory.shape[:2], dtype=torch.bool, device=slot_h.device)
-        mask[:, self.cfg.n_ctx_tokens :] = cache.has_prev[:, None]
-        return self.lm_head(self.head(slot_h, cache.memory, mask))
+        nc = self.cfg.n_ctx_tokens
+        return self.lm_head(self.head(slot_h, cache.memory[:, :nc], cache.memory[:, nc:],
+                                      cache.has_prev))
 
     def _frame_parallel(self, cache: KVCache, actions: Tensor, forced: Tensor | None,
                         gumbel: Tensor | None, temperature: float, top_k: int | None,
