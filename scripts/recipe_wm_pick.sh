@@ -17,22 +17,13 @@ $PY -m wmgym.cli collect --policy explore --episodes 200 --workers 2 --seed 5000
     --out data/pick_explore --overwrite
 $PY -m wmgym.cli collect --policy slow --episodes 150 --workers 2 --seed 8000 \
     --out data/pick_slow --overwrite
-# long held moves from the start (arm high, far, at the workspace edges): the probes' largest errors
-$PY -m wmgym.cli collect --policy reach --episodes 200 --workers 2 --seed 11000 \
-    --out data/pick_reach --overwrite
 $PY -m wmgym.cli train tokenizer --data data/pick --steps 1000 --out runs/tokenizer
 $PY -m wmgym.cli train dynamics --data data/pick --tokenizer runs/tokenizer/final \
     --steps "${DYN_STEPS:-2000}" --out runs/dynamics --checkpoint runs/wm_base
-# fine-tune on all four, telling the model when a clip does not follow its context; each
-# dataset's tokens are cached under DATA/token_cache/ for the next stage
-DATA4=(--data data/pick --extra-data data/pick_explore data/pick_slow data/pick_reach)
-$PY -m wmgym.cli train dynamics --init runs/wm_base "${DATA4[@]}" --gap-embedding \
-    --steps "${FT_STEPS:-1200}" --lr 3e-4 --warmup 100 --out runs/dynamics_reach \
-    --checkpoint runs/wm_reach
-# add the parallel head (a frame's 16 tokens in one go), trained beside the autoregressive one
-$PY -m wmgym.cli train dynamics --init runs/wm_reach "${DATA4[@]}" --gap-embedding \
-    --parallel-head --steps "${HEAD_STEPS:-1000}" --lr 3e-4 --warmup 100 \
-    --out runs/dynamics_head --checkpoint checkpoints/WM-Pick-v0
+# fine-tune on all three, telling the model when a clip does not follow its context
+$PY -m wmgym.cli train dynamics --init runs/wm_base --data data/pick \
+    --extra-data data/pick_explore data/pick_slow --gap-embedding --steps "${FT_STEPS:-1200}" \
+    --lr 3e-4 --warmup 100 --out runs/dynamics_ft --checkpoint checkpoints/WM-Pick-v0
 $PY -m wmgym.cli eval --checkpoint checkpoints/WM-Pick-v0 --data data/pick --split heldout \
     --out out/eval
 # the reference the quality regression test (tests/test_quality.py) holds later checkpoints to
@@ -40,5 +31,4 @@ $PY -m wmgym.cli eval --checkpoint checkpoints/WM-Pick-v0 --data tests/data/held
     --split all --device cpu --probe-starts 2 --out out/eval_regression
 cp out/eval_regression/metrics.json checkpoints/WM-Pick-v0/regression.json
 $PY -m wmgym.cli card --checkpoint checkpoints/WM-Pick-v0 --eval out/eval/metrics.json \
-    --data data/pick data/pick_explore data/pick_slow data/pick_reach \
-    --notes scripts/card_notes_wm_pick.md
+    --data data/pick data/pick_explore data/pick_slow
