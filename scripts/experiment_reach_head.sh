@@ -27,3 +27,9 @@ for run in reach head; do  # the real side: the shipped sweep's robosuite episod
         --checkpoint "runs/wm_$run" --out "out/sweep_$run" --no-progress
 done
 $PY -m wmgym.cli bench speed --checkpoint runs/wm_head --out benchmarks/speed_parallel_head.json
+# the parallel head alone on the shipped weights (autoregressive path untouched), 3 datasets
+$PY -m wmgym.cli train dynamics --init checkpoints/WM-Pick-v0 --data data/pick \
+    --extra-data data/pick_explore data/pick_slow --gap-embedding --parallel-head --head-only \
+    --steps 600 --lr 1e-3 --warmup 50 --out runs/dynamics_headonly --checkpoint runs/wm_headonly
+$PY -m wmgym.cli eval --checkpoint runs/wm_headonly --data data/pick --split heldout \
+    --decoding parallel --out out/eval_headonly

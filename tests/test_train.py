@@ -53,6 +53,18 @@ def test_dynamics_exports_a_loadable_world_model(tiny_data, tiny_tokenizer, tmp_
     assert train["data"] == [str(tiny_data)] * 2
     assert str(tiny_data) in train["tokens_from_cache"]  # the second copy reads the first's
     wm = WorldModel.load(ckpt)
+    # the parallel head trained alone leaves every other weight as it was
+    head = train_dynamics(TrainDynamicsArgs(
+        data=str(tiny_data), tokenizer=str(tiny_tokenizer), init=str(ckpt),
+        out=str(tmp_path / "head"), checkpoint=str(tmp_path / "wm_head"), steps=2,
+        ctx_stride=5, device="cpu", parallel_head=True, head_only=True, head_layers=1,
+        **TINY_DYN))
+    with_head = WorldModel.load(head)
+    assert with_head.resolve_decoding() == "parallel"
+    new = with_head.state_dict()
+    for k, v in wm.state_dict().items():
+        assert torch.equal(new[k], v), k
+    assert any(k.startswith("dynamics.head.") for k in new)
     again = WorldModel.load(ckpt)
     for (k, a), (_, b) in zip(wm.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), k

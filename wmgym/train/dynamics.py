@@ -64,6 +64,9 @@ class TrainDynamicsArgs(common.TrainArgs):
     of n + 1), trained beside the autoregressive one."""
     head_layers: int = 2
     """Blocks of the parallel head."""
+    head_only: bool = False
+    """Train the parallel head alone (with ``--init``): every other weight stays as in the init
+    checkpoint, so its autoregressive path is unchanged."""
     token_cache: bool = True
     """Keep each dataset's tokens in ``DATA/token_cache/`` (keyed by the tokenizer's weights)
     and reuse them when training again with the same tokenizer."""
@@ -141,7 +144,13 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
     model.set_state_normalization(states.mean(0), states.std(0).clamp_min(1e-3))
     if init is not None:
         init_from(model, init.dynamics, args.init)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05, betas=(0.9, 0.95))
+    if args.head_only:
+        if model.head is None or init is None:
+            raise ValueError("--head-only needs --parallel-head and --init")
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("head."))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05, betas=(0.9, 0.95))
     step = 0
     if args.resume and (out / "state.json").exists():
         step = common.load_train_state(out, model, opt)["step"]
