@@ -416,7 +416,7 @@ def test_parallel_decoding_env(tmp_path):
     envs = gym.make_vec("WM-Pick-v0", num_envs=3, vectorization_mode="vector_entry_point",
                         checkpoint=par, device=DEVICE)
     envs.reset(seed=0)
-    for _ in range(6):  # rows restart at different steps: per-row cache positions
+    for _ in range(6):  # the batched path of parallel decoding runs too
         envs.step(envs.action_space.sample())
     plain = make_tiny_checkpoint(tmp_path / "plain")
     assert gym.make("WM-Pick-v0", checkpoint=plain).unwrapped.core.decoding == "autoregressive"

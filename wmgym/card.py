@@ -39,9 +39,9 @@ def render_card(args: CardArgs) -> str:
         chain.append(chain[-1]["base"])
     chain.reverse()
     seconds = {"tokenizer": chain[0].get("tokenizer_seconds")}
-    for i, stage in enumerate(chain):
-        name = "base " if i == 0 and len(chain) > 1 else (
-            "" if i == 0 else "fine-tune " if len(chain) == 2 else f"fine-tune {i} ")
+    names = [""] if len(chain) == 1 else ["base ", "fine-tune "] if len(chain) == 2 else [
+        "base ", *(f"fine-tune {i} " for i in range(1, len(chain)))]
+    for name, stage in zip(names, chain):
         seconds[f"{name}load + tokenize"] = stage.get("tokenize_seconds")
         seconds[f"{name}dynamics"] = stage.get("dynamics_seconds")
     minutes = {k: (v or 0) / 60 for k, v in seconds.items()}

@@ -18,7 +18,7 @@ from wmgym.results import machine
 from wmgym.spec import load_spec
 from wmgym.train import common
 from wmgym.train.data import load_episodes, sample_clips, tokenize_episodes
-from wmgym.train.token_cache import cached_tokenize
+from wmgym.train.token_cache import cached_tokenize, tokenizer_fingerprint
 
 
 @dataclass
@@ -121,11 +121,12 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
     tok = init.tokenizer.eval() if init else load_tokenizer(args.tokenizer, d.device)
     start = time.perf_counter()
     episodes, tokenized, cached = [], [], []
+    fingerprint = tokenizer_fingerprint(tok) if args.token_cache else None
     for path in (args.data, *args.extra_data):
         eps = load_episodes(path, "train", spec.depth_range)
         if args.token_cache:
             toks, hit = cached_tokenize(tok, path, "train", eps, args.ctx_stride, d.device,
-                                        progress=d.main)
+                                        progress=d.main, fingerprint=fingerprint)
         else:
             toks, hit = tokenize_episodes(tok, eps, args.ctx_stride, d.device, d.main), False
         episodes += eps

@@ -72,14 +72,17 @@ def _unpack(tensors: dict[str, torch.Tensor], episodes: list[EpisodeTensors],
 
 def cached_tokenize(
     tokenizer: torch.nn.Module, data: str | Path, split: str, episodes: list[EpisodeTensors],
-    ctx_stride: int, device, progress: bool = True,
+    ctx_stride: int, device, progress: bool = True, fingerprint: str | None = None,
 ) -> tuple[list[TokenizedEpisode], bool]:
     """:func:`tokenize_episodes` of ``data``'s ``split``, read from its cache file when valid.
+
+    ``fingerprint`` (:func:`tokenizer_fingerprint`) saves hashing the weights again when
+    several datasets go through the same tokenizer.
 
     Returns:
         ``(tokenized episodes, whether they came from the cache)``.
     """
-    path = cache_file(data, split, tokenizer_fingerprint(tokenizer), ctx_stride)
+    path = cache_file(data, split, fingerprint or tokenizer_fingerprint(tokenizer), ctx_stride)
     meta = {"lengths": json.dumps([len(ep) for ep in episodes]), "dataset": _dataset_stamp(data)}
     if path.exists():
         try:
