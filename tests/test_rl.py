@@ -13,6 +13,7 @@ import pytest
 import torch
 from stable_baselines3 import SAC
 
+from wmgym.env.sb3 import make_sb3_env
 from wmgym.mbpo import (
     MBPO,
     ContextBank,
@@ -22,7 +23,8 @@ from wmgym.mbpo import (
     make_real_env,
 )
 from wmgym.mbpo_experiment import MBPOArgs, mbpo_main, summarize
-from wmgym.rl import steps_to
+from wmgym.policies import make_policy
+from wmgym.rl import WarmupSAC, make_sac, steps_to
 from wmgym.spec import IMAGE_KEYS
 from wmgym.transfer import TransferArgs, transfer_main
 
@@ -111,6 +113,32 @@ def test_mbpo_branches_fill_the_model_buffer(ckpt, max_uncertainty, full):
         assert np.isfinite(mbpo.buffer.rewards[:24]).all()
     else:  # every frame is above zero entropy: every branch stops at its first step
         assert mbpo.buffer.size == 0 and mbpo.cut_short == 2 * 4
+    env.close()
+
+
+def test_warmup_policy_acts_until_learning_starts(tmp_path):
+    """The replay buffer's warm-up actions are the scripted policy's, reseeded per episode."""
+    name = "pick:noise=0.3"
+    env = make_sb3_env("Sim-Pick-v0", num_envs=1, seed=3, keys=["state"], images=False,
+                       terminate_on_success=False, max_episode_steps=12)
+    agent = make_sac(env, name, learning_starts=30, seed=7, device="cpu")
+    assert isinstance(agent, WarmupSAC)
+    agent.learn(34)
+    buf = agent.replay_buffer
+    states, actions = buf.observations["state"][:30, 0], buf.actions[:30, 0]
+    dones = buf.dones[:30, 0].astype(bool)
+    replay = make_policy(name)
+    replay.reset(seed=agent.warmup_seed)
+    expected = []
+    for t, state in enumerate(states):
+        expected.append(replay({"state": state}))
+        if dones[t]:  # 12-step episodes: the policy was reseeded at each end
+            replay.reset(seed=agent.warmup_seed + 1 + int(dones[:t].sum()))
+    np.testing.assert_allclose(actions, np.stack(expected), atol=1e-6)
+    assert dones.sum() == 2
+    assert not np.allclose(buf.actions[30:34, 0], 0.0)  # then SAC acts (and learns)
+    agent.save(tmp_path / "sac.zip")
+    assert SAC.load(tmp_path / "sac.zip").observation_space.spaces.keys() == {"state"}
     env.close()
 
 

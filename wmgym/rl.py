@@ -12,10 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from stable_baselines3 import SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecEnv
 from tqdm.auto import tqdm
 
+from wmgym.policies import Policy, make_policy
 from wmgym.policy_sources import SB3Policy
 from wmgym.registration import make_env
 from wmgym.spec import TaskSpec
@@ -28,7 +31,12 @@ class RLArgs:
     task: str = "pick"
     """Task spec name (``envs/<task>.toml``)."""
     learning_starts: int = 1_000
-    """Random-action steps before the agent learns."""
+    """Warm-up steps before the agent learns (uniform random actions, or ``--warmup-policy``)."""
+    warmup_policy: str | None = None
+    """Policy that acts in the warm-up steps instead of random actions, the same in every
+    twin and method, e.g. ``pick:noise=0.3,error=0.02`` (see :func:`wmgym.policies.make_policy`):
+    scripted demonstrations in the replay buffer, the usual remedy when random exploration almost
+    never lifts the cube."""
     curve_episodes: int = 10
     """Real episodes per learning-curve point."""
     checkpoint: str | None = None
@@ -144,3 +152,55 @@ def steps_to(curve: list[dict[str, float]], threshold: float, key: str = "real_s
              ) -> int | None:
     """The first curve step at which ``key`` reaches ``threshold`` (None if never)."""
     return next((int(p["step"]) for p in curve if p[key] >= threshold), None)
+
+
+
+class WarmupSAC(SAC):
+    """SB3 SAC whose warm-up actions come from per-env copies of a policy, not uniform noise.
+
+    SB3 samples uniform random actions while ``num_timesteps < learning_starts``; here the
+    policies act instead (each env's copy is reseeded when its episode ends), and the agent learns
+    from their transitions like from any others. Saved models load with plain ``SAC.load``.
+    """
+
+    def __init__(self, *args: Any, warmup_policy: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.warmup_policy = warmup_policy
+        self.warmup_seed = (self.seed or 0) * 100_003
+        self.warmup: list[Policy] = [make_policy(warmup_policy) for _ in range(self.n_envs)]
+        for i, policy in enumerate(self.warmup):
+            policy.reset(seed=self.warmup_seed + i)
+        self._warmup_episodes = len(self.warmup)
+
+    def _sample_action(self, learning_starts: int, action_noise: Any = None, n_envs: int = 1
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        if self.num_timesteps >= learning_starts:
+            return super()._sample_action(learning_starts, action_noise, n_envs)
+        obs = self._last_obs
+        action = np.stack([p({k: v[i] for k, v in obs.items()}) for i, p in enumerate(self.warmup)])
+        return action, self.policy.scale_action(action)
+
+    def _store_transition(self, replay_buffer: Any, buffer_action: np.ndarray, new_obs: Any,
+                          reward: np.ndarray, dones: np.ndarray, infos: list[dict[str, Any]]
+                          ) -> None:
+        super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
+        for i in np.flatnonzero(dones):
+            self.warmup[i].reset(seed=self.warmup_seed + self._warmup_episodes)
+            self._warmup_episodes += 1
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "warmup"]
+
+
+def make_sac(env: VecEnv, warmup_policy: str | None = None, **kwargs: Any) -> SAC:
+    """An SB3 SAC (``MultiInputPolicy``) on ``env``; ``warmup_policy`` acts in its warm-up.
+
+    Args:
+        env: The training env (dict observations with ``state``).
+        warmup_policy: A :func:`wmgym.policies.make_policy` name (e.g. ``pick:noise=0.3``) that
+            replaces SAC's uniform random warm-up actions; ``None`` keeps SB3's behaviour.
+        **kwargs: Passed on to :class:`stable_baselines3.SAC` (``seed``, ``learning_starts`` …).
+    """
+    if warmup_policy is None:
+        return SAC("MultiInputPolicy", env, **kwargs)
+    return WarmupSAC("MultiInputPolicy", env, warmup_policy=warmup_policy, **kwargs)

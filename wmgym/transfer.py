@@ -34,7 +34,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from wmgym.env.sb3 import make_sb3_env
 from wmgym.results import checkpoint_id, machine, matching_result, write_result
-from wmgym.rl import EVAL_SEED_OFFSET, CurveCallback, RealEvaluator, RLArgs
+from wmgym.rl import EVAL_SEED_OFFSET, CurveCallback, RealEvaluator, RLArgs, make_sac
 from wmgym.spec import TaskSpec, load_spec
 from wmgym.viz import save_figure
 
@@ -126,15 +126,17 @@ def make_train_env(args: TransferArgs, spec: TaskSpec, twin: Twin) -> VecEnv:
 def make_agent(args: TransferArgs, env: VecEnv, tensorboard_log: str | None = None
                ) -> BaseAlgorithm:
     """The SB3 agent, identical (but for the env) for both twins."""
-    from stable_baselines3 import PPO, SAC
+    from stable_baselines3 import PPO
 
     common = {"seed": args.seed, "device": args.agent_device, "verbose": 0,
               "tensorboard_log": tensorboard_log}
     if args.algo == "sac":
-        return SAC(
-            "MultiInputPolicy", env, learning_starts=args.learning_starts, train_freq=1,
+        return make_sac(
+            env, args.warmup_policy, learning_starts=args.learning_starts, train_freq=1,
             gradient_steps=max(1, round(args.updates_per_step * env.num_envs)), **common,
         )
+    if args.warmup_policy is not None:
+        raise ValueError("--warmup-policy needs an off-policy agent (--algo sac)")
     return PPO("MultiInputPolicy", env, n_steps=max(64, 2048 // env.num_envs), **common)
 
 
@@ -232,10 +234,14 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: Settings two runs must share for their twins to be compared (and kept in one result).
+_SETTINGS = ("algo", "steps", "seed", "images", "learning_starts", "warmup_policy",
+             "updates_per_step")
+
+
 def _previous_twins(args: TransferArgs, spec: TaskSpec) -> dict[str, dict[str, Any]]:
     """Twins of an earlier run with the same algorithm, budget and seed in ``--result``."""
-    expect = {"task": spec.name, **{k: getattr(args, k) for k in ("algo", "steps", "seed",
-                                                                  "images")}}
+    expect = {"task": spec.name, **{k: getattr(args, k) for k in _SETTINGS}}
     return matching_result(args.result, expect).get("twins", {})
 
 
@@ -255,11 +261,8 @@ def transfer_main(args: TransferArgs) -> dict[str, Any]:
     twins = {**_previous_twins(args, spec), **twins}  # read now: another run may have written since
     result = {
         "task": spec.name,
-        "algo": args.algo,
-        "steps": args.steps,
-        "seed": args.seed,
+        **{k: getattr(args, k) for k in _SETTINGS},
         "eval_episodes": args.eval_episodes,
-        "images": args.images,
         "machine": machine(),
         "twins": {k: twins[k] for k in ("wm", "sim") if k in twins},
     }
