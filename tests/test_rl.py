@@ -142,6 +142,33 @@ def test_warmup_policy_acts_until_learning_starts(tmp_path):
     env.close()
 
 
+def test_warmup_cloning_fits_the_demos_then_holds_the_actor_while_critics_learn():
+    env = make_sb3_env("Sim-Pick-v0", num_envs=1, seed=0, keys=["state"], images=False,
+                       terminate_on_success=False)
+    agent = make_sac(env, "pick", bc_steps=600, learning_starts=40, seed=0, device="cpu",
+                     batch_size=32)
+    untrained = {k: v.clone() for k, v in agent.actor.state_dict().items()}
+    agent.learn(41)  # the first update: 600 cloning steps, then 1 of 600 critic-only steps
+    buf = agent.replay_buffer
+    obs = {"state": torch.as_tensor(buf.observations["state"][:40, 0])}
+    demo = torch.as_tensor(buf.actions[:40, 0])
+
+    def error(actor_state) -> float:
+        agent.actor.load_state_dict(actor_state)
+        return float((agent.actor(obs, deterministic=True) - demo).abs().mean())
+
+    cloned = {k: v.clone() for k, v in agent.actor.state_dict().items()}
+    assert 0.6 * error(untrained) > error(cloned) and agent.bc_loss is not None  # cloned last
+    critic = [p.clone() for p in agent.critic.parameters()]
+    agent.learn(20, reset_num_timesteps=False)  # still critic-only
+    for k, v in agent.actor.state_dict().items():
+        torch.testing.assert_close(v, cloned[k], rtol=0, atol=0)
+    assert any(not torch.equal(a, b) for a, b in zip(critic, agent.critic.parameters()))
+    env.close()
+    with pytest.raises(ValueError, match="warmup_policy"):
+        make_sac(env, None, bc_steps=10)
+
+
 def test_transfer_trains_in_both_twins_and_evaluates_in_sim(ckpt, tmp_path):
     args = TransferArgs(
         steps=64, learning_starts=32, wm_envs=2, eval_every=32, curve_episodes=1,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from stable_baselines3 import SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
@@ -37,6 +38,13 @@ class RLArgs:
     twin and method, e.g. ``pick:noise=0.3,error=0.02`` (see :func:`wmgym.policies.make_policy`):
     scripted demonstrations in the replay buffer, the usual remedy when random exploration almost
     never lifts the cube."""
+    warmup_bc_steps: int = 0
+    """With ``--warmup-policy``: when learning starts, clone the warm-up actions into the actor
+    (this many gradient steps of maximum likelihood), then train the critics alone for as many
+    steps before the actor follows them; 0 = plain SAC from the warm-up data."""
+    ent_coef: str = "auto"
+    """SAC's entropy coefficient: ``auto`` (tuned, starting at 1), ``auto_0.1`` (tuned, starting
+    at 0.1: keeps a cloned actor's spread) or a fixed number."""
     curve_episodes: int = 10
     """Real episodes per learning-curve point."""
     checkpoint: str | None = None
@@ -155,22 +163,65 @@ def steps_to(curve: list[dict[str, float]], threshold: float, key: str = "real_s
 
 
 
+#: Demo actions are clipped to this magnitude for behaviour cloning through the tanh squashing.
+BC_ACTION_LIMIT = 0.97
+#: Adam's learning rate for behaviour cloning (SAC's own optimizers are left untouched).
+BC_LEARNING_RATE = 1e-3
+
+
 class WarmupSAC(SAC):
     """SB3 SAC whose warm-up actions come from per-env copies of a policy, not uniform noise.
 
     SB3 samples uniform random actions while ``num_timesteps < learning_starts``; here the
     policies act instead (each env's copy is reseeded when its episode ends), and the agent learns
-    from their transitions like from any others. Saved models load with plain ``SAC.load``.
+    from their transitions like from any others. With ``bc_steps`` the actor first clones them,
+    and the critics then learn its value for ``bc_steps`` gradient steps before the actor moves
+    (an untrained critic would otherwise pull the cloned actor anywhere). Saved models load with
+    plain ``SAC.load``.
     """
 
-    def __init__(self, *args: Any, warmup_policy: str, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, warmup_policy: str, bc_steps: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.warmup_policy = warmup_policy
+        self.warmup_policy, self.bc_steps = warmup_policy, bc_steps
         self.warmup_seed = (self.seed or 0) * 100_003
         self.warmup: list[Policy] = [make_policy(warmup_policy) for _ in range(self.n_envs)]
         for i, policy in enumerate(self.warmup):
             policy.reset(seed=self.warmup_seed + i)
         self._warmup_episodes = len(self.warmup)
+        self._critic_only = bc_steps  # gradient steps left with the actor held fixed
+        self.bc_loss: float | None = None
+
+    def train(self, gradient_steps: int, batch_size: int = 64) -> None:
+        if self.bc_loss is None and self.bc_steps:
+            self.bc_loss = self._clone_warmup_actions(self.bc_steps, batch_size)
+            self.logger.record("train/bc_loss", self.bc_loss)
+        if self._critic_only <= 0:
+            return super().train(gradient_steps, batch_size)
+        steps = min(gradient_steps, self._critic_only)
+        self.actor.requires_grad_(False)  # the actor's loss still backpropagates to nothing
+        try:
+            super().train(steps, batch_size)
+        finally:
+            self.actor.requires_grad_(True)
+        self._critic_only -= steps
+        if gradient_steps > steps:
+            super().train(gradient_steps - steps, batch_size)
+
+    def _clone_warmup_actions(self, steps: int, batch_size: int) -> float:
+        """Maximum-likelihood behaviour cloning of the replay buffer's actions; the last loss."""
+        self.policy.set_training_mode(True)
+        optimizer = torch.optim.Adam(self.actor.parameters(), lr=BC_LEARNING_RATE)
+        loss = torch.zeros(())
+        for _ in range(steps):
+            data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
+            mean, log_std, _ = self.actor.get_action_dist_params(data.observations)
+            dist = self.actor.action_dist.proba_distribution(mean, log_std)
+            # squashed Gaussian: saturated demo actions (|a| = 1) would need an infinite mean
+            loss = -dist.log_prob(data.actions.clamp(-BC_ACTION_LIMIT, BC_ACTION_LIMIT)).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return float(loss.detach())
 
     def _sample_action(self, learning_starts: int, action_noise: Any = None, n_envs: int = 1
                        ) -> tuple[np.ndarray, np.ndarray]:
@@ -192,15 +243,31 @@ class WarmupSAC(SAC):
         return [*super()._excluded_save_params(), "warmup"]
 
 
-def make_sac(env: VecEnv, warmup_policy: str | None = None, **kwargs: Any) -> SAC:
+def ent_coef_value(text: str) -> str | float:
+    """SAC's ``ent_coef`` from a command-line string: ``auto``/``auto_<init>`` or a number."""
+    if text.startswith("auto"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"ent_coef must be 'auto', 'auto_<init>' or a number, got {text!r}"
+                         ) from None
+
+
+def make_sac(env: VecEnv, warmup_policy: str | None = None, bc_steps: int = 0, **kwargs: Any
+             ) -> SAC:
     """An SB3 SAC (``MultiInputPolicy``) on ``env``; ``warmup_policy`` acts in its warm-up.
 
     Args:
         env: The training env (dict observations with ``state``).
         warmup_policy: A :func:`wmgym.policies.make_policy` name (e.g. ``pick:noise=0.3``) that
             replaces SAC's uniform random warm-up actions; ``None`` keeps SB3's behaviour.
+        bc_steps: Behaviour-cloning steps (then as many critic-only steps) when learning starts.
         **kwargs: Passed on to :class:`stable_baselines3.SAC` (``seed``, ``learning_starts`` …).
     """
     if warmup_policy is None:
+        if bc_steps:
+            raise ValueError("bc_steps clones the warm-up policy: give a warmup_policy too")
         return SAC("MultiInputPolicy", env, **kwargs)
-    return WarmupSAC("MultiInputPolicy", env, warmup_policy=warmup_policy, **kwargs)
+    return WarmupSAC("MultiInputPolicy", env, warmup_policy=warmup_policy, bc_steps=bc_steps,
+                     **kwargs)
