@@ -169,6 +169,30 @@ def test_warmup_cloning_fits_the_demos_then_holds_the_actor_while_critics_learn(
         make_sac(env, None, bc_steps=10)
 
 
+@pytest.mark.parametrize("prefer_demo", [True, False])
+def test_q_filter_clones_only_where_the_critics_prefer_the_demonstration(prefer_demo):
+    env = make_sb3_env("Sim-Pick-v0", num_envs=1, seed=0, keys=["state"], images=False,
+                       terminate_on_success=False)
+    agent = make_sac(env, "pick", bc_ratio=1.0, learning_starts=30, seed=0, device="cpu",
+                     batch_size=16)
+    agent.learn(33)  # 3 SAC steps, each followed by one filtered cloning step
+    assert agent._demo_rows == 30 and agent.bc_loss is not None
+    assert agent.bc_optimizer.state_dict()["state"][0]["step"] == 3
+    calls = []
+
+    def critic(obs, actions):  # called for the demonstrated actions, then for the actor's own
+        calls.append(actions)
+        q = torch.full((len(actions), 1), float(prefer_demo == (len(calls) % 2 == 1)))
+        return q, q
+
+    before = {k: v.clone() for k, v in agent.actor.state_dict().items()}
+    agent.critic = critic
+    loss = agent._clone(2, 16, q_filter=True)
+    changed = any(not torch.equal(v, before[k]) for k, v in agent.actor.state_dict().items())
+    assert changed == prefer_demo and (loss != 0.0) == prefer_demo and len(calls) == 4
+    env.close()
+
+
 def test_transfer_trains_in_both_twins_and_evaluates_in_sim(ckpt, tmp_path):
     args = TransferArgs(
         steps=64, learning_starts=32, wm_envs=2, eval_every=32, curve_episodes=1,

@@ -74,7 +74,7 @@ def run_one(args: MBPOArgs, spec: TaskSpec, method: Method, seed: int,
                            terminate_on_success=False)
     curve = CurveCallback(evaluate, args.eval_every, args.curve_episodes, args.steps,
                           args.progress, desc=f"{method} seed {seed}")
-    agent = make_sac(env, args.warmup_policy, args.warmup_bc_steps,
+    agent = make_sac(env, args.warmup_policy, args.warmup_bc_steps, args.warmup_bc_ratio,
                      ent_coef=ent_coef_value(args.ent_coef), seed=seed, device="cpu", verbose=0,
                      learning_starts=args.learning_starts, gradient_steps=args.updates_per_step,
                      tensorboard_log=str(args.out / "tb"))
@@ -161,7 +161,7 @@ def plot_mbpo(result: dict[str, Any], path: str | Path) -> Path:
 def _previous_runs(args: MBPOArgs) -> list[dict[str, Any]]:
     """Runs in ``--result`` from an earlier call with the same budget and SAC settings."""
     keys = ("task", "steps", "updates_per_step", "learning_starts", "eval_every",
-            "curve_episodes", "warmup_policy", "warmup_bc_steps", "ent_coef")
+            "curve_episodes", "warmup_policy", "warmup_bc_steps", "warmup_bc_ratio", "ent_coef")
     return matching_result(args.result, {f"config.{k}": getattr(args, k) for k in keys}).get(
         "runs", [])
 

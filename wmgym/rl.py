@@ -42,6 +42,10 @@ class RLArgs:
     """With ``--warmup-policy``: when learning starts, clone the warm-up actions into the actor
     (this many gradient steps of maximum likelihood), then train the critics alone for as many
     steps before the actor follows them; 0 = plain SAC from the warm-up data."""
+    warmup_bc_ratio: float = 0.0
+    """With ``--warmup-policy``: Q-filtered cloning steps per SAC gradient step for the rest of
+    training (the actor keeps imitating the warm-up actions where the critics rate them above its
+    own); 0 = none."""
     ent_coef: str = "auto"
     """SAC's entropy coefficient: ``auto`` (tuned, starting at 1), ``auto_0.1`` (tuned, starting
     at 0.1: keeps a cloned actor's spread) or a fixed number."""
@@ -176,56 +180,87 @@ class WarmupSAC(SAC):
     policies act instead (each env's copy is reseeded when its episode ends), and the agent learns
     from their transitions like from any others. With ``bc_steps`` the actor first clones them,
     and the critics then learn its value for ``bc_steps`` gradient steps before the actor moves
-    (an untrained critic would otherwise pull the cloned actor anywhere). Saved models load with
-    plain ``SAC.load``.
+    (an untrained critic would otherwise pull the cloned actor anywhere). With ``bc_ratio`` the
+    cloning goes on beside SAC's updates, filtered by the critics. Saved models load with plain
+    ``SAC.load``.
     """
 
-    def __init__(self, *args: Any, warmup_policy: str, bc_steps: int = 0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, warmup_policy: str, bc_steps: int = 0, bc_ratio: float = 0.0,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.warmup_policy, self.bc_steps = warmup_policy, bc_steps
+        self.warmup_policy, self.bc_steps, self.bc_ratio = warmup_policy, bc_steps, bc_ratio
         self.warmup_seed = (self.seed or 0) * 100_003
         self.warmup: list[Policy] = [make_policy(warmup_policy) for _ in range(self.n_envs)]
         for i, policy in enumerate(self.warmup):
             policy.reset(seed=self.warmup_seed + i)
         self._warmup_episodes = len(self.warmup)
         self._critic_only = bc_steps  # gradient steps left with the actor held fixed
+        self._demo_rows = 0  # replay-buffer rows written in the warm-up: the demonstrations
+        self._demonstrating = False  # the last action came from the warm-up policies
+        self._bc_debt = 0.0
         self.bc_loss: float | None = None
+        self.bc_optimizer: torch.optim.Optimizer | None = None
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
-        if self.bc_loss is None and self.bc_steps:
-            self.bc_loss = self._clone_warmup_actions(self.bc_steps, batch_size)
-            self.logger.record("train/bc_loss", self.bc_loss)
-        if self._critic_only <= 0:
-            return super().train(gradient_steps, batch_size)
+        if self.bc_optimizer is None and (self.bc_steps or self.bc_ratio):
+            self.bc_optimizer = torch.optim.Adam(self.actor.parameters(), lr=BC_LEARNING_RATE)
+            if self.bc_steps:
+                self.bc_loss = self._clone(self.bc_steps, batch_size, q_filter=False)
         steps = min(gradient_steps, self._critic_only)
-        self.actor.requires_grad_(False)  # the actor's loss still backpropagates to nothing
-        try:
-            super().train(steps, batch_size)
-        finally:
-            self.actor.requires_grad_(True)
-        self._critic_only -= steps
+        if steps:
+            self.actor.requires_grad_(False)  # the actor's loss still backpropagates to nothing
+            try:
+                super().train(steps, batch_size)
+            finally:
+                self.actor.requires_grad_(True)
+            self._critic_only -= steps
         if gradient_steps > steps:
             super().train(gradient_steps - steps, batch_size)
+            self._bc_debt += self.bc_ratio * (gradient_steps - steps)
+            if self._bc_debt >= 1:
+                self.bc_loss = self._clone(int(self._bc_debt), batch_size, q_filter=True)
+                self._bc_debt -= int(self._bc_debt)
+        if self.bc_loss is not None:
+            self.logger.record("train/bc_loss", self.bc_loss)
 
-    def _clone_warmup_actions(self, steps: int, batch_size: int) -> float:
-        """Maximum-likelihood behaviour cloning of the replay buffer's actions; the last loss."""
+    def _clone(self, steps: int, batch_size: int, q_filter: bool) -> float:
+        """Behaviour-cloning steps on warm-up transitions: maximum likelihood of their actions.
+
+        With ``q_filter`` only where the critics value the demonstrated action above the actor's
+        own (Nair et al., 2018): the actor is pulled toward the demonstrations only where they
+        are still better. Returns the last loss.
+        """
+        assert self.bc_optimizer is not None
         self.policy.set_training_mode(True)
-        optimizer = torch.optim.Adam(self.actor.parameters(), lr=BC_LEARNING_RATE)
         loss = torch.zeros(())
         for _ in range(steps):
-            data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
+            rows = np.random.randint(0, self._demo_rows, size=batch_size)
+            data = self.replay_buffer._get_samples(rows, env=self._vec_normalize_env)
             mean, log_std, _ = self.actor.get_action_dist_params(data.observations)
             dist = self.actor.action_dist.proba_distribution(mean, log_std)
             # squashed Gaussian: saturated demo actions (|a| = 1) would need an infinite mean
-            loss = -dist.log_prob(data.actions.clamp(-BC_ACTION_LIMIT, BC_ACTION_LIMIT)).mean()
-            optimizer.zero_grad()
+            nll = -dist.log_prob(data.actions.clamp(-BC_ACTION_LIMIT, BC_ACTION_LIMIT))
+            if q_filter:
+                with torch.no_grad():
+                    own, _ = self.actor.action_log_prob(data.observations)
+                    q_demo = torch.cat(self.critic(data.observations, data.actions), 1).min(1)[0]
+                    q_own = torch.cat(self.critic(data.observations, own), 1).min(1)[0]
+                    keep = (q_demo > q_own).float()
+                if not keep.any():  # nothing to imitate: no step (Adam's momentum would move)
+                    loss = torch.zeros(())
+                    continue
+                loss = (keep * nll).sum() / keep.sum()
+            else:
+                loss = nll.mean()
+            self.bc_optimizer.zero_grad()
             loss.backward()
-            optimizer.step()
+            self.bc_optimizer.step()
         return float(loss.detach())
 
     def _sample_action(self, learning_starts: int, action_noise: Any = None, n_envs: int = 1
                        ) -> tuple[np.ndarray, np.ndarray]:
-        if self.num_timesteps >= learning_starts:
+        self._demonstrating = self.num_timesteps < learning_starts
+        if not self._demonstrating:
             return super()._sample_action(learning_starts, action_noise, n_envs)
         obs = self._last_obs
         action = np.stack([p({k: v[i] for k, v in obs.items()}) for i, p in enumerate(self.warmup)])
@@ -235,12 +270,13 @@ class WarmupSAC(SAC):
                           reward: np.ndarray, dones: np.ndarray, infos: list[dict[str, Any]]
                           ) -> None:
         super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
+        self._demo_rows += self._demonstrating
         for i in np.flatnonzero(dones):
             self.warmup[i].reset(seed=self.warmup_seed + self._warmup_episodes)
             self._warmup_episodes += 1
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "warmup"]
+        return [*super()._excluded_save_params(), "warmup", "bc_optimizer"]
 
 
 def ent_coef_value(text: str) -> str | float:
@@ -254,8 +290,8 @@ def ent_coef_value(text: str) -> str | float:
                          ) from None
 
 
-def make_sac(env: VecEnv, warmup_policy: str | None = None, bc_steps: int = 0, **kwargs: Any
-             ) -> SAC:
+def make_sac(env: VecEnv, warmup_policy: str | None = None, bc_steps: int = 0,
+             bc_ratio: float = 0.0, **kwargs: Any) -> SAC:
     """An SB3 SAC (``MultiInputPolicy``) on ``env``; ``warmup_policy`` acts in its warm-up.
 
     Args:
@@ -263,11 +299,12 @@ def make_sac(env: VecEnv, warmup_policy: str | None = None, bc_steps: int = 0, *
         warmup_policy: A :func:`wmgym.policies.make_policy` name (e.g. ``pick:noise=0.3``) that
             replaces SAC's uniform random warm-up actions; ``None`` keeps SB3's behaviour.
         bc_steps: Behaviour-cloning steps (then as many critic-only steps) when learning starts.
+        bc_ratio: Q-filtered cloning steps per SAC gradient step afterwards (0: none).
         **kwargs: Passed on to :class:`stable_baselines3.SAC` (``seed``, ``learning_starts`` …).
     """
     if warmup_policy is None:
-        if bc_steps:
-            raise ValueError("bc_steps clones the warm-up policy: give a warmup_policy too")
+        if bc_steps or bc_ratio:
+            raise ValueError("cloning (bc_steps, bc_ratio) needs a warmup_policy to clone")
         return SAC("MultiInputPolicy", env, **kwargs)
     return WarmupSAC("MultiInputPolicy", env, warmup_policy=warmup_policy, bc_steps=bc_steps,
-                     **kwargs)
+                     bc_ratio=bc_ratio, **kwargs)

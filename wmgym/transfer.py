@@ -139,7 +139,8 @@ def make_agent(args: TransferArgs, env: VecEnv, tensorboard_log: str | None = No
               "tensorboard_log": tensorboard_log}
     if args.algo == "sac":
         return make_sac(
-            env, args.warmup_policy, args.warmup_bc_steps, ent_coef=ent_coef_value(args.ent_coef),
+            env, args.warmup_policy, args.warmup_bc_steps, args.warmup_bc_ratio,
+            ent_coef=ent_coef_value(args.ent_coef),
             learning_starts=args.learning_starts, train_freq=1,
             gradient_steps=max(1, round(args.updates_per_step * env.num_envs)), **common,
         )
@@ -244,7 +245,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 #: Settings two runs must share for their twins to be compared (and kept in one result).
 _SETTINGS = ("algo", "steps", "seed", "images", "learning_starts", "warmup_policy",
-             "warmup_bc_steps", "ent_coef", "updates_per_step")
+             "warmup_bc_steps", "warmup_bc_ratio", "ent_coef", "updates_per_step")
 
 
 def _previous_twins(args: TransferArgs, spec: TaskSpec) -> dict[str, dict[str, Any]]:
