@@ -4,17 +4,19 @@
     python examples/train_in_imagination.py --steps 200 --checkpoint path/to/checkpoint
 
 The agent sees the 8-d state (the CPU default); the world model imagines it without decoding
-frames. ``wmgym transfer`` runs the full comparison (also training in Sim, learning curves).
+frames. Its warm-up steps are a noisy scripted pick, cloned into the actor and kept as a
+Q-filtered imitation term (``wmgym.rl.make_sac``): plain SAC lifts nothing in 40k steps.
+``wmgym transfer`` runs the full comparison (also training in Sim, learning curves).
 """
 
 import argparse
 
 import gymnasium as gym
-from stable_baselines3 import SAC
 
 import wmgym  # noqa: F401  (registers Sim-Pick-v0 and WM-Pick-v0)
 from wmgym.env.sb3 import make_sb3_env
 from wmgym.policy_sources import SB3Policy
+from wmgym.rl import make_sac
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -27,8 +29,10 @@ if __name__ == "__main__":
     wm = make_sb3_env("WM-Pick-v0", num_envs=16, seed=0, keys=["state"], images=False,
                       terminate_on_success=False,
                       **({"checkpoint": cli.checkpoint} if cli.checkpoint else {}))
-    warmup = min(1000, cli.steps // 2)
-    agent = SAC("MultiInputPolicy", wm, gradient_steps=16, learning_starts=warmup, seed=0)
+    warmup = min(5000, cli.steps // 2)
+    agent = make_sac(wm, "pick:noise=0.2,error=0.015,drop_prob=0.1", bc_steps=warmup,
+                     bc_ratio=1.0, learning_starts=warmup, gradient_steps=16,
+                     ent_coef="auto_0.05", seed=0)
     agent.learn(cli.steps, progress_bar=True)
 
     real = gym.make("Sim-Pick-v0", images=False)  # same spaces, robosuite underneath

@@ -155,7 +155,8 @@ def test_warmup_cloning_fits_the_demos_then_holds_the_actor_while_critics_learn(
 
     def error(actor_state) -> float:
         agent.actor.load_state_dict(actor_state)
-        return float((agent.actor(obs, deterministic=True) - demo).abs().mean())
+        with torch.no_grad():
+            return float((agent.actor(obs, deterministic=True) - demo).abs().mean())
 
     cloned = {k: v.clone() for k, v in agent.actor.state_dict().items()}
     assert 0.6 * error(untrained) > error(cloned) and agent.bc_loss is not None  # cloned last

@@ -186,12 +186,10 @@ def summarize(twins: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if "wm" not in twins or "sim" not in twins:
         return {}
     wm, sim = twins["wm"]["real_success"], twins["sim"]["real_success"]
-    wm_ret, sim_ret = twins["wm"]["real_return"], twins["sim"]["real_return"]
     return {
         "wm_real_success": wm,
         "sim_real_success": sim,
         "ratio": wm / sim if sim > 0 else None,
-        "real_return_ratio": wm_ret / sim_ret if sim_ret > 0 else None,
         "exploitation_gap": twins["wm"].get("imagined_success", wm) - wm,
         "target_ratio_met": bool(sim > 0 and wm / sim >= 0.8),
         "target_absolute_met": bool(wm >= 0.7),
