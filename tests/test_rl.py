@@ -116,11 +116,16 @@ def test_mbpo_branches_fill_the_model_buffer(ckpt, max_uncertainty, full):
     env.close()
 
 
+def _real_state_env(seed: int, **kwargs):
+    """One state-only robosuite env as an SB3 VecEnv, episodes running on after a lift."""
+    return make_sb3_env("Sim-Pick-v0", num_envs=1, seed=seed, keys=["state"], images=False,
+                        terminate_on_success=False, **kwargs)
+
+
 def test_warmup_policy_acts_until_learning_starts(tmp_path):
     """The replay buffer's warm-up actions are the scripted policy's, reseeded per episode."""
     name = "pick:noise=0.3"
-    env = make_sb3_env("Sim-Pick-v0", num_envs=1, seed=3, keys=["state"], images=False,
-                       terminate_on_success=False, max_episode_steps=12)
+    env = _real_state_env(seed=3, max_episode_steps=12)
     agent = make_sac(env, name, learning_starts=30, seed=7, device="cpu")
     assert isinstance(agent, WarmupSAC)
     agent.learn(34)
@@ -143,8 +148,7 @@ def test_warmup_policy_acts_until_learning_starts(tmp_path):
 
 
 def test_warmup_cloning_fits_the_demos_then_holds_the_actor_while_critics_learn():
-    env = make_sb3_env("Sim-Pick-v0", num_envs=1, seed=0, keys=["state"], images=False,
-                       terminate_on_success=False)
+    env = _real_state_env(seed=0)
     agent = make_sac(env, "pick", bc_steps=600, learning_starts=40, seed=0, device="cpu",
                      batch_size=32)
     untrained = {k: v.clone() for k, v in agent.actor.state_dict().items()}
@@ -168,12 +172,13 @@ def test_warmup_cloning_fits_the_demos_then_holds_the_actor_while_critics_learn(
     env.close()
     with pytest.raises(ValueError, match="warmup_policy"):
         make_sac(env, None, bc_steps=10)
+    with pytest.raises(ValueError, match="learning_starts"):
+        make_sac(env, "pick", bc_ratio=1.0, learning_starts=0)
 
 
 @pytest.mark.parametrize("prefer_demo", [True, False])
 def test_q_filter_clones_only_where_the_critics_prefer_the_demonstration(prefer_demo):
-    env = make_sb3_env("Sim-Pick-v0", num_envs=1, seed=0, keys=["state"], images=False,
-                       terminate_on_success=False)
+    env = _real_state_env(seed=0)
     agent = make_sac(env, "pick", bc_ratio=1.0, learning_starts=30, seed=0, device="cpu",
                      batch_size=16)
     agent.learn(33)  # 3 SAC steps, each followed by one filtered cloning step

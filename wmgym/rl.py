@@ -183,11 +183,20 @@ class WarmupSAC(SAC):
     (an untrained critic would otherwise pull the cloned actor anywhere). With ``bc_ratio`` the
     cloning goes on beside SAC's updates, filtered by the critics. Saved models load with plain
     ``SAC.load``.
+
+    Args:
+        *args: SAC's (policy, env).
+        warmup_policy: A :func:`wmgym.policies.make_policy` name, e.g. ``pick:noise=0.3``.
+        bc_steps: Cloning steps when learning starts, then as many critic-only gradient steps.
+        bc_ratio: Q-filtered cloning steps per SAC gradient step after that.
+        **kwargs: SAC's keyword arguments.
     """
 
     def __init__(self, *args: Any, warmup_policy: str, bc_steps: int = 0, bc_ratio: float = 0.0,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if (bc_steps or bc_ratio) and self.learning_starts < 1:
+            raise ValueError("cloning needs warm-up steps to clone: set learning_starts >= 1")
         self.warmup_policy, self.bc_steps, self.bc_ratio = warmup_policy, bc_steps, bc_ratio
         self.warmup_seed = (self.seed or 0) * 100_003
         self.warmup: list[Policy] = [make_policy(warmup_policy) for _ in range(self.n_envs)]
