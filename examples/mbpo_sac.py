@@ -11,7 +11,7 @@ the full comparison against plain SAC (several seeds, real steps to 50% and 80% 
 import argparse
 
 from wmgym.mbpo import MBPO, make_real_env
-from wmgym.rl import make_sac
+from wmgym.rl import PICK_DEMOS, make_sac
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -23,7 +23,7 @@ if __name__ == "__main__":
     # images, as a start for imagined branches
     env, bank = make_real_env("Sim-Pick-v0", seed=0, stride=2)
     warmup = min(2000, cli.steps // 3)
-    agent = make_sac(env, "pick:noise=0.2,error=0.015,drop_prob=0.1", bc_steps=warmup,
+    agent = make_sac(env, PICK_DEMOS, bc_steps=warmup,
                      bc_ratio=1.0, learning_starts=warmup, gradient_steps=2,
                      ent_coef="auto_0.05", seed=0)
     mbpo = MBPO(bank, every=250, rollouts=256, horizon=3, real_ratio=0.5,

@@ -16,7 +16,7 @@ import gymnasium as gym
 import wmgym  # noqa: F401  (registers Sim-Pick-v0 and WM-Pick-v0)
 from wmgym.env.sb3 import make_sb3_env
 from wmgym.policy_sources import SB3Policy
-from wmgym.rl import make_sac
+from wmgym.rl import PICK_DEMOS, make_sac
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -30,7 +30,7 @@ if __name__ == "__main__":
                       terminate_on_success=False,
                       **({"checkpoint": cli.checkpoint} if cli.checkpoint else {}))
     warmup = min(5000, cli.steps // 2)
-    agent = make_sac(wm, "pick:noise=0.2,error=0.015,drop_prob=0.1", bc_steps=warmup,
+    agent = make_sac(wm, PICK_DEMOS, bc_steps=warmup,
                      bc_ratio=1.0, learning_starts=warmup, gradient_steps=16,
                      ent_coef="auto_0.05", seed=0)
     agent.learn(cli.steps, progress_bar=True)

@@ -22,7 +22,7 @@ from stable_baselines3.common.callbacks import CallbackList
 from wmgym.env.sb3 import make_sb3_env
 from wmgym.mbpo import MBPO, MBPOConfig, make_real_env
 from wmgym.results import checkpoint_id, machine, matching_result, write_result
-from wmgym.rl import CurveCallback, RealEvaluator, RLArgs, ent_coef_value, make_sac, steps_to
+from wmgym.rl import CurveCallback, RealEvaluator, RLArgs, steps_to
 from wmgym.spec import TaskSpec, load_spec
 from wmgym.viz import save_figure
 
@@ -74,10 +74,9 @@ def run_one(args: MBPOArgs, spec: TaskSpec, method: Method, seed: int,
                            terminate_on_success=False)
     curve = CurveCallback(evaluate, args.eval_every, args.curve_episodes, args.steps,
                           args.progress, desc=f"{method} seed {seed}")
-    agent = make_sac(env, args.warmup_policy, args.warmup_bc_steps, args.warmup_bc_ratio,
-                     ent_coef=ent_coef_value(args.ent_coef), seed=seed, device="cpu", verbose=0,
-                     learning_starts=args.learning_starts, gradient_steps=args.updates_per_step,
-                     tensorboard_log=str(args.out / "tb"))
+    agent = args.make_sac(env, seed=seed, device="cpu", verbose=0,
+                          gradient_steps=args.updates_per_step,
+                          tensorboard_log=str(args.out / "tb"))
     start = time.perf_counter()
     agent.learn(args.steps, callback=CallbackList([curve, *callbacks]),
                 tb_log_name=f"{method}_seed{seed}")
@@ -160,8 +159,8 @@ def plot_mbpo(result: dict[str, Any], path: str | Path) -> Path:
 
 def _previous_runs(args: MBPOArgs) -> list[dict[str, Any]]:
     """Runs in ``--result`` from an earlier call with the same budget and SAC settings."""
-    keys = ("task", "steps", "updates_per_step", "learning_starts", "eval_every",
-            "curve_episodes", "warmup_policy", "warmup_bc_steps", "warmup_bc_ratio", "ent_coef")
+    keys = ("task", "steps", "updates_per_step", "eval_every", "curve_episodes",
+            *RLArgs.AGENT_SETTINGS)
     return matching_result(args.result, {f"config.{k}": getattr(args, k) for k in keys}).get(
         "runs", [])
 

@@ -58,6 +58,20 @@ class RLArgs:
     progress: bool = True
     """Show progress bars."""
 
+    #: The options above that shape the agent: results must share them to be compared.
+    AGENT_SETTINGS = ("learning_starts", "warmup_policy", "warmup_bc_steps", "warmup_bc_ratio",
+                      "ent_coef")
+
+    def make_sac(self, env: VecEnv, **kwargs: Any) -> SAC:
+        """:func:`make_sac` with these options (warm-up, cloning, entropy coefficient)."""
+        return make_sac(env, self.warmup_policy, self.warmup_bc_steps, self.warmup_bc_ratio,
+                        ent_coef=ent_coef_value(self.ent_coef),
+                        learning_starts=self.learning_starts, **kwargs)
+
+
+#: The warm-up policy of ``benchmarks/transfer.json`` and ``benchmarks/mbpo.json``: a noisy,
+#: imperfect scripted pick (70% of its episodes lift in robosuite).
+PICK_DEMOS = "pick:noise=0.2,error=0.015,drop_prob=0.1"
 
 #: Seeds of real evaluation episodes start here (training episodes use ``seed + i``).
 EVAL_SEED_OFFSET = 100_000

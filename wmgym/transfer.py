@@ -34,14 +34,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from wmgym.env.sb3 import make_sb3_env
 from wmgym.results import checkpoint_id, machine, matching_result, write_result
-from wmgym.rl import (
-    EVAL_SEED_OFFSET,
-    CurveCallback,
-    RealEvaluator,
-    RLArgs,
-    ent_coef_value,
-    make_sac,
-)
+from wmgym.rl import EVAL_SEED_OFFSET, CurveCallback, RealEvaluator, RLArgs
 from wmgym.spec import TaskSpec, load_spec
 from wmgym.viz import save_figure
 
@@ -138,11 +131,9 @@ def make_agent(args: TransferArgs, env: VecEnv, tensorboard_log: str | None = No
     common = {"seed": args.seed, "device": args.agent_device, "verbose": 0,
               "tensorboard_log": tensorboard_log}
     if args.algo == "sac":
-        return make_sac(
-            env, args.warmup_policy, args.warmup_bc_steps, args.warmup_bc_ratio,
-            ent_coef=ent_coef_value(args.ent_coef),
-            learning_starts=args.learning_starts, train_freq=1,
-            gradient_steps=max(1, round(args.updates_per_step * env.num_envs)), **common,
+        return args.make_sac(
+            env, train_freq=1, gradient_steps=max(1, round(args.updates_per_step * env.num_envs)),
+            **common,
         )
     if args.warmup_policy is not None:
         raise ValueError("--warmup-policy needs an off-policy agent (--algo sac)")
@@ -242,8 +233,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 #: Settings two runs must share for their twins to be compared (and kept in one result).
-_SETTINGS = ("algo", "steps", "seed", "images", "learning_starts", "warmup_policy",
-             "warmup_bc_steps", "warmup_bc_ratio", "ent_coef", "updates_per_step")
+_SETTINGS = ("algo", "steps", "seed", "images", *RLArgs.AGENT_SETTINGS, "updates_per_step")
 
 
 def _previous_twins(args: TransferArgs, spec: TaskSpec) -> dict[str, dict[str, Any]]:
