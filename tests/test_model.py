@@ -507,3 +507,56 @@ def test_parallel_decoding_needs_the_head():
     with pytest.raises(ValueError, match="decoding must be"):
         model.generate_frame(cache, torch.zeros(1, 4), decoding="fast")
     assert model._framer("auto") == model._frame
+
+
+def test_state_filter_in_the_cache_matches_its_training_unroll_and_restarts_per_row():
+    # imagination chains each frame's state from the previous one inside the cache; the trainer
+    # (wmgym.train.state_filter) unrolls the filter over what the cache kept (last_hidden,
+    # last_absolute): both must give the same states. A restarted row chains from its own state.
+    torch.manual_seed(0)
+    cfg = tiny_dynamics_config(state_filter=True, filter_hidden=16)
+    model = DynamicsTransformer(cfg).eval()
+    randomize_actions(model)
+    model.set_state_normalization(torch.ones(cfg.state_dim), 2 * torch.ones(cfg.state_dim))
+    batch = dynamics_batch(cfg, 3, 2 * cfg.max_frames, seed=2)  # the window slides too
+    ctx, frames, actions = batch["ctx_tokens"], batch["frame_tokens"], batch["actions"]
+    prev = torch.randn(3, cfg.state_dim)
+
+    def run(start=None, steps=frames.shape[1]):
+        cache = model.new_cache(3)
+        model.prefill(cache, ctx)
+        if start is not None:
+            model.set_state(cache, start)
+        out, hid, absolute = [], [], []
+        for t in range(steps):
+            _, frame = model.teacher_force_frame(cache, actions[:, t], frames[:, t])
+            out.append(frame.state)
+            hid.append(cache.last_hidden)
+            absolute.append(cache.last_absolute)
+        return cache, torch.stack(out, 1), torch.stack(hid, 1), torch.stack(absolute, 1)
+
+    _, held, _, _ = run(prev)  # untrained, the filter holds the real state still
+    assert torch.allclose(held, prev[:, None].expand_as(held), atol=1e-5)
+    torch.nn.init.normal_(model.state_filter.mlp[-1].weight, std=0.3)
+    cache, states, hid, absolute = run(prev)
+    with torch.no_grad():
+        unrolled = model.state_filter.unroll(hid, model.normalize_state(prev), absolute, actions)
+    assert torch.allclose(states, unrolled * model.state_std + model.state_mean, atol=1e-4)
+    assert not torch.allclose(states, held, atol=1e-2)
+    # no real state given: the first state is the plain head's reading, later ones chain from it
+    _, free, _, plain = run(None, steps=1)
+    assert torch.allclose(free[:, 0], plain[:, 0] * model.state_std + model.state_mean,
+                          atol=1e-5)
+    # restart row 1 with a new state; rows 0 and 2 carry on untouched
+    new_prev, row = torch.randn(1, cfg.state_dim), torch.tensor([1])
+    before = cache.state.clone()
+    model.prefill(cache, ctx[1:2], index=row)
+    model.set_state(cache, new_prev, row)
+    assert torch.equal(cache.state[[0, 2]], before[[0, 2]])
+    assert torch.equal(cache.delta[1], torch.zeros(cfg.state_dim))
+    _, frame = model.teacher_force_frame(cache, actions[:, 0], frames[:, 0])
+    with torch.no_grad():
+        ref = model.state_filter.unroll(cache.last_hidden[1:2, None], model.normalize_state(
+            new_prev), cache.last_absolute[1:2, None], actions[1:2, :1])
+    assert torch.allclose(frame.state[1], ref[0, 0] * model.state_std + model.state_mean,
+                          atol=1e-4)

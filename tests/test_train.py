@@ -12,7 +12,15 @@ from wmgym.data.collect import CollectArgs, collect
 from wmgym.evaluation import EvalArgs, evaluate
 from wmgym.model.checkpoint import read_config
 from wmgym.model.world_model import WorldModel
+from wmgym.train.data import load_episodes
 from wmgym.train.dynamics import TrainDynamicsArgs, train_dynamics
+from wmgym.train.state_filter import (
+    TrainStateFilterArgs,
+    filter_loss,
+    imagine,
+    train_state_filter,
+    with_filter,
+)
 from wmgym.train.tokenizer import TrainTokenizerArgs, train_tokenizer
 
 TINY_DYN = dict(d_model=32, n_layer=1, n_head=2, max_frames=4, batch=2, bank_size=2)
@@ -132,3 +140,33 @@ def test_torchrun_two_process_gloo(tiny_data, tiny_tokenizer, tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     WorldModel.load(tmp_path / "wm_ddp")
+
+
+def test_state_filter_fits_imagined_rollouts_and_changes_nothing_else(tiny_data, tiny_tokenizer,
+                                                                       tmp_path):
+    base = train_dynamics(TrainDynamicsArgs(
+        data=str(tiny_data), tokenizer=str(tiny_tokenizer), out=str(tmp_path / "dyn"),
+        checkpoint=str(tmp_path / "wm"), steps=2, ctx_stride=5, device="cpu", **TINY_DYN))
+    args = TrainStateFilterArgs(init=str(base), checkpoint=str(tmp_path / "wm_filter"),
+                                data=str(tiny_data), split="all", starts=(0, 4), steps=80,
+                                batch=3, lr=1e-2, warmup=5, filter_hidden=16, device="cpu",
+                                out=str(tmp_path / "run"), log_every=10)
+    out = train_state_filter(args)
+    wm, fitted = WorldModel.load(base), WorldModel.load(out)
+    assert fitted.dynamics.state_filter is not None and wm.dynamics.state_filter is None
+    new = fitted.state_dict()
+    for k, v in wm.state_dict().items():  # frames, reward and success are untouched
+        assert torch.equal(new[k], v), k
+    report = read_config(out)["train"]["state_filter"]["checked_on_unseen_episodes"]
+    assert set(report) == {"from_step_0", "from_step_4"}
+    # on the same imagined rollouts the fitted filter beats the untrained one (which holds
+    # the start state still), and the rollouts replay exactly from their seeds
+    eps = load_episodes(str(tiny_data), "all", wm.depth_range)
+    held_still = with_filter(wm, 16)
+    rollouts = imagine(held_still, eps, 0, args)
+    again = imagine(fitted, eps, 0, args)
+    assert torch.equal(rollouts.hidden, again.hidden)
+    with torch.no_grad():
+        before = filter_loss(held_still.dynamics, rollouts)[0]
+        after = filter_loss(fitted.dynamics, rollouts)[0]
+    assert after < 0.7 * before, (before, after)

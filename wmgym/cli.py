@@ -18,6 +18,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("sweep",): ("wmgym.sweep", "SweepArgs", "sweep_main"),
     ("train", "tokenizer"): ("wmgym.train.tokenizer", "TrainTokenizerArgs", "train_tokenizer_main"),
     ("train", "dynamics"): ("wmgym.train.dynamics", "TrainDynamicsArgs", "train_dynamics_main"),
+    ("train", "state-filter"): ("wmgym.train.state_filter", "TrainStateFilterArgs",
+                                "train_state_filter_main"),
     ("eval",): ("wmgym.evaluation", "EvalArgs", "eval_main"),
     ("transfer",): ("wmgym.transfer", "TransferArgs", "transfer_main"),
     ("mbpo",): ("wmgym.mbpo_experiment", "MBPOArgs", "mbpo_main"),

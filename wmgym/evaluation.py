@@ -96,7 +96,7 @@ def _stack_episodes(episodes, depth_range, horizon: int):
     actions = torch.stack([torch.from_numpy(e.actions[:length]) for e in episodes]).float()
     rewards = np.stack([e.rewards[:length] for e in episodes])
     success = np.stack([e.success[:length] for e in episodes])
-    state = np.stack([e.observations["state"][1: length + 1] for e in episodes])
+    state = np.stack([e.observations["state"][: length + 1] for e in episodes])
     return frames, actions, rewards, success, state, length
 
 
@@ -117,11 +117,16 @@ def tokenizer_upper_bound(wm: WorldModel, frames: Tensor) -> dict[str, Tensor]:
 
 @torch.no_grad()
 def open_loop(wm: WorldModel, frames: Tensor, actions: Tensor, seed: int, temperature: float,
-              top_k: int | None, keep_frames: bool = False, decoding: str = "auto"):
-    """Imagine ``T`` steps from frame 0 under ``actions`` (B, T, 4); per-step outputs."""
+              top_k: int | None, keep_frames: bool = False, decoding: str = "auto",
+              start_state: np.ndarray | None = None):
+    """Imagine ``T`` steps from frame 0 under ``actions`` (B, T, 4); per-step outputs.
+
+    ``start_state (B, state_dim)``, frame 0's real state, starts a state filter's chain.
+    """
     b, t = actions.shape[:2]
     gens = [torch.Generator(device=wm.device).manual_seed(seed * 100_003 + i) for i in range(b)]
-    state = wm.reset(frames[:, 0], generators=gens)
+    states = None if start_state is None else torch.as_tensor(start_state, dtype=torch.float32)
+    state = wm.reset(frames[:, 0], generators=gens, states=states)
     out = {"reward": [], "success": [], "state": [], "metrics": [], "frames": []}
     for k in range(t):
         step, state = wm.step(state, actions[:, k], temperature=temperature, top_k=top_k,
@@ -156,19 +161,20 @@ def evaluate(args: EvalArgs) -> dict:
         episodes = episodes[: args.episodes]
     if len(episodes) < 2:
         raise ValueError(f"{args.data}: need at least 2 {args.split} episodes, got {len(episodes)}")
-    frames, actions, rewards, success, state, length = _stack_episodes(
+    frames, actions, rewards, success, states, length = _stack_episodes(
         episodes, wm.depth_range, args.horizon
     )
+    state = states[:, 1:]
     top_k = args.top_k or None
     start = time.perf_counter()
     upper = tokenizer_upper_bound(wm, frames)
     real, r_pred, s_pred, st_pred, imagined = open_loop(
         wm, frames, actions, args.seed, args.temperature, top_k, keep_frames=True,
-        decoding=args.decoding,
+        decoding=args.decoding, start_state=states[:, 0],
     )
     perm = np.roll(np.arange(len(episodes)), 1)  # every episode gets another one's actions
     other, *_ = open_loop(wm, frames, actions[perm], args.seed, args.temperature, top_k,
-                          decoding=args.decoding)
+                          decoding=args.decoding, start_state=states[:, 0])
     seconds = time.perf_counter() - start
 
     result: dict = {

@@ -222,11 +222,13 @@ class Imagination:
         gens = [torch.Generator(device=self.device).manual_seed(s.seed) for s in model_starts]
         frames = self._frames(_stack([s.context for s in model_starts]))
         history = self._history(model_starts, full)
+        latest = torch.as_tensor(np.stack([s.obs["state"] for s in model_starts]))
         if full:
-            self.state = self.model.reset(frames, generators=gens, history=history)
+            self.state = self.model.reset(frames, generators=gens, history=history, states=latest)
         else:
             idx = torch.as_tensor(rows, dtype=torch.long, device=self.device)
-            self.state = self.model.reset(frames, generators=gens, state=self.state, index=idx)
+            self.state = self.model.reset(frames, generators=gens, state=self.state, index=idx,
+                                          states=latest)
         self._store_images(_stack([{k: s.obs[k] for k in IMAGE_KEYS} for s in starts]), rows)
         obs = _stack([{k: s.obs[k] for k in self.observation_space.spaces} for s in starts])
         if full:

@@ -59,6 +59,11 @@ class DynamicsConfig:
     parallel_head: bool = False
     head_layers: int = 2  # blocks of the parallel head
     w_parallel: float = 1.0  # loss weight: the parallel head's token cross-entropy
+    # A recurrent state head (:class:`StateFilter`): a frame's state is the previous frame's plus
+    # a correction read from the frame's last hidden state and the action, instead of being read
+    # afresh from the frame. Fitted on the model's own rollouts by ``wmgym train state-filter``.
+    state_filter: bool = False
+    filter_hidden: int = 256  # hidden width of the state filter's MLP
 
     @property
     def max_seq_len(self) -> int:
@@ -130,10 +135,16 @@ class KVCache:
     With ``memory_len`` (models with a :class:`ParallelHead`), ``memory (B, memory_len, d)`` holds
     the final hidden states the head reads: the context's, then the latest frame's tokens'
     (valid where ``has_prev``).
+
+    With ``state_dim``, ``state (B, state_dim)`` holds each rollout's latest state, normalised,
+    and ``delta`` its last change, for the :class:`StateFilter` (valid where ``has_state``).
+    ``last_hidden (B, d)`` and ``last_absolute (B, state_dim)`` keep the latest frame's final
+    hidden state and the plain state head's (normalised) reading of it: what the filter read.
     """
 
     def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int,
-                 device: torch.device | str, dtype: torch.dtype, memory_len: int = 0) -> None:
+                 device: torch.device | str, dtype: torch.dtype, memory_len: int = 0,
+                 state_dim: int = 0) -> None:
         shape = (n_layer, batch_size, n_head, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.k_rot = torch.zeros_like(self.k)
@@ -149,6 +160,11 @@ class KVCache:
         self.memory = (torch.zeros(batch_size, memory_len, n_head * head_dim, device=device,
                                    dtype=dtype) if memory_len else None)
         self.has_prev = torch.zeros(batch_size, dtype=torch.bool, device=device)
+        self.state = torch.zeros(batch_size, state_dim, device=device)
+        self.delta = torch.zeros_like(self.state)
+        self.has_state = torch.zeros(batch_size, dtype=torch.bool, device=device)
+        self.last_hidden: Tensor | None = None
+        self.last_absolute: Tensor | None = None
 
     def sync(self) -> None:
         """Refresh the host-side ``max_length`` and ``uniform`` from ``lengths``."""
@@ -315,6 +331,42 @@ class ParallelHead(nn.Module):
         return self.norm(x)
 
 
+class StateFilter(nn.Module):
+    """The state of a frame from the previous state, the action and the frame's hidden state.
+
+    ``new = prev + MLP([h, prev, last_delta, absolute - prev, action])`` in normalised units,
+    where ``last_delta`` is the previous step's change (the motion under way) and ``absolute``
+    the plain state head's reading of the same frame. The last layer starts at zero, so an
+    untrained filter holds the state still. Chained from a real state, it keeps what the frame
+    leaves unchanged and learns how far to trust the frame's own reading.
+    """
+
+    def __init__(self, cfg: DynamicsConfig) -> None:
+        super().__init__()
+        s, w = cfg.state_dim, cfg.filter_hidden
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_model + 3 * s + cfg.action_dim, w), nn.SiLU(),
+                                 nn.Linear(w, w), nn.SiLU(), nn.Linear(w, s))
+
+    def forward(self, h: Tensor, prev: Tensor, last_delta: Tensor, absolute: Tensor,
+                action: Tensor) -> Tensor:
+        """Normalised state ``(B, s)`` from hidden ``(B, d)``, states ``(B, s)``, action."""
+        x = torch.cat([h, prev, last_delta, absolute.detach() - prev, action], -1)
+        return prev + self.mlp(x.to(h.dtype)).to(prev.dtype)
+
+    def unroll(self, h: Tensor, first_prev: Tensor, absolute: Tensor, actions: Tensor) -> Tensor:
+        """States ``(B, T, s)`` of frames with hidden ``(B, T, d)``, chained from ``first_prev``.
+
+        The chain starts at rest (no motion under way), as after :meth:`~DynamicsTransformer.
+        set_state`.
+        """
+        prev, delta, out = first_prev, torch.zeros_like(first_prev), []
+        for t in range(h.shape[1]):
+            new = self(h[:, t], prev, delta, absolute[:, t], actions[:, t])
+            prev, delta = new, new - prev
+            out.append(new)
+        return torch.stack(out, 1)
+
+
 # ----------------------------------------------------------------------------- model
 
 
@@ -343,6 +395,7 @@ class DynamicsTransformer(nn.Module):
         self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)
         self.aux_head = nn.Linear(d, 2 + cfg.state_dim)  # [reward (symlog), success, state...]
         self.head = ParallelHead(cfg) if cfg.parallel_head else None
+        self.state_filter = StateFilter(cfg) if cfg.state_filter else None
         self.register_buffer("state_mean", torch.zeros(cfg.state_dim))
         self.register_buffer("state_std", torch.ones(cfg.state_dim))
         cos, sin = rope_tables(cfg.max_seq_len, d // cfg.n_head, cfg.rope_theta)
@@ -358,6 +411,8 @@ class DynamicsTransformer(nn.Module):
         nn.init.normal_(self.slot, std=0.02)
         if cfg.gap_embedding:  # as large as the slot from the start: the flag must be visible
             nn.init.normal_(self.gap_emb, std=0.02)
+        if self.state_filter is not None:  # starts as "the state stays as it was"
+            nn.init.zeros_(self.state_filter.mlp[-1].weight)
         nn.init.zeros_(self.action_proj.weight)
         nn.init.zeros_(self.action_proj.bias)
 
@@ -372,6 +427,10 @@ class DynamicsTransformer(nn.Module):
         """Set the statistics used to normalise state targets and de-normalise predictions."""
         self.state_mean.copy_(torch.as_tensor(mean))
         self.state_std.copy_(torch.as_tensor(std).clamp_min(1e-6))
+
+    def normalize_state(self, state: Tensor) -> Tensor:
+        """Raw state (real units) -> the normalised units of the state heads."""
+        return (state - self.state_mean) / self.state_std
 
     def _decode_aux(self, aux: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         reward = symexp(aux[..., 0])
@@ -439,7 +498,8 @@ class DynamicsTransformer(nn.Module):
              gap: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         """Token cross-entropy + reward symlog MSE + success BCE + normalised state MSE.
 
-        With a parallel head, its token cross-entropy is added too.
+        With a parallel head, its token cross-entropy is added too. A state filter is not
+        trained here (see :mod:`wmgym.train.state_filter`).
 
         Args:
             ctx_tokens: ``(B, Nc)``.
@@ -472,7 +532,7 @@ class DynamicsTransformer(nn.Module):
         reward_mse = (aux[..., 0] - symlog(reward)).pow(2)
         success_bce = F.binary_cross_entropy_with_logits(aux[..., 1], success.to(aux.dtype),
                                                          reduction="none")
-        state_t = (state - self.state_mean) / self.state_std
+        state_t = self.normalize_state(state)
         state_mse = (aux[..., 2:] - state_t).pow(2).mean(-1)
         terms = {name: frame_mean(x) for name, x in (
             ("token_ce", ce), ("reward_mse", reward_mse), ("success_bce", success_bce),
@@ -502,7 +562,8 @@ class DynamicsTransformer(nn.Module):
         cfg, p = self.cfg, self.lm_head.weight
         memory_len = cfg.n_ctx_tokens + cfg.n_frame_tokens if self.head is not None else 0
         return KVCache(cfg.n_layer, batch_size, cfg.n_head, cfg.max_seq_len,
-                       cfg.d_model // cfg.n_head, p.device, p.dtype, memory_len)
+                       cfg.d_model // cfg.n_head, p.device, p.dtype, memory_len,
+                       cfg.state_dim if self.state_filter is not None else 0)
 
     def _append(self, x: Tensor, cache: KVCache) -> Tensor:
         """Run ``t`` tokens per row ``x (B, t, d)`` at each row's next positions, in one pass.
@@ -551,6 +612,7 @@ class DynamicsTransformer(nn.Module):
             if cache.memory is not None:
                 cache.memory[rows] = tmp.memory
             cache.lengths[rows], cache.n_frames[rows], cache.has_prev[rows] = nc, 0, False
+            cache.has_state[rows] = False
             cache.sync()
             return
         if ctx_tokens.shape != (cache.batch_size, nc):
@@ -562,7 +624,21 @@ class DynamicsTransformer(nn.Module):
             cache.memory[:, :nc] = h
         cache.n_frames.zero_()
         cache.has_prev.zero_()
+        cache.has_state.zero_()
         cache.sync()
+
+    def set_state(self, cache: KVCache, state: Tensor, index: Tensor | None = None) -> None:
+        """Give the state filter each row's latest real state ``(B, state_dim)``, real units.
+
+        Rows ``index`` only, if given; a no-op without a filter. Without it a rollout's first
+        imagined state is the plain state head's reading.
+        """
+        if self.state_filter is None:
+            return
+        rows = cache.rows if index is None else index
+        cache.state[rows] = self.normalize_state(state.to(cache.state))
+        cache.delta[rows] = 0.0
+        cache.has_state[rows] = True
 
     def _make_room(self, cache: KVCache) -> None:
         """Drop the oldest frame of every row whose window is full; re-rotate its keys."""
@@ -588,13 +664,25 @@ class DynamicsTransformer(nn.Module):
         self._make_room(cache)
         return self._slots(actions, slides).unsqueeze(1)
 
-    def _end_frame(self, cache: KVCache, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _end_frame(self, cache: KVCache, hidden: Tensor, actions: Tensor
+                   ) -> tuple[Tensor, Tensor, Tensor]:
         """Keep the frame's token hidden states ``(B, n, d)`` for the head; decode the heads."""
         if cache.memory is not None:
             cache.memory[:, self.cfg.n_ctx_tokens :] = hidden
             cache.has_prev.fill_(True)
         cache.n_frames += 1
-        return self._decode_aux(self.aux_head(hidden[:, -1]))
+        h = hidden[:, -1]
+        aux = self.aux_head(h)
+        cache.last_hidden, cache.last_absolute = h, aux[:, 2:]
+        if self.state_filter is not None:
+            known = cache.has_state.unsqueeze(1)
+            new = self.state_filter(h, cache.state, cache.delta, aux[:, 2:], actions).float()
+            new = torch.where(known, new, aux[:, 2:].float())
+            cache.delta = torch.where(known, new - cache.state, torch.zeros_like(new))
+            cache.state = new
+            cache.has_state.fill_(True)
+            aux = torch.cat([aux[:, :2], new.to(aux.dtype)], -1)
+        return self._decode_aux(aux)
 
     @staticmethod
     def _pick(logits: Tensor, forced: Tensor | None, gumbel: Tensor | None, temperature: float,
@@ -634,7 +722,7 @@ class DynamicsTransformer(nn.Module):
             entropy += ent
             x = (self.tok_emb(tokens[:, i]) + self.frame_pos[i]).unsqueeze(1)
         hidden[:, n - 1] = self._step(x, cache)
-        return FrameSample(tokens, *self._end_frame(cache, hidden), entropy / n)
+        return FrameSample(tokens, *self._end_frame(cache, hidden, actions), entropy / n)
 
     def _head_logits(self, slot_h: Tensor, cache: KVCache) -> Tensor:
         """The parallel head's logits ``(B, n, V)`` from the slot's state and the cache memory."""
@@ -655,7 +743,7 @@ class DynamicsTransformer(nn.Module):
             logits_out.copy_(logits)
         tokens, entropy = self._pick(logits, forced, gumbel, temperature, top_k)
         hidden = self._append(self.tok_emb(tokens) + self.frame_pos, cache)
-        return FrameSample(tokens, *self._end_frame(cache, hidden), entropy.mean(-1))
+        return FrameSample(tokens, *self._end_frame(cache, hidden, actions), entropy.mean(-1))
 
     def _gumbel(self, cache: KVCache, b: int, generators: list[torch.Generator] | None) -> Tensor:
         """Gumbel noise ``(B, n, V)``; sample ``i``'s comes from one draw of ``generators[i]``."""

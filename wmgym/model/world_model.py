@@ -129,6 +129,7 @@ class WorldModel(nn.Module):
         history: tuple[Tensor, Tensor] | None = None,
         state: RolloutState | None = None,
         index: Tensor | None = None,
+        states: Tensor | None = None,
     ) -> RolloutState:
         """Starts rollouts from real context frames.
 
@@ -141,6 +142,10 @@ class WorldModel(nn.Module):
             state: With ``index``, an existing state whose rollouts ``index`` restart while
                 the others carry on.
             index: ``(k,)`` long tensor of the rollouts to restart.
+            states: ``(B, state_dim)`` (``(len(index), …)`` with ``index``): the privileged
+                state of each rollout's latest real frame (the context's, or the last history
+                frame's). A model with a state filter continues the state from it; without it
+                the first imagined state is read from the frame alone.
 
         Returns:
             The rollout state.
@@ -172,6 +177,8 @@ class WorldModel(nn.Module):
             tokens = self.tokenizer.encode_future(hist_frames, ctx.feats)
             for k in range(tokens.shape[1]):
                 self.dynamics.teacher_force_frame(state.cache, hist_actions[:, k], tokens[:, k])
+        if states is not None:
+            self.dynamics.set_state(state.cache, states.to(self.device), rows)
         return state
 
     @torch.no_grad()
