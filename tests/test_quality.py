@@ -54,7 +54,7 @@ def test_open_loop_imagination_holds(result):
 
 
 def test_imagined_state_follows_the_real_one(result):
-    # the state an agent in WM-Pick-v0 acts on (the state filter's output), in metres
+    # the imagined `state` an agent in WM-Pick-v0 acts on, against the real one, in metres
     ref = json.loads(REFERENCE.read_text())["open_loop"]
     for key in ("eef_err_m", "cube_err_m"):
         assert result["open_loop"][key]["mean"] <= ref[key]["mean"] + 0.01, key

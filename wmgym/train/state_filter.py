@@ -145,10 +145,14 @@ def filter_loss(dynamics: DynamicsTransformer, r: Rollouts, idx: Tensor | None =
     pred = dynamics.state_filter.unroll(hidden, dynamics.normalize_state(start), absolute,
                                         actions)
     mse = (pred - dynamics.normalize_state(target)).pow(2).mean()
-    real = pred * dynamics.state_std + dynamics.state_mean
-    err = torch.stack([(real[..., :3] - target[..., :3]).norm(dim=-1),
-                       (real[..., 5:8] - target[..., 5:8]).norm(dim=-1)], -1)
-    return mse, err.detach()
+    return mse, position_errors(pred * dynamics.state_std + dynamics.state_mean, target).detach()
+
+
+def position_errors(state: Tensor, target: Tensor) -> Tensor:
+    """End-effector and cube position errors ``(..., 2)`` in metres of states (real units)."""
+    eef, cube = slice(0, 3), slice(5, 8)  # spec.STATE_FIELDS: eef xyz, 2 fingers, cube xyz
+    return torch.stack([(state[..., eef] - target[..., eef]).norm(dim=-1),
+                        (state[..., cube] - target[..., cube]).norm(dim=-1)], -1)
 
 
 def _horizon_errors(err: Tensor) -> dict[str, float]:
@@ -166,9 +170,7 @@ def _horizon_errors(err: Tensor) -> dict[str, float]:
 def _plain_errors(dynamics: DynamicsTransformer, r: Rollouts) -> dict[str, float]:
     """The same errors for the plain state head (no filter)."""
     real = r.absolute * dynamics.state_std.cpu() + dynamics.state_mean.cpu()
-    err = torch.stack([(real[..., :3] - r.target[..., :3]).norm(dim=-1),
-                       (real[..., 5:8] - r.target[..., 5:8]).norm(dim=-1)], -1)
-    return _horizon_errors(err)
+    return _horizon_errors(position_errors(real, r.target))
 
 
 def train_state_filter(args: TrainStateFilterArgs) -> Path:
