@@ -24,7 +24,14 @@ from wmgym.mbpo import (
 )
 from wmgym.mbpo_experiment import MBPOArgs, mbpo_main, summarize
 from wmgym.policies import make_policy
-from wmgym.rl import WarmupSAC, make_sac, steps_to
+from wmgym.rl import (
+    DemoReplayBuffer,
+    LayerNormCritic,
+    StandardizedState,
+    WarmupSAC,
+    make_sac,
+    steps_to,
+)
 from wmgym.spec import IMAGE_KEYS
 from wmgym.transfer import TransferArgs, transfer_main
 
@@ -145,6 +152,62 @@ def test_warmup_policy_acts_until_learning_starts(tmp_path):
     agent.save(tmp_path / "sac.zip")
     assert SAC.load(tmp_path / "sac.zip").observation_space.spaces.keys() == {"state"}
     env.close()
+
+
+def test_demo_buffer_keeps_the_demonstrations_share_of_every_batch():
+    """After warm-up, each batch is ``demo_ratio`` demonstration rows, the rest the agent's own."""
+    env = _real_state_env(seed=1, max_episode_steps=20)
+    agent = make_sac(env, "pick:noise=0.3", demo_ratio=0.25, learning_starts=30, seed=0,
+                     device="cpu", batch_size=64)
+    buf = agent.replay_buffer
+    assert isinstance(buf, DemoReplayBuffer) and buf.demo_rows == 0
+    agent.learn(90)
+    assert buf.demo_rows == 30 and buf.pos == 90
+    buf.rewards[:30] = 1.0  # tag the rows: demonstrations 1, the agent's own 0
+    buf.rewards[30:90] = 0.0
+    shares = [float(buf.sample(64).rewards.mean()) for _ in range(20)]
+    assert shares == [0.25] * 20  # exactly 16 of 64 rows, every batch, with 60 own rows beside
+    buf.demo_ratio = 0.0  # uniform: the demonstrations' share is their share of the buffer
+    assert 0.2 < np.mean([float(buf.sample(64).rewards.mean()) for _ in range(50)]) < 0.45
+    env.close()
+    with pytest.raises(ValueError, match="demo_ratio"):
+        make_sac(env, None, demo_ratio=0.5)
+    with pytest.raises(ValueError, match="demo_ratio"):
+        make_sac(env, "pick", demo_ratio=1.0)
+
+
+def test_standardized_state_is_fitted_on_the_warmup_and_saved_with_the_agent(tmp_path):
+    env = _real_state_env(seed=2, max_episode_steps=25)
+    agent = make_sac(env, "pick:noise=0.3", standardize_state=True, critic_layer_norm=True,
+                     bc_steps=3, learning_starts=50, seed=0, device="cpu", batch_size=16)
+    extractors = [agent.actor.features_extractor, agent.critic.features_extractor,
+                  agent.critic_target.features_extractor]
+    assert all(isinstance(m, StandardizedState) and not m.fitted for m in extractors)
+    assert isinstance(agent.critic, LayerNormCritic)
+    assert sum(isinstance(m, torch.nn.LayerNorm) for m in agent.critic.qf0) == 2
+    agent.learn(50)
+    assert not extractors[0].fitted  # nothing learnt yet
+    agent.learn(10, reset_num_timesteps=False)
+    states = torch.as_tensor(agent.replay_buffer.observations["state"][:51, 0])
+    for m in extractors:  # fitted once, on the warm-up rows, before the first cloning step
+        assert m.fitted
+        torch.testing.assert_close(m.mean, states.mean(0))
+        torch.testing.assert_close(m.std, states.std(0).clamp_min(1e-3))
+    features = extractors[0]({"state": states})
+    assert features.shape == (51, 11)
+    torch.testing.assert_close(features[:, :8].mean(0), torch.zeros(8), atol=1e-4, rtol=0)
+    relative = states[:, 5:8] - states[:, :3]  # cube - gripper
+    torch.testing.assert_close(features[:, 8:] * extractors[0].relative_std, relative)
+    agent.save(tmp_path / "sac.zip")
+    loaded = SAC.load(tmp_path / "sac.zip", device="cpu")
+    torch.testing.assert_close(loaded.actor.features_extractor.mean, extractors[0].mean)
+    obs = {"state": states[:5].numpy()}
+    np.testing.assert_allclose(loaded.predict(obs, deterministic=True)[0],
+                               agent.predict(obs, deterministic=True)[0], atol=1e-6)
+    env.close()
+    with pytest.raises(ValueError, match="state-only"):
+        StandardizedState(gym.spaces.Dict({"state": env.observation_space["state"],
+                                           "rgb": gym.spaces.Box(0, 255, (4, 4, 3))}))
 
 
 def test_warmup_cloning_fits_the_demos_then_holds_the_actor_while_critics_learn():

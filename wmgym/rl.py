@@ -13,16 +13,21 @@ from typing import Any
 
 import numpy as np
 import torch
+from gymnasium import spaces
 from stable_baselines3 import SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.buffers import DictReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import ContinuousCritic
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.sac.policies import MultiInputPolicy
 from tqdm.auto import tqdm
 
 from wmgym.policies import Policy, make_policy
 from wmgym.policy_sources import SB3Policy
 from wmgym.registration import make_env
-from wmgym.spec import TaskSpec
+from wmgym.spec import STATE_FIELDS, TaskSpec
 
 
 @dataclass
@@ -46,6 +51,17 @@ class RLArgs:
     """With ``--warmup-policy``: Q-filtered cloning steps per SAC gradient step for the rest of
     training (the actor keeps imitating the warm-up actions where the critics rate them above its
     own); 0 = none."""
+    demo_ratio: float = 0.0
+    """With ``--warmup-policy``: share of every SAC batch drawn from the warm-up transitions for
+    the whole run (symmetric sampling, as in RLPD: Ball et al., 2023), the rest from the agent's
+    own; 0 = one buffer sampled uniformly, where the demonstrations' share shrinks as it grows."""
+    standardize_state: bool = False
+    """Feed the agent's networks the ``state`` standardised with the warm-up transitions'
+    statistics, plus the cube's position relative to the gripper (:class:`StandardizedState`);
+    state-only observations."""
+    critic_layer_norm: bool = False
+    """LayerNorm after each hidden layer of the critics (as in RLPD): keeps their values from
+    running away on actions far from the data."""
     ent_coef: str = "auto"
     """SAC's entropy coefficient: ``auto`` (tuned, starting at 1), ``auto_0.1`` (tuned, starting
     at 0.1: keeps a cloned actor's spread) or a fixed number."""
@@ -60,11 +76,13 @@ class RLArgs:
 
     #: The options above that shape the agent: results must share them to be compared.
     AGENT_SETTINGS = ("learning_starts", "warmup_policy", "warmup_bc_steps", "warmup_bc_ratio",
-                      "ent_coef")
+                      "demo_ratio", "standardize_state", "critic_layer_norm", "ent_coef")
 
     def make_sac(self, env: VecEnv, **kwargs: Any) -> SAC:
         """:func:`make_sac` with these options (warm-up, cloning, entropy coefficient)."""
         return make_sac(env, self.warmup_policy, self.warmup_bc_steps, self.warmup_bc_ratio,
+                        demo_ratio=self.demo_ratio, standardize_state=self.standardize_state,
+                        critic_layer_norm=self.critic_layer_norm,
                         ent_coef=ent_coef_value(self.ent_coef),
                         learning_starts=self.learning_starts, **kwargs)
 
@@ -187,7 +205,122 @@ BC_ACTION_LIMIT = 0.97
 BC_LEARNING_RATE = 1e-3
 
 
-class WarmupSAC(SAC):
+class StandardizedState(BaseFeaturesExtractor):
+    """Features of a state-only observation: ``(state - mean) / std`` and ``(cube - eef) / s``.
+
+    The raw state is in metres, its informative differences (a centimetre to the cube, a few
+    millimetres of finger travel) tiny beside the table height, which an MLP fed raw state barely
+    resolves. The statistics are fitted once (:meth:`fit`, from the warm-up transitions) and saved
+    with the policy, so a loaded agent sees the features it was trained on. The relative position
+    is robosuite's own ``gripper_to_cube_pos`` observation.
+    """
+
+    def __init__(self, observation_space: spaces.Dict, eef: int = STATE_FIELDS.index("eef_x"),
+                 cube: int = STATE_FIELDS.index("cube_x")) -> None:
+        if set(observation_space.spaces) != {"state"}:
+            raise ValueError("StandardizedState takes state-only observations, got keys "
+                             f"{sorted(observation_space.spaces)}")
+        n = observation_space["state"].shape[0]
+        super().__init__(observation_space, features_dim=n + 3)
+        self.eef, self.cube = eef, cube
+        self.register_buffer("mean", torch.zeros(n))
+        self.register_buffer("std", torch.ones(n))
+        self.register_buffer("relative_std", torch.ones(3))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    def _relative(self, state: torch.Tensor) -> torch.Tensor:
+        return state[..., self.cube:self.cube + 3] - state[..., self.eef:self.eef + 3]
+
+    def fit(self, states: np.ndarray) -> None:
+        """Sets the statistics from ``states`` ``(N, n)``."""
+        x = torch.as_tensor(np.asarray(states, np.float32).reshape(-1, self.mean.numel()))
+        self.mean.copy_(x.mean(0))
+        self.std.copy_(x.std(0).clamp_min(1e-3))  # a field that never moved stays finite
+        self.relative_std.copy_(self._relative(x).std(0).clamp_min(1e-3))
+        self.fitted.fill_(True)
+
+    def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
+        state = observations["state"]
+        return torch.cat([(state - self.mean) / self.std,
+                          self._relative(state) / self.relative_std], dim=-1)
+
+
+class LayerNormCritic(ContinuousCritic):
+    """SB3's SAC critics with ``LayerNorm`` between each hidden ``Linear`` and its activation."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for i, q_net in enumerate(self.q_networks):
+            linears = [m for m in q_net if isinstance(m, torch.nn.Linear)]
+            layers: list[torch.nn.Module] = []
+            for m in q_net:
+                layers.append(m)
+                if isinstance(m, torch.nn.Linear) and m is not linears[-1]:
+                    layers.append(torch.nn.LayerNorm(m.out_features))
+            self.q_networks[i] = torch.nn.Sequential(*layers)
+            self.add_module(f"qf{i}", self.q_networks[i])
+
+
+class LayerNormSACPolicy(MultiInputPolicy):
+    """SB3's SAC ``MultiInputPolicy`` with :class:`LayerNormCritic` critics."""
+
+    def make_critic(self, features_extractor: Any = None) -> ContinuousCritic:
+        """The critics (and their target copy) with LayerNorm."""
+        critic_kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)
+        return LayerNormCritic(**critic_kwargs).to(self.device)
+
+
+class DemoReplayBuffer(DictReplayBuffer):
+    """SB3's dict replay buffer that keeps its demonstrations' share of every batch fixed.
+
+    Its first ``demo_rows`` rows (the demonstrations) make up ``demo_ratio`` of every batch,
+    however many of the agent's own transitions follow them. :class:`WarmupSAC` sets
+    ``demo_rows`` as its warm-up fills the buffer. Until the agent has transitions of its own,
+    or once the ring wraps over the demonstrations, batches are uniform.
+    """
+
+    def __init__(self, *args: Any, demo_ratio: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not 0.0 <= demo_ratio < 1.0:
+            raise ValueError(f"demo_ratio must be in [0, 1), got {demo_ratio}")
+        if self.optimize_memory_usage:
+            raise ValueError("DemoReplayBuffer does not support optimize_memory_usage")
+        self.demo_ratio = demo_ratio
+        self.demo_rows = 0
+
+    def sample(self, batch_size: int, env: Any = None) -> Any:
+        """``round(batch_size * demo_ratio)`` demonstration rows, the rest the agent's own."""
+        if self.full or not 0 < self.demo_rows < self.pos or self.demo_ratio == 0:
+            return super().sample(batch_size, env=env)
+        n_demo = round(batch_size * self.demo_ratio)
+        rows = np.concatenate([np.random.randint(0, self.demo_rows, size=n_demo),
+                               np.random.randint(self.demo_rows, self.pos,
+                                                 size=batch_size - n_demo)])
+        return self._get_samples(rows, env=env)
+
+
+class StandardizingSAC(SAC):
+    """SB3 SAC that fits its :class:`StandardizedState` extractors (if any) when it first learns.
+
+    They are fitted on the replay buffer as it stands then: the warm-up transitions.
+    """
+
+    def train(self, gradient_steps: int, batch_size: int = 64) -> None:
+        self._fit_state_features()
+        super().train(gradient_steps, batch_size)
+
+    def _fit_state_features(self) -> None:
+        extractors = [m for m in (self.actor.features_extractor, self.critic.features_extractor,
+                                  self.critic_target.features_extractor)
+                      if isinstance(m, StandardizedState) and not m.fitted]
+        if extractors:
+            buffer = self.replay_buffer
+            rows = buffer.buffer_size if buffer.full else buffer.pos
+            for m in extractors:
+                m.fit(buffer.observations["state"][:rows])
+
+
+class WarmupSAC(StandardizingSAC):
     """SB3 SAC whose warm-up actions come from per-env copies of a policy, not uniform noise.
 
     SB3 samples uniform random actions while ``num_timesteps < learning_starts``; here the
@@ -225,6 +358,7 @@ class WarmupSAC(SAC):
         self.bc_optimizer: torch.optim.Optimizer | None = None
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
+        self._fit_state_features()  # before any cloning step
         if self.bc_optimizer is None and (self.bc_steps or self.bc_ratio):
             self.bc_optimizer = torch.optim.Adam(self.actor.parameters(), lr=BC_LEARNING_RATE)
             if self.bc_steps:
@@ -294,6 +428,9 @@ class WarmupSAC(SAC):
                           ) -> None:
         super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
         self._demo_rows += self._demonstrating
+        buffer = getattr(replay_buffer, "real", replay_buffer)  # under MBPO's MixedReplayBuffer
+        if isinstance(buffer, DemoReplayBuffer):
+            buffer.demo_rows = self._demo_rows
         for i in np.flatnonzero(dones):
             self.warmup[i].reset(seed=self.warmup_seed + self._warmup_episodes)
             self._warmup_episodes += 1
@@ -314,7 +451,8 @@ def ent_coef_value(text: str) -> str | float:
 
 
 def make_sac(env: VecEnv, warmup_policy: str | None = None, bc_steps: int = 0,
-             bc_ratio: float = 0.0, **kwargs: Any) -> SAC:
+             bc_ratio: float = 0.0, demo_ratio: float = 0.0, standardize_state: bool = False,
+             critic_layer_norm: bool = False, **kwargs: Any) -> SAC:
     """An SB3 SAC (``MultiInputPolicy``) on ``env``; ``warmup_policy`` acts in its warm-up.
 
     Args:
@@ -323,11 +461,23 @@ def make_sac(env: VecEnv, warmup_policy: str | None = None, bc_steps: int = 0,
             replaces SAC's uniform random warm-up actions; ``None`` keeps SB3's behaviour.
         bc_steps: Behaviour-cloning steps (then as many critic-only steps) when learning starts.
         bc_ratio: Q-filtered cloning steps per SAC gradient step afterwards (0: none).
+        demo_ratio: Share of every batch drawn from the warm-up transitions
+            (:class:`DemoReplayBuffer`); 0 = SB3's uniform replay.
+        standardize_state: Standardised state features (:class:`StandardizedState`).
+        critic_layer_norm: Critics with LayerNorm (:class:`LayerNormSACPolicy`).
         **kwargs: Passed on to :class:`stable_baselines3.SAC` (``seed``, ``learning_starts`` …).
     """
+    policy = LayerNormSACPolicy if critic_layer_norm else "MultiInputPolicy"
+    if standardize_state:
+        kwargs["policy_kwargs"] = {**kwargs.get("policy_kwargs", {}),
+                                   "features_extractor_class": StandardizedState}
     if warmup_policy is None:
-        if bc_steps or bc_ratio:
-            raise ValueError("cloning (bc_steps, bc_ratio) needs a warmup_policy to clone")
-        return SAC("MultiInputPolicy", env, **kwargs)
-    return WarmupSAC("MultiInputPolicy", env, warmup_policy=warmup_policy, bc_steps=bc_steps,
+        if bc_steps or bc_ratio or demo_ratio:
+            raise ValueError("cloning (bc_steps, bc_ratio) and demo_ratio need a warmup_policy "
+                             "whose transitions they use")
+        return StandardizingSAC(policy, env, **kwargs)
+    if demo_ratio:
+        kwargs.update(replay_buffer_class=DemoReplayBuffer,
+                      replay_buffer_kwargs={"demo_ratio": demo_ratio})
+    return WarmupSAC(policy, env, warmup_policy=warmup_policy, bc_steps=bc_steps,
                      bc_ratio=bc_ratio, **kwargs)
