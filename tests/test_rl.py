@@ -262,6 +262,22 @@ def test_q_filter_clones_only_where_the_critics_prefer_the_demonstration(prefer_
     env.close()
 
 
+def test_unfiltered_cloning_and_a_slower_actor():
+    """``bc_filter=False`` clones beside every SAC step; ``actor_lr_scale`` slows the actor only."""
+    env = _real_state_env(seed=0)
+    agent = make_sac(env, "pick", bc_ratio=2.0, bc_filter=False, actor_lr_scale=0.1,
+                     learning_starts=30, seed=0, device="cpu", batch_size=16)
+    assert agent.bc_filter is False
+    agent.learn(33)  # 3 SAC steps, each followed by two unfiltered cloning steps
+    assert agent.bc_optimizer.state_dict()["state"][0]["step"] == 6
+    lr = agent.lr_schedule(agent._current_progress_remaining)
+    assert agent.critic.optimizer.param_groups[0]["lr"] == pytest.approx(lr)
+    assert agent.actor.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * lr)
+    env.close()
+    with pytest.raises(ValueError, match="actor_lr_scale"):
+        make_sac(env, None, actor_lr_scale=0.0)
+
+
 def test_transfer_trains_in_both_twins_and_evaluates_in_sim(ckpt, tmp_path):
     args = TransferArgs(
         steps=64, learning_starts=32, wm_envs=2, eval_every=32, curve_episodes=1,

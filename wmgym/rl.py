@@ -51,6 +51,13 @@ class RLArgs:
     """With ``--warmup-policy``: Q-filtered cloning steps per SAC gradient step for the rest of
     training (the actor keeps imitating the warm-up actions where the critics rate them above its
     own); 0 = none."""
+    warmup_bc_filter: bool = True
+    """With ``--warmup-bc-ratio``: clone only where the critics prefer the demonstrated action
+    (Q-filter); ``--no-warmup-bc-filter`` clones everywhere (a fixed pull toward the
+    demonstrations, as in TD3+BC)."""
+    actor_lr_scale: float = 1.0
+    """The actor learns at this times SAC's learning rate (the critics at 1x): below 1, a cloned
+    actor moves more slowly than its critics learn."""
     demo_ratio: float = 0.0
     """With ``--warmup-policy``: share of every SAC batch drawn from the warm-up transitions for
     the whole run (symmetric sampling, as in RLPD: Ball et al., 2023), the rest from the agent's
@@ -76,11 +83,13 @@ class RLArgs:
 
     #: The options above that shape the agent: results must share them to be compared.
     AGENT_SETTINGS = ("learning_starts", "warmup_policy", "warmup_bc_steps", "warmup_bc_ratio",
-                      "demo_ratio", "standardize_state", "critic_layer_norm", "ent_coef")
+                      "warmup_bc_filter", "actor_lr_scale", "demo_ratio", "standardize_state",
+                      "critic_layer_norm", "ent_coef")
 
     def make_sac(self, env: VecEnv, **kwargs: Any) -> SAC:
         """:func:`make_sac` with these options (warm-up, cloning, entropy coefficient)."""
         return make_sac(env, self.warmup_policy, self.warmup_bc_steps, self.warmup_bc_ratio,
+                        bc_filter=self.warmup_bc_filter, actor_lr_scale=self.actor_lr_scale,
                         demo_ratio=self.demo_ratio, standardize_state=self.standardize_state,
                         critic_layer_norm=self.critic_layer_norm,
                         ent_coef=ent_coef_value(self.ent_coef),
@@ -299,11 +308,24 @@ class DemoReplayBuffer(DictReplayBuffer):
         return self._get_samples(rows, env=env)
 
 
-class StandardizingSAC(SAC):
-    """SB3 SAC that fits its :class:`StandardizedState` extractors (if any) when it first learns.
+class TunedSAC(SAC):
+    """SB3 SAC with two knobs of this project's recipe.
 
-    They are fitted on the replay buffer as it stands then: the warm-up transitions.
+    It fits its :class:`StandardizedState` extractors (if any) when it first learns, on the
+    replay buffer as it stands then (the warm-up transitions), and its actor learns at
+    ``actor_lr_scale`` times SAC's learning rate (the critics at 1x).
     """
+
+    def __init__(self, *args: Any, actor_lr_scale: float = 1.0, **kwargs: Any) -> None:
+        if actor_lr_scale <= 0:
+            raise ValueError(f"actor_lr_scale must be positive, got {actor_lr_scale}")
+        self.actor_lr_scale = actor_lr_scale
+        super().__init__(*args, **kwargs)
+
+    def _update_learning_rate(self, optimizers: Any) -> None:
+        super()._update_learning_rate(optimizers)
+        for group in self.actor.optimizer.param_groups:
+            group["lr"] = self.lr_schedule(self._current_progress_remaining) * self.actor_lr_scale
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
         self._fit_state_features()
@@ -320,7 +342,7 @@ class StandardizingSAC(SAC):
                 m.fit(buffer.observations["state"][:rows])
 
 
-class WarmupSAC(StandardizingSAC):
+class WarmupSAC(TunedSAC):
     """SB3 SAC whose warm-up actions come from per-env copies of a policy, not uniform noise.
 
     SB3 samples uniform random actions while ``num_timesteps < learning_starts``; here the
@@ -335,13 +357,15 @@ class WarmupSAC(StandardizingSAC):
         *args: SAC's (policy, env).
         warmup_policy: A :func:`wmgym.policies.make_policy` name, e.g. ``pick:noise=0.3``.
         bc_steps: Cloning steps when learning starts, then as many critic-only gradient steps.
-        bc_ratio: Q-filtered cloning steps per SAC gradient step after that.
-        **kwargs: SAC's keyword arguments.
+        bc_ratio: Cloning steps per SAC gradient step after that.
+        bc_filter: Q-filter those cloning steps (else clone every sampled demonstration).
+        **kwargs: :class:`TunedSAC`'s keyword arguments.
     """
 
     def __init__(self, *args: Any, warmup_policy: str, bc_steps: int = 0, bc_ratio: float = 0.0,
-                 **kwargs: Any) -> None:
+                 bc_filter: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.bc_filter = bc_filter
         if (bc_steps or bc_ratio) and self.learning_starts < 1:
             raise ValueError("cloning needs warm-up steps to clone: set learning_starts >= 1")
         self.warmup_policy, self.bc_steps, self.bc_ratio = warmup_policy, bc_steps, bc_ratio
@@ -375,7 +399,8 @@ class WarmupSAC(StandardizingSAC):
             super().train(gradient_steps - steps, batch_size)
             self._bc_debt += self.bc_ratio * (gradient_steps - steps)
             if self._bc_debt >= 1:
-                self.bc_loss = self._clone(int(self._bc_debt), batch_size, q_filter=True)
+                self.bc_loss = self._clone(int(self._bc_debt), batch_size,
+                                           q_filter=self.bc_filter)
                 self._bc_debt -= int(self._bc_debt)
         if self.bc_loss is not None:
             self.logger.record("train/bc_loss", self.bc_loss)
@@ -451,7 +476,8 @@ def ent_coef_value(text: str) -> str | float:
 
 
 def make_sac(env: VecEnv, warmup_policy: str | None = None, bc_steps: int = 0,
-             bc_ratio: float = 0.0, demo_ratio: float = 0.0, standardize_state: bool = False,
+             bc_ratio: float = 0.0, bc_filter: bool = True, actor_lr_scale: float = 1.0,
+             demo_ratio: float = 0.0, standardize_state: bool = False,
              critic_layer_norm: bool = False, **kwargs: Any) -> SAC:
     """An SB3 SAC (``MultiInputPolicy``) on ``env``; ``warmup_policy`` acts in its warm-up.
 
@@ -460,7 +486,9 @@ def make_sac(env: VecEnv, warmup_policy: str | None = None, bc_steps: int = 0,
         warmup_policy: A :func:`wmgym.policies.make_policy` name (e.g. ``pick:noise=0.3``) that
             replaces SAC's uniform random warm-up actions; ``None`` keeps SB3's behaviour.
         bc_steps: Behaviour-cloning steps (then as many critic-only steps) when learning starts.
-        bc_ratio: Q-filtered cloning steps per SAC gradient step afterwards (0: none).
+        bc_ratio: Cloning steps per SAC gradient step afterwards (0: none).
+        bc_filter: Q-filter those steps (Nair et al., 2018); else clone every sampled demo.
+        actor_lr_scale: The actor's learning rate over SAC's (:class:`TunedSAC`).
         demo_ratio: Share of every batch drawn from the warm-up transitions
             (:class:`DemoReplayBuffer`); 0 = SB3's uniform replay.
         standardize_state: Standardised state features (:class:`StandardizedState`).
@@ -475,9 +503,10 @@ def make_sac(env: VecEnv, warmup_policy: str | None = None, bc_steps: int = 0,
         if bc_steps or bc_ratio or demo_ratio:
             raise ValueError("cloning (bc_steps, bc_ratio) and demo_ratio need a warmup_policy "
                              "whose transitions they use")
-        return StandardizingSAC(policy, env, **kwargs)
+        return TunedSAC(policy, env, actor_lr_scale=actor_lr_scale, **kwargs)
     if demo_ratio:
         kwargs.update(replay_buffer_class=DemoReplayBuffer,
                       replay_buffer_kwargs={"demo_ratio": demo_ratio})
     return WarmupSAC(policy, env, warmup_policy=warmup_policy, bc_steps=bc_steps,
-                     bc_ratio=bc_ratio, **kwargs)
+                     bc_ratio=bc_ratio, bc_filter=bc_filter, actor_lr_scale=actor_lr_scale,
+                     **kwargs)
