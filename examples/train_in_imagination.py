@@ -1,12 +1,13 @@
 """Train SAC purely inside the learned twin, then check it in the real one.
 
-    python examples/train_in_imagination.py --steps 40000          # the shipped WM-Pick-v0
+    python examples/train_in_imagination.py --steps 20000          # the shipped WM-Pick-v0
     python examples/train_in_imagination.py --steps 200 --checkpoint path/to/checkpoint
 
 The agent sees the 8-d state (the CPU default); the world model imagines it without decoding
-frames. Its warm-up steps are a noisy scripted pick, cloned into the actor and kept as a
-Q-filtered imitation term (``wmgym.rl.make_sac``): plain SAC lifts nothing in 40k steps.
-``wmgym transfer`` runs the full comparison (also training in Sim, learning curves).
+frames. The agent is ``wmgym.rl.PICK_RECIPE``, the one of ``benchmarks/transfer.json``: SAC
+whose warm-up steps are a scripted pick (imagined), cloned and kept in every batch, with
+standardised state features (plain SAC lifts nothing in 40k steps). ``wmgym transfer`` runs the
+full comparison (also training in Sim, learning curves).
 """
 
 import argparse
@@ -16,11 +17,11 @@ import gymnasium as gym
 import wmgym  # noqa: F401  (registers Sim-Pick-v0 and WM-Pick-v0)
 from wmgym.env.sb3 import make_sb3_env
 from wmgym.policy_sources import SB3Policy
-from wmgym.rl import PICK_DEMOS, make_sac
+from wmgym.rl import PICK_RECIPE, make_sac
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40_000)
+    parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--episodes", type=int, default=20, help="real evaluation episodes")
     parser.add_argument("--checkpoint", default=None, help="default: the shipped WM-Pick-v0")
     cli = parser.parse_args()
@@ -30,9 +31,8 @@ if __name__ == "__main__":
                       terminate_on_success=False,
                       **({"checkpoint": cli.checkpoint} if cli.checkpoint else {}))
     warmup = min(5000, cli.steps // 2)
-    agent = make_sac(wm, PICK_DEMOS, bc_steps=warmup,
-                     bc_ratio=1.0, learning_starts=warmup, gradient_steps=16,
-                     ent_coef="auto_0.05", seed=0)
+    recipe = {**PICK_RECIPE, "bc_steps": warmup, "learning_starts": warmup}
+    agent = make_sac(wm, **recipe, gradient_steps=16, seed=0)  # one update per imagined step
     agent.learn(cli.steps, progress_bar=True)
 
     real = gym.make("Sim-Pick-v0", images=False)  # same spaces, robosuite underneath

@@ -25,8 +25,10 @@ from wmgym.mbpo import (
 from wmgym.mbpo_experiment import MBPOArgs, mbpo_main, summarize
 from wmgym.policies import make_policy
 from wmgym.rl import (
+    PICK_RECIPE,
     DemoReplayBuffer,
     LayerNormCritic,
+    RLArgs,
     StandardizedState,
     WarmupSAC,
     make_sac,
@@ -276,6 +278,15 @@ def test_unfiltered_cloning_and_a_slower_actor():
     env.close()
     with pytest.raises(ValueError, match="actor_lr_scale"):
         make_sac(env, None, actor_lr_scale=0.0)
+
+
+def test_pick_recipe_is_the_agent_of_the_transfer_benchmark():
+    """``PICK_RECIPE`` (examples, README) and ``benchmarks/transfer.json`` name the same agent."""
+    saved = json.loads((REPO / "benchmarks" / "transfer.json").read_text())
+    flag = {"bc_steps": "warmup_bc_steps", "bc_ratio": "warmup_bc_ratio",
+            "bc_filter": "warmup_bc_filter"}
+    assert {k: saved[flag.get(k, k)] for k in PICK_RECIPE} == PICK_RECIPE
+    assert {flag.get(k, k) for k in PICK_RECIPE} == set(RLArgs.AGENT_SETTINGS)
 
 
 def test_transfer_trains_in_both_twins_and_evaluates_in_sim(ckpt, tmp_path):

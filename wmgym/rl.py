@@ -100,6 +100,16 @@ class RLArgs:
 #: imperfect scripted pick (70% of its episodes lift in robosuite).
 PICK_DEMOS = "pick:noise=0.2,error=0.015,drop_prob=0.1"
 
+#: The agent of ``benchmarks/transfer.json``, the same in both twins (:func:`make_sac` keywords):
+#: SAC whose 5,000 warm-up steps are a clean scripted pick, cloned into the actor and kept at half
+#: of every batch and as an unfiltered cloning term, with a 10x slower actor, LayerNorm critics
+#: and standardised state features.
+PICK_RECIPE: dict[str, Any] = {
+    "warmup_policy": "pick:noise=0.1", "learning_starts": 5000, "bc_steps": 5000,
+    "bc_ratio": 1.0, "bc_filter": False, "actor_lr_scale": 0.1, "demo_ratio": 0.5,
+    "standardize_state": True, "critic_layer_norm": True, "ent_coef": "auto_0.05",
+}
+
 #: Seeds of real evaluation episodes start here (training episodes use ``seed + i``).
 EVAL_SEED_OFFSET = 100_000
 
