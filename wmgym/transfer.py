@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -187,34 +188,51 @@ def summarize(twins: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def plot_transfer(result: dict[str, Any], path: str | Path) -> Path:
-    """Learning curves: real success of both agents, and the WM agent's imagined success."""
+def plot_transfer(results: dict[str, Any] | Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Learning curves of one result or several (seeds), both twins' agents.
+
+    Real success of both agents, the WM agent's imagined success, and each agent's final
+    evaluation (a star). With several results each seed is drawn faint, the mean bold.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    results = [results] if isinstance(results, dict) else list(results)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     colors = {"wm": "tab:blue", "sim": "tab:orange"}
-    for twin, rec in result["twins"].items():
-        steps = [p["step"] for p in rec["curve"]]
+    alpha = 1.0 if len(results) == 1 else 0.3
+    for twin, color in colors.items():
+        recs = [r["twins"][twin] for r in results if twin in r["twins"]]
+        if not recs:
+            continue
         label = "trained in WM" if twin == "wm" else "trained in Sim"
-        axes[0].plot(steps, [p["real_success"] for p in rec["curve"]], "o-",
-                     color=colors[twin], label=label)
-        axes[1].plot(steps, [p["real_return"] for p in rec["curve"]], "o-",
-                     color=colors[twin], label=f"{label}: real")
+        series = [("real_success", "real_return", "-", f"{label}: real")]
         if twin == "wm":
-            axes[0].plot(steps, [p["train_success"] for p in rec["curve"]], "--",
-                         color=colors[twin], alpha=0.6, label="trained in WM: imagined episodes")
-            axes[1].plot(steps, [p["train_return"] for p in rec["curve"]], "--",
-                         color=colors[twin], alpha=0.6, label="trained in WM: imagined")
+            series.append(("train_success", "train_return", "--", f"{label}: imagined"))
+        for success, ret, style, name in series:
+            for ax, key in zip(axes, (success, ret)):
+                curves = [[p[key] for p in rec["curve"]] for rec in recs]
+                steps = [p["step"] for p in recs[0]["curve"]]
+                for curve in curves:
+                    ax.plot(steps, curve, style, color=color, alpha=alpha,
+                            label=name if len(results) == 1 else None)
+                if len(results) > 1 and len({len(c) for c in curves}) == 1:
+                    ax.plot(steps, np.mean(curves, axis=0), style, color=color, lw=2.2,
+                            label=f"{name}, mean of {len(curves)} seeds")
+        final = [rec["real_success"] for rec in recs]
+        axes[0].plot([recs[0]["steps"]] * len(final), final, "*", color=color, ms=11,
+                     label=f"{label}: final, 50 real episodes")
     axes[0].set(xlabel="training steps", ylabel="success rate", ylim=(-0.05, 1.05),
                 title="success in Sim (real)")
     axes[1].set(xlabel="training steps", ylabel="episode return", title="return")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{result['algo'].upper()}: train in imagination vs in the real simulator")
+    seeds = ", ".join(str(r["seed"]) for r in results)
+    fig.suptitle(f"{results[0]['algo'].upper()}: train in imagination vs in the real simulator "
+                 f"(seed {seeds})")
     fig.tight_layout()
     return save_figure(fig, path)
 
