@@ -35,7 +35,7 @@ from wmgym.rl import (
     steps_to,
 )
 from wmgym.spec import IMAGE_KEYS
-from wmgym.transfer import TransferArgs, transfer_main
+from wmgym.transfer import TransferArgs, plot_transfer, transfer_main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -294,6 +294,10 @@ def test_transfer_trains_in_both_twins_and_evaluates_in_sim(ckpt, tmp_path):
         steps=64, learning_starts=32, wm_envs=2, eval_every=32, curve_episodes=1,
         eval_episodes=2, checkpoint=str(ckpt), device="cpu", out=tmp_path / "runs",
         result=tmp_path / "transfer.json", plot=tmp_path / "transfer.png", progress=False,
+        # the recipe's options, on a tiny budget (PICK_RECIPE's are in benchmarks/transfer.json)
+        warmup_policy="pick:noise=0.1", warmup_bc_steps=8, warmup_bc_ratio=1.0,
+        warmup_bc_filter=False, actor_lr_scale=0.1, demo_ratio=0.5, standardize_state=True,
+        critic_layer_norm=True,
     )
     result = transfer_main(args)
     saved = json.loads((tmp_path / "transfer.json").read_text())
@@ -308,6 +312,8 @@ def test_transfer_trains_in_both_twins_and_evaluates_in_sim(ckpt, tmp_path):
     transfer_main(TransferArgs(**{**args.__dict__, "twins": ("sim",), "plot": None}))
     again = json.loads((tmp_path / "transfer.json").read_text())
     assert again["twins"]["wm"] == saved["twins"]["wm"]
+    assert again["standardize_state"] is True and again["warmup_bc_filter"] is False
+    assert plot_transfer([saved, again], tmp_path / "seeds.png").exists()  # several seeds
 
 
 def test_mbpo_experiment_reports_crossings(ckpt, tmp_path):
