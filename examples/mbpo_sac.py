@@ -1,21 +1,22 @@
 """SAC in the real task, its replay buffer augmented with imagined branches (MBPO).
 
-    python examples/mbpo_sac.py --steps 15000            # the shipped WM-Pick-v0
+    python examples/mbpo_sac.py --steps 10000            # the shipped WM-Pick-v0
     python examples/mbpo_sac.py --steps 300 --checkpoint path/to/checkpoint
 
-The agent is the one measured in ``benchmarks/mbpo.json``: its warm-up steps are a noisy
-scripted pick, cloned into the actor and kept as a Q-filtered imitation term. ``wmgym mbpo`` runs
-the full comparison against plain SAC (several seeds, real steps to 50% and 80% success, plot).
+The agent is ``wmgym.rl.PICK_RECIPE`` with a 2,000-step warm-up, as measured in
+``benchmarks/mbpo_recipe.json``: its warm-up steps are a scripted pick, cloned into the actor and
+kept in every batch, with standardised state features. ``wmgym mbpo`` runs the full comparison
+against plain SAC (several seeds, real steps to 50% and 80% success, plot).
 """
 
 import argparse
 
 from wmgym.mbpo import MBPO, make_real_env
-from wmgym.rl import PICK_DEMOS, make_sac
+from wmgym.rl import PICK_RECIPE, make_sac
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=15_000)
+    parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--checkpoint", default=None, help="default: the shipped WM-Pick-v0")
     cli = parser.parse_args()
 
@@ -23,9 +24,8 @@ if __name__ == "__main__":
     # images, as a start for imagined branches
     env, bank = make_real_env("Sim-Pick-v0", seed=0, stride=2)
     warmup = min(2000, cli.steps // 3)
-    agent = make_sac(env, PICK_DEMOS, bc_steps=warmup,
-                     bc_ratio=1.0, learning_starts=warmup, gradient_steps=2,
-                     ent_coef="auto_0.05", seed=0)
+    recipe = {**PICK_RECIPE, "bc_steps": warmup, "learning_starts": warmup}
+    agent = make_sac(env, **recipe, gradient_steps=2, seed=0)
     mbpo = MBPO(bank, every=250, rollouts=256, horizon=3, real_ratio=0.5,
                 checkpoint=cli.checkpoint)
     agent.learn(cli.steps, callback=mbpo, progress_bar=True)

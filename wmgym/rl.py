@@ -96,7 +96,7 @@ class RLArgs:
                         learning_starts=self.learning_starts, **kwargs)
 
 
-#: The warm-up policy of ``benchmarks/transfer.json`` and ``benchmarks/mbpo.json``: a noisy,
+#: The warm-up policy of ``benchmarks/transfer_qfilter.json`` and ``benchmarks/mbpo.json``: a noisy,
 #: imperfect scripted pick (70% of its episodes lift in robosuite).
 PICK_DEMOS = "pick:noise=0.2,error=0.015,drop_prob=0.1"
 
