@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from wmgym.env.core import Imagination
 from wmgym.registration import make_env
-from wmgym.spec import TaskSpec, load_spec
+from wmgym.spec import CUBE_POS, EEF_POS, TaskSpec, load_spec
 
 #: Constant actions ``[dx, dy, dz, gripper]`` the probes apply.
 PATTERNS: dict[str, tuple[float, float, float, float]] = {
@@ -136,10 +136,10 @@ def probe_actions(
         return np.linalg.norm(a - b, axis=-1)
 
     return ProbeResult(
-        eef_err=dist(imagined[..., 1:, :3], real_state[..., 1:, :3]),
-        cube_err=dist(imagined[..., 1:, 5:8], real_state[..., 1:, 5:8]),
-        real_move=dist(real_state[..., 1:, :3], real_state[..., :1, :3]),
-        imagined_move=dist(imagined[..., 1:, :3], imagined[..., :1, :3]),
+        eef_err=dist(imagined[..., 1:, EEF_POS], real_state[..., 1:, EEF_POS]),
+        cube_err=dist(imagined[..., 1:, CUBE_POS], real_state[..., 1:, CUBE_POS]),
+        real_move=dist(real_state[..., 1:, EEF_POS], real_state[..., :1, EEF_POS]),
+        imagined_move=dist(imagined[..., 1:, EEF_POS], imagined[..., :1, EEF_POS]),
         imagined_success=imagined_success,
         real_success=real_success,
     )

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wmgym.spec import CUBE_POS
+
 
 @dataclass
 class DemoArgs:
@@ -40,7 +42,7 @@ def agreement(real: dict, imagined: dict) -> dict[str, float]:
         "psnr": float(10 * np.log10(255.0**2 / max(mse, 1e-10))),
         "mask_iou": float(inter / union) if union else 1.0,
         "depth_mae_m": float(np.abs(real["depth"] - imagined["depth"]).mean()),
-        "cube_err_m": float(np.linalg.norm(real["state"][5:8] - imagined["state"][5:8])),
+        "cube_err_m": float(np.linalg.norm(real["state"][CUBE_POS] - imagined["state"][CUBE_POS])),
     }
 
 

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from wmgym.model.frames import DEPTH, MASK, RGB, psnr, ssim
 from wmgym.model.world_model import WorldModel, resolve_device
+from wmgym.spec import CUBE_POS, EEF_POS
 from wmgym.viz import save_figure
 
 HORIZONS = (1, 5, 10, 15, 25, 50, 100)
@@ -188,10 +189,8 @@ def evaluate(args: EvalArgs) -> dict:
     ol = result["open_loop"]
     ol["reward_mae"] = _per_horizon(np.abs(r_pred - rewards), length)
     ol["success_acc"] = _per_horizon(((s_pred > 0.5) == success).astype(float), length)
-    ol["eef_err_m"] = _per_horizon(np.linalg.norm(st_pred[..., :3] - state[..., :3], axis=-1),
-                                   length)
-    ol["cube_err_m"] = _per_horizon(np.linalg.norm(st_pred[..., 5:8] - state[..., 5:8], axis=-1),
-                                    length)
+    for key, pos in (("eef_err_m", EEF_POS), ("cube_err_m", CUBE_POS)):
+        ol[key] = _per_horizon(np.linalg.norm(st_pred[..., pos] - state[..., pos], axis=-1), length)
     result["action_sensitivity"] = {
         k: {"real_actions": float(real[k].mean()), "other_actions": float(other[k].mean())}
         for k in ("rgb_psnr", "mask_iou", "depth_absrel")

@@ -18,6 +18,8 @@ from typing import Protocol
 
 import numpy as np
 
+from wmgym.spec import CUBE_POS, EEF_POS
+
 HOVER = 0.06  # height above the cube to line up at, metres
 GRASP_DEPTH = 0.0  # eef height relative to the cube centre when closing
 LIFT = 0.15  # lift height above the grasp point, metres
@@ -94,7 +96,7 @@ class ScriptedPick:
 
     def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         state = np.asarray(obs["state"], np.float64)
-        eef, cube = state[:3], state[5:8] + self.offset
+        eef, cube = state[EEF_POS], state[CUBE_POS] + self.offset
         self.t += 1
         self.t_phase += 1
         if self.explore and not self.excursion_left and self.rng.random() < self.explore:

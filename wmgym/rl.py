@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from wmgym.policies import Policy, make_policy
 from wmgym.policy_sources import SB3Policy
 from wmgym.registration import make_env
-from wmgym.spec import STATE_FIELDS, TaskSpec
+from wmgym.spec import CUBE_POS, EEF_POS, TaskSpec
 
 
 @dataclass
@@ -234,8 +234,8 @@ class StandardizedState(BaseFeaturesExtractor):
     is robosuite's own ``gripper_to_cube_pos`` observation.
     """
 
-    def __init__(self, observation_space: spaces.Dict, eef: int = STATE_FIELDS.index("eef_x"),
-                 cube: int = STATE_FIELDS.index("cube_x")) -> None:
+    def __init__(self, observation_space: spaces.Dict, eef: slice = EEF_POS,
+                 cube: slice = CUBE_POS) -> None:
         if set(observation_space.spaces) != {"state"}:
             raise ValueError("StandardizedState takes state-only observations, got keys "
                              f"{sorted(observation_space.spaces)}")
@@ -248,7 +248,7 @@ class StandardizedState(BaseFeaturesExtractor):
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
     def _relative(self, state: torch.Tensor) -> torch.Tensor:
-        return state[..., self.cube:self.cube + 3] - state[..., self.eef:self.eef + 3]
+        return state[..., self.cube] - state[..., self.eef]
 
     def fit(self, states: np.ndarray) -> None:
         """Sets the statistics from ``states`` ``(N, n)``."""

@@ -30,6 +30,7 @@ from wmgym.model import checkpoint as ckpt
 from wmgym.model.transformer import DynamicsTransformer
 from wmgym.model.world_model import WorldModel, resolve_device
 from wmgym.results import machine
+from wmgym.spec import CUBE_POS, EEF_POS
 from wmgym.train import common
 from wmgym.train.data import EpisodeTensors, load_episodes
 
@@ -150,9 +151,8 @@ def filter_loss(dynamics: DynamicsTransformer, r: Rollouts, idx: Tensor | None =
 
 def position_errors(state: Tensor, target: Tensor) -> Tensor:
     """End-effector and cube position errors ``(..., 2)`` in metres of states (real units)."""
-    eef, cube = slice(0, 3), slice(5, 8)  # spec.STATE_FIELDS: eef xyz, 2 fingers, cube xyz
-    return torch.stack([(state[..., eef] - target[..., eef]).norm(dim=-1),
-                        (state[..., cube] - target[..., cube]).norm(dim=-1)], -1)
+    return torch.stack([(state[..., EEF_POS] - target[..., EEF_POS]).norm(dim=-1),
+                        (state[..., CUBE_POS] - target[..., CUBE_POS]).norm(dim=-1)], -1)
 
 
 def _horizon_errors(err: Tensor) -> dict[str, float]:
