@@ -223,7 +223,7 @@ def plot_transfer(results: dict[str, Any] | Sequence[dict[str, Any]], path: str 
                             label=f"{name}, mean of {len(curves)} seeds")
         final = [rec["real_success"] for rec in recs]
         axes[0].plot([recs[0]["steps"]] * len(final), final, "*", color=color, ms=11,
-                     label=f"{label}: final, 50 real episodes")
+                     label=f"{label}: final, {results[0]['eval_episodes']} real episodes")
     axes[0].set(xlabel="training steps", ylabel="success rate", ylim=(-0.05, 1.05),
                 title="success in Sim (real)")
     axes[1].set(xlabel="training steps", ylabel="episode return", title="return")
