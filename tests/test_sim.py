@@ -8,7 +8,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from wmgym.policies import RandomPolicy, ScriptedPick
-from wmgym.spec import load_spec
+from wmgym.spec import CUBE_POS, load_spec
 
 
 def test_spaces_are_exactly_the_spec(sim_env):
@@ -203,3 +203,30 @@ def test_slow_and_pausing_picks():
     still = [not np.abs(pausing(obs)[:3]).any() for _ in range(60)]
     runs = [len(r) for r in "".join("x" if s else "." for s in still).split(".") if r]
     assert runs and all(r >= 2 for r in runs[:-1])  # the last run may be cut by the loop's end
+
+
+@pytest.mark.parametrize("seed, feint", [(0, False), (1, True)])
+def test_hesitant_pick_holds_the_open_gripper_at_the_cube(seed, feint):
+    env = gym.make("Sim-Pick-v0", images=False, terminate_on_success=False)
+    policy = ScriptedPick(hesitate=1.0)
+    policy.reset(seed)
+    height, steps, feints = policy.wait
+    assert feints == feint and 0.0 <= height <= 0.03 and 3 <= steps <= 25
+    obs, _ = env.reset(seed=seed)
+    phases, success_at, cube_z = [], None, None
+    for t in range(env.spec.max_episode_steps):
+        action = policy(obs)
+        phases.append(policy.phase)
+        if policy.phase in ("wait", "feint"):
+            cube_z = obs["state"][CUBE_POS][2] if cube_z is None else cube_z
+            assert action[3] == -1.0  # the gripper stays open at the cube...
+            assert abs(obs["state"][CUBE_POS][2] - cube_z) < 0.005  # ...and the cube stays put
+        obs, _, _, _, info = env.step(action)
+        if info["success"] and success_at is None:
+            success_at = t
+    env.close()
+    runs = [p for i, p in enumerate(phases) if i == 0 or p != phases[i - 1]]
+    expected = ["approach", "descend", "wait"]
+    expected += ["feint", "approach", "descend", "close", "lift"] if feint else ["close", "lift"]
+    assert runs == expected and phases.count("wait") == steps
+    assert success_at is not None  # the pick still lifts, after the feint if there was one

@@ -9,7 +9,7 @@ import torch
 
 from wmgym.card import CardArgs, render_card
 from wmgym.data.collect import CollectArgs, collect
-from wmgym.evaluation import EvalArgs, evaluate
+from wmgym.evaluation import EvalArgs, evaluate, format_table
 from wmgym.model.checkpoint import read_config
 from wmgym.model.world_model import WorldModel
 from wmgym.train.data import load_episodes
@@ -86,6 +86,10 @@ def test_dynamics_exports_a_loadable_world_model(tiny_data, tiny_tokenizer, tmp_
                                probe_starts=1))
     assert result["steps"] == 5 and (tmp_path / "eval" / "rollout.gif").exists()
     assert 0.0 <= result["action_probe"]["false_success"] <= 1.0
+    grasp = result["grasp_probe"]
+    assert grasp["episodes"] == 1 and grasp["pick_success_real"] == 1.0  # the script lifts
+    assert grasp["open_success_real"] == grasp["open_fingers_closed_real"] == 0.0
+    assert 0.0 <= grasp["open_success"] <= 1.0 and "Grasp probes (1 real" in format_table(result)
     assert 0.0 <= result["open_loop"]["success_acc"]["mean"] <= 1.0
     (tmp_path / "notes.md").write_text("## Measured elsewhere\nprobes\n")
     card = render_card(CardArgs(checkpoint=str(ckpt), eval=str(tmp_path / "eval/metrics.json"),

@@ -12,6 +12,9 @@ Three measurements on the same episodes, batched:
 4. **Action probes** — constant actions the data never showed (hold, up, sideways, …) from
    real starts, in ``Sim-<Task>-v0`` and imagined (:mod:`wmgym.action_probe`): the gripper
    error and the false successes an agent training in imagination would meet.
+5. **Grasp probes** — the scripted pick closed loop in both twins, as it is and with its gripper
+   held open (:mod:`wmgym.grasp_probe`): does the model lift only when the fingers were told to
+   close?
 
 Writes ``metrics.json``, ``horizon.png`` (metric vs horizon) and ``rollout.gif``
 (real | imagined; rgb, depth, mask).
@@ -64,7 +67,7 @@ class EvalArgs:
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
     probe_starts: int = 8
-    """Real starts of the action probes (runs robosuite; 0 = skip them)."""
+    """Real starts of the action and grasp probes (runs robosuite; 0 = skip them)."""
 
 
 def frame_metrics(pred: Tensor, true: Tensor, depth_range) -> dict[str, Tensor]:
@@ -197,6 +200,7 @@ def evaluate(args: EvalArgs) -> dict:
     }
     if args.probe_starts:
         from wmgym.action_probe import probe_actions
+        from wmgym.grasp_probe import probe_grasps
         from wmgym.model.checkpoint import read_config
 
         task = str(read_config(args.checkpoint).get("task", "pick")).lower()
@@ -204,6 +208,10 @@ def evaluate(args: EvalArgs) -> dict:
             task, args.probe_starts, seed=args.seed,
             checkpoint=args.checkpoint, device=args.device, temperature=args.temperature,
             decoding=args.decoding,
+        ).summary()
+        result["grasp_probe"] = probe_grasps(
+            task, args.probe_starts, seed=args.seed, checkpoint=args.checkpoint,
+            device=args.device, temperature=args.temperature, decoding=args.decoding,
         ).summary()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -272,6 +280,14 @@ def format_table(result: dict) -> str:
                 f"{h} {v:.3f} m" for h, v in p["eef_err_m"].items())
             + f"; false successes {p['false_success']:.2f}; imagined/real gripper travel "
             f"{p['move_ratio']:.2f}")
+    if "grasp_probe" in result:
+        g = result["grasp_probe"]
+        lines.append(
+            f"Grasp probes ({g['episodes']} real starts, scripted pick closed loop): with the "
+            f"gripper held open, imagined lifts {g['open_success']:.2f} (real "
+            f"{g['open_success_real']:.2f}), fingers closing on their own "
+            f"{g['open_fingers_closed']:.2f} (real {g['open_fingers_closed_real']:.2f}); "
+            f"the plain pick lifts {g['pick_success']:.2f} (real {g['pick_success_real']:.2f})")
     return "\n".join(lines)
 
 

@@ -25,6 +25,9 @@ GRASP_DEPTH = 0.0  # eef height relative to the cube centre when closing
 LIFT = 0.15  # lift height above the grasp point, metres
 CLOSE_STEPS = 6  # steps to hold still while the fingers close
 GAIN = 12.0  # action units per metre of position error (action 1 = 5 cm target delta)
+WAIT_HEIGHT = 0.03  # hesitate=: highest hold above the grasp point, metres
+WAIT_STEPS = 25  # hesitate=: longest hold with the gripper open at the cube, steps
+FEINT_STEPS = 10  # hesitate=: steps of lifting the open gripper before starting over
 
 
 class Policy(Protocol):
@@ -58,18 +61,23 @@ class ScriptedPick:
         hold: Longest excursion, in steps. Long ones take the arm far from any pick path (an
             agent early in training holds saturated actions like this).
         lead: Probability per episode of starting with an excursion, from the reset frame.
+        hesitate: Probability per episode of hesitating at the grasp: after the descent the arm
+            holds 0-3 cm above the grasp point with the gripper open for 3-25 steps; then it
+            either closes as usual or (half the time) feints: lifts with the gripper open and
+            starts the pick over, without hesitating again. Without such data a model reads
+            "the fingers close" off "the open gripper is at the cube", whatever the action says.
 
     """
 
     def __init__(
         self, noise: float = 0.0, error: float = 0.0, drop_prob: float = 0.0,
         give_up_prob: float = 0.0, explore: float = 0.0, gain: float = 1.0, pause: float = 0.0,
-        hold: int = 8, lead: float = 0.0,
+        hold: int = 8, lead: float = 0.0, hesitate: float = 0.0,
     ):
         if hold < 2:
             raise ValueError(f"hold must be at least 2 steps, got {hold}")
         self.noise, self.error, self.gain, self.pause = noise, error, gain, pause
-        self.hold, self.lead = int(hold), lead
+        self.hold, self.lead, self.hesitate = int(hold), lead, hesitate
         self.drop_prob, self.give_up_prob, self.explore = drop_prob, give_up_prob, explore
         self.reset()
 
@@ -86,6 +94,10 @@ class ScriptedPick:
         self.last_grip = -1.0
         if self.lead and self.rng.random() < self.lead:  # no draw at lead=0: old seeds replay
             self._start_excursion()
+        self.wait: tuple[float, int, bool] | None = None  # height, steps, feint
+        if self.hesitate and self.rng.random() < self.hesitate:  # no draw at 0, as for lead
+            self.wait = (float(self.rng.uniform(0.0, WAIT_HEIGHT)),
+                         int(self.rng.integers(3, WAIT_STEPS + 1)), bool(self.rng.random() < 0.5))
 
     def _start_excursion(self) -> None:
         self.excursion = self._excursion()
@@ -135,8 +147,19 @@ class ScriptedPick:
         if self.phase == "descend":
             grasp = cube + [0.0, 0.0, GRASP_DEPTH]
             if eef[2] - grasp[2] < 0.008 or self.t_phase > 30:
-                self._next("close")
+                self._next("close" if self.wait is None else "wait")
             return self._goto(eef, grasp, -1.0)
+        if self.phase == "wait":  # hesitate=: open gripper held at the cube
+            height, steps, feint = self.wait  # type: ignore[misc]
+            if self.t_phase >= steps:
+                self._next("feint" if feint else "close")
+                self.lift_from = eef.copy()
+            return self._goto(eef, cube + [0.0, 0.0, GRASP_DEPTH + height], -1.0)
+        if self.phase == "feint":  # lift the open gripper, then start over
+            if self.t_phase >= FEINT_STEPS:
+                self.wait = None
+                self._next("approach")
+            return self._goto(eef, self.lift_from + [0.0, 0.0, LIFT], -1.0)
         if self.phase == "close":
             if self.t_phase >= CLOSE_STEPS:
                 self._next("lift")

@@ -26,9 +26,10 @@ SPEC_DIR = Path(os.environ.get("WMGYM_ENVS", REPO_ROOT / "envs"))
 
 #: Layout of the privileged ``state`` vector shared by both twins.
 STATE_FIELDS = ("eef_x", "eef_y", "eef_z", "grip_l", "grip_r", "cube_x", "cube_y", "cube_z")
-#: Where the gripper's and the cube's xyz positions sit in ``state``.
+#: Where the gripper's and the cube's xyz positions and the two finger joints sit in ``state``.
 EEF_POS = slice(STATE_FIELDS.index("eef_x"), STATE_FIELDS.index("eef_z") + 1)
 CUBE_POS = slice(STATE_FIELDS.index("cube_x"), STATE_FIELDS.index("cube_z") + 1)
+GRIP = slice(STATE_FIELDS.index("grip_l"), STATE_FIELDS.index("grip_r") + 1)
 IMAGE_KEYS = ("rgb", "depth", "mask")
 STATE_BOUND = 5.0  # metres
 

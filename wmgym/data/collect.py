@@ -58,8 +58,20 @@ REACH_MIX: dict[str, float] = {
     "random:repeat=20": 0.15,
 }
 
+#: Hesitant grasps: the open gripper held at the cube (0-3 cm above the grasp point, 3-25 steps),
+#: then a grasp or a feint (an empty lift, then the pick over). A fifth dataset: trained without
+#: it, a model closes the fingers itself once the open gripper reaches the cube (an agent that
+#: only hovers there lifts in imagination), since in the scripted data the fingers always did.
+HESITATE_MIX: dict[str, float] = {
+    "pick:hesitate=1": 0.35,
+    "pick:hesitate=1,noise=0.1": 0.25,
+    "pick:hesitate=1,error=0.02": 0.2,
+    "pick:hesitate=0.5,pause=0.1": 0.2,
+}
+
 MIXES: dict[str, dict[str, float]] = {
     "mix": MIX, "explore": EXPLORE_MIX, "slow": SLOW_MIX, "reach": REACH_MIX,
+    "hesitate": HESITATE_MIX,
 }
 
 
@@ -73,7 +85,8 @@ class CollectArgs:
     """Number of episodes."""
     policy: str = "mix"
     """``mix`` (the default mix), ``explore`` (off-script actions), ``slow`` (slow picks and
-    pauses), ``reach`` (long held moves from the start), or one policy name such as
+    pauses), ``reach`` (long held moves from the start), ``hesitate`` (open gripper held at the
+    cube, grasps and feints), or one policy name such as
     ``pick:noise=0.3`` or ``random``."""
     workers: int = 2
     """Worker processes, each with its own simulator."""
