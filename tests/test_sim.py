@@ -8,7 +8,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from wmgym.policies import RandomPolicy, ScriptedPick
-from wmgym.spec import CUBE_POS, load_spec
+from wmgym.spec import CUBE_POS, EEF_POS, load_spec
 
 
 def test_spaces_are_exactly_the_spec(sim_env):
@@ -230,3 +230,25 @@ def test_hesitant_pick_holds_the_open_gripper_at_the_cube(seed, feint):
     expected += ["feint", "approach", "descend", "close", "lift"] if feint else ["close", "lift"]
     assert runs == expected and phases.count("wait") == steps
     assert success_at is not None  # the pick still lifts, after the feint if there was one
+
+
+def test_hovering_pick_stops_above_the_cube_and_holds_still():
+    env = gym.make("Sim-Pick-v0", images=False, terminate_on_success=False)
+    policy = ScriptedPick(hover=1.0)
+    policy.reset(1)
+    height, steps, close_there = policy.stop
+    assert 0.015 <= height <= 0.045 and close_there  # seed 1 closes where it stopped
+    obs, _ = env.reset(seed=1)
+    heights = []
+    for _ in range(60):
+        holding = policy.phase == "hover"  # the step that decides to stop still descends
+        action = policy(obs)
+        if holding:
+            heights.append(obs["state"][EEF_POS][2] - obs["state"][CUBE_POS][2])
+            np.testing.assert_array_equal(action, [0.0, 0.0, 0.0, -1.0])
+        obs, *_ = env.step(action)
+    env.close()
+    assert len(heights) == steps
+    assert 0.005 < heights[-1] < height  # it stopped short of the grasp point, after coasting
+    assert heights[0] - heights[-1] < 0.015
+    assert policy.phase == "lift"  # it closed there and lifted (robosuite decides if the cube came)

@@ -88,7 +88,9 @@ def test_dynamics_exports_a_loadable_world_model(tiny_data, tiny_tokenizer, tmp_
     assert 0.0 <= result["action_probe"]["false_success"] <= 1.0
     grasp = result["grasp_probe"]
     assert grasp["episodes"] == 1 and grasp["pick_success_real"] == 1.0  # the script lifts
-    assert grasp["open_success_real"] == grasp["open_fingers_closed_real"] == 0.0
+    for variant in ("open", "hover"):  # robosuite: open fingers never lift, nor close
+        assert grasp[f"{variant}_success_real"] == grasp[f"{variant}_fingers_closed_real"] == 0.0
+    assert 0.0 <= grasp["hover_drop_m_real"] < 0.015  # a still arm coasts, then stays
     assert 0.0 <= grasp["open_success"] <= 1.0 and "Grasp probes (1 real" in format_table(result)
     assert 0.0 <= result["open_loop"]["success_acc"]["mean"] <= 1.0
     (tmp_path / "notes.md").write_text("## Measured elsewhere\nprobes\n")

@@ -1,19 +1,25 @@
-"""Do the fingers close only when told to? The open-grasp probe, against Sim.
+"""Does the model grasp only when told to? Grasp probes, against Sim.
 
 The scripted pick runs closed loop, on each twin's own ``state``, from the same real starts in
-``Sim-<Task>-v0`` and in the world model: once as it is (the control: the model must still
-lift when the gripper closes), and once with its gripper command held open. The open pick
-approaches, descends to the grasp point, stands there and lifts with open fingers; in robosuite
-it never lifts the cube. A model whose data always closed the fingers once the open gripper
-reached the cube imagines them closing anyway, and a lift. An agent in imagination farms that:
-it hovers at the cube with the gripper open and waits for the model to grasp for it.
+``Sim-<Task>-v0`` and in the world model, in three variants (:data:`VARIANTS`):
 
-Two numbers (:meth:`GraspProbeResult.summary`):
+* ``pick`` — as it is: the control, the model must still lift when the gripper closes;
+* ``open`` — its gripper command held open: it descends to the grasp point, stands there and
+  lifts with open fingers;
+* ``hover`` — gripper open, and the arm held still (zero motion) from the moment it comes
+  within ``HOVER_HEIGHT`` above the cube's centre.
 
-* ``open_success`` — imagined successes of the open pick (robosuite's are 0);
-* ``open_fingers_closed`` — open picks in which the imagined fingers closed on their own (the
-  opening shrank by more than ``CLOSING`` from its widest so far; the fingers start half open
-  at a reset and open during the approach).
+In robosuite neither ``open`` nor ``hover`` lifts the cube, and a still arm stays where it is.
+A model whose data always finished the descent and closed the fingers once the open gripper
+reached the cube imagines that anyway. An agent in imagination farms it: it comes to rest above
+the cube with the gripper open and lets the model grasp for it (measured in the README).
+
+The numbers (:meth:`GraspProbeResult.summary`), imagined and real (``_real``):
+
+* ``<variant>_success`` — episodes with a lift;
+* ``<variant>_fingers_closed`` — episodes in which the fingers closed (the opening shrank by more
+  than ``CLOSING`` from its widest so far; they start half open at a reset);
+* ``hover_drop_m`` — how far the still arm sank below where it was stopped.
 """
 
 from __future__ import annotations
@@ -26,12 +32,13 @@ from tqdm.auto import tqdm
 from wmgym.env.core import Imagination
 from wmgym.policies import ScriptedPick
 from wmgym.registration import make_env
-from wmgym.spec import GRIP, TaskSpec, load_spec
+from wmgym.spec import CUBE_POS, EEF_POS, GRIP, TaskSpec, load_spec
 
 #: How far the finger opening (left minus right joint, metres) must shrink from its widest for
 #: the fingers to count as closing: open they are about 8 cm apart, closed on the cube 4 cm.
 CLOSING = 0.02
-VARIANTS = ("pick", "open")
+VARIANTS = ("pick", "open", "hover")
+HOVER_HEIGHT = 0.03  # hover: the arm is stopped this far above the cube's centre, metres
 
 
 @dataclass
@@ -42,37 +49,64 @@ class GraspProbeResult:
     imagined_success: np.ndarray
     real_closing: np.ndarray  # largest shrink of the finger opening from its widest, metres
     imagined_closing: np.ndarray
+    real_drop: np.ndarray  # hover: lowest gripper height below where it was stopped, metres
+    imagined_drop: np.ndarray
 
     def summary(self) -> dict:
-        """Success and finger closing of both variants in both twins."""
-        pick, open_ = VARIANTS.index("pick"), VARIANTS.index("open")
-
-        def rate(x: np.ndarray) -> float:
-            return round(float(x.mean()), 4)
-
-        return {
-            "open_success": rate(self.imagined_success[open_]),
-            "open_fingers_closed": rate(self.imagined_closing[open_] > CLOSING),
-            "open_success_real": rate(self.real_success[open_]),
-            "open_fingers_closed_real": rate(self.real_closing[open_] > CLOSING),
-            "pick_success": rate(self.imagined_success[pick]),
-            "pick_success_real": rate(self.real_success[pick]),
-            "episodes": int(self.real_success.shape[1]),
-        }
+        """Lifts and finger closing of every variant, the hover drop; imagined and real."""
+        out: dict = {}
+        for twin, success, closing in (("", self.imagined_success, self.imagined_closing),
+                                       ("_real", self.real_success, self.real_closing)):
+            for v, variant in enumerate(VARIANTS):
+                out[f"{variant}_success{twin}"] = round(float(success[v].mean()), 4)
+                out[f"{variant}_fingers_closed{twin}"] = round(float((closing[v] > CLOSING).mean()),
+                                                               4)
+        hover = VARIANTS.index("hover")
+        out["hover_drop_m"] = round(float(self.imagined_drop[hover].mean()), 4)
+        out["hover_drop_m_real"] = round(float(self.real_drop[hover].mean()), 4)
+        out["episodes"] = int(self.real_success.shape[1])
+        return out
 
 
-def _act(policies: list[ScriptedPick], states: np.ndarray, variant: str) -> np.ndarray:
-    actions = np.stack([p({"state": s}) for p, s in zip(policies, states)])
-    if variant == "open":
-        actions[:, 3] = -1.0
-    return actions
+class _ProbePolicy:
+    """The scripted pick in one of :data:`VARIANTS`."""
+
+    def __init__(self, variant: str, seed: int):
+        self.variant, self.pick, self.stopped_at = variant, ScriptedPick(), None
+        self.pick.reset(seed)
+
+    def __call__(self, state: np.ndarray) -> np.ndarray:
+        action = self.pick({"state": state})
+        if self.variant == "pick":
+            return action
+        if self.variant == "hover" and self.stopped_at is None and self.pick.phase == "descend" \
+                and state[EEF_POS][2] - state[CUBE_POS][2] < HOVER_HEIGHT:
+            self.stopped_at = float(state[EEF_POS][2])
+        if self.stopped_at is not None:
+            return np.array([0.0, 0.0, 0.0, -1.0], np.float32)
+        return np.r_[action[:3], -1.0].astype(np.float32)
+
+    def drop(self, state: np.ndarray) -> float:
+        """How far below its stopping height the gripper is (0 before it stopped)."""
+        return 0.0 if self.stopped_at is None else self.stopped_at - float(state[EEF_POS][2])
 
 
-def _policies(n: int, seed: int) -> list[ScriptedPick]:
-    policies = [ScriptedPick() for _ in range(n)]
-    for i, p in enumerate(policies):
-        p.reset(seed + i)
-    return policies
+class _Tracker:
+    """Per-episode lift, finger closing and hover drop along rollouts of all variants."""
+
+    def __init__(self, episodes: int):
+        shape = (len(VARIANTS), episodes)
+        self.success = np.zeros(shape, bool)
+        self.closing, self.drop, self.widest = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+
+    def update(self, states: np.ndarray, success: np.ndarray, drop: np.ndarray,
+               rows: tuple | slice = slice(None)) -> None:
+        """Folds in one step of the episodes ``rows`` (an index into ``(variants, episodes)``)."""
+        width = np.ptp(states[..., GRIP], axis=-1).reshape(self.widest[rows].shape)
+        self.widest[rows] = np.maximum(self.widest[rows], width)
+        self.closing[rows] = np.maximum(self.closing[rows], self.widest[rows] - width)
+        self.success[rows] |= success.reshape(width.shape)
+        self.drop[rows] = np.maximum(self.drop[rows], drop.reshape(width.shape))
 
 
 def probe_grasps(
@@ -103,25 +137,20 @@ def probe_grasps(
         The per-episode outcomes.
     """
     spec = load_spec(spec) if isinstance(spec, str) else spec
-    shape = (len(VARIANTS), episodes)
-    real_success, imagined_success = np.zeros(shape, bool), np.zeros(shape, bool)
-    real_closing, imagined_closing = np.zeros(shape), np.zeros(shape)
     sim = make_env(spec.sim_id, images=False, render_mode="rgb_array",
                    terminate_on_success=False, max_episode_steps=horizon + 1)
-    contexts = []
+    contexts, real = [], _Tracker(episodes)
     bar = tqdm(total=len(VARIANTS) * episodes, desc="Sim grasp probes", disable=not progress)
     for v, variant in enumerate(VARIANTS):
-        for e, policy in enumerate(_policies(episodes, seed)):
+        for e in range(episodes):
+            policy = _ProbePolicy(variant, seed + e)
             obs, _ = sim.reset(seed=seed + e)
             if v == 0:
                 contexts.append({**sim.unwrapped.render_images(), "state": obs["state"]})
-            widest = np.ptp(obs["state"][GRIP])
             for _ in range(horizon):
-                obs, _, _, _, info = sim.step(_act([policy], obs["state"][None], variant)[0])
-                real_success[v, e] |= bool(info["success"])
-                width = np.ptp(obs["state"][GRIP])
-                widest = max(widest, width)
-                real_closing[v, e] = max(real_closing[v, e], widest - width)
+                obs, _, _, _, info = sim.step(policy(obs["state"]))
+                real.update(obs["state"], np.array(bool(info["success"])),
+                            np.array(policy.drop(obs["state"])), (v, e))
             bar.update()
     bar.close()
     sim.close()
@@ -131,18 +160,13 @@ def probe_grasps(
     rng = np.random.default_rng(seed)
     states = core.reset([core.draw_start(rng, contexts[e]) for _ in VARIANTS
                          for e in range(episodes)])["state"]
-    policies = [p for _ in VARIANTS for p in _policies(episodes, seed)]
-    widest = np.ptp(states[:, GRIP], axis=1).reshape(shape)
+    policies = [_ProbePolicy(variant, seed + e) for variant in VARIANTS for e in range(episodes)]
+    imagined = _Tracker(episodes)
     for _ in tqdm(range(horizon), desc="imagined grasp probes", disable=not progress):
-        actions = np.concatenate([
-            _act(policies[v * episodes:(v + 1) * episodes],
-                 states[v * episodes:(v + 1) * episodes], variant)
-            for v, variant in enumerate(VARIANTS)])
-        out = core.step(actions)
+        out = core.step(np.stack([p(s) for p, s in zip(policies, states)]))
         states = out.obs["state"]
-        imagined_success |= (out.success_prob > 0.5).reshape(shape)
-        width = np.ptp(states[:, GRIP], axis=1).reshape(shape)
-        widest = np.maximum(widest, width)
-        imagined_closing = np.maximum(imagined_closing, widest - width)
+        imagined.update(states, out.success_prob > 0.5,
+                        np.array([p.drop(s) for p, s in zip(policies, states)]))
     core.close()
-    return GraspProbeResult(real_success, imagined_success, real_closing, imagined_closing)
+    return GraspProbeResult(real.success, imagined.success, real.closing, imagined.closing,
+                            real.drop, imagined.drop)

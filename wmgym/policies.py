@@ -26,7 +26,8 @@ LIFT = 0.15  # lift height above the grasp point, metres
 CLOSE_STEPS = 6  # steps to hold still while the fingers close
 GAIN = 12.0  # action units per metre of position error (action 1 = 5 cm target delta)
 WAIT_HEIGHT = 0.03  # hesitate=: highest hold above the grasp point, metres
-WAIT_STEPS = 25  # hesitate=: longest hold with the gripper open at the cube, steps
+WAIT_STEPS = 25  # hesitate=, hover=: longest hold with the gripper open at the cube, steps
+HOVER_HEIGHTS = (0.015, 0.045)  # hover=: where the descent is told to stop (the arm coasts ~1 cm)
 FEINT_STEPS = 10  # hesitate=: steps of lifting the open gripper before starting over
 
 
@@ -66,18 +67,23 @@ class ScriptedPick:
             either closes as usual or (half the time) feints: lifts with the gripper open and
             starts the pick over, without hesitating again. Without such data a model reads
             "the fingers close" off "the open gripper is at the cube", whatever the action says.
+        hover: Probability per episode of stopping the descent 1.5-4.5 cm above the grasp point
+            (the arm coasts about 1 cm further) and holding it still there, gripper open, for
+            3-25 steps (zero motion, as an agent at rest commands); then the descent goes on, or
+            (half the time) the gripper closes right there and robosuite decides the grasp.
+            Without such data a model finishes the descent for an arm told to stay.
 
     """
 
     def __init__(
         self, noise: float = 0.0, error: float = 0.0, drop_prob: float = 0.0,
         give_up_prob: float = 0.0, explore: float = 0.0, gain: float = 1.0, pause: float = 0.0,
-        hold: int = 8, lead: float = 0.0, hesitate: float = 0.0,
+        hold: int = 8, lead: float = 0.0, hesitate: float = 0.0, hover: float = 0.0,
     ):
         if hold < 2:
             raise ValueError(f"hold must be at least 2 steps, got {hold}")
         self.noise, self.error, self.gain, self.pause = noise, error, gain, pause
-        self.hold, self.lead, self.hesitate = int(hold), lead, hesitate
+        self.hold, self.lead, self.hesitate, self.hover = int(hold), lead, hesitate, hover
         self.drop_prob, self.give_up_prob, self.explore = drop_prob, give_up_prob, explore
         self.reset()
 
@@ -97,6 +103,10 @@ class ScriptedPick:
         self.wait: tuple[float, int, bool] | None = None  # height, steps, feint
         if self.hesitate and self.rng.random() < self.hesitate:  # no draw at 0, as for lead
             self.wait = (float(self.rng.uniform(0.0, WAIT_HEIGHT)),
+                         int(self.rng.integers(3, WAIT_STEPS + 1)), bool(self.rng.random() < 0.5))
+        self.stop: tuple[float, int, bool] | None = None  # height, steps, close there
+        if self.hover and self.rng.random() < self.hover:  # no draw at 0, as for lead
+            self.stop = (float(self.rng.uniform(*HOVER_HEIGHTS)),
                          int(self.rng.integers(3, WAIT_STEPS + 1)), bool(self.rng.random() < 0.5))
 
     def _start_excursion(self) -> None:
@@ -146,9 +156,17 @@ class ScriptedPick:
             return self._goto(eef, hover, -1.0)
         if self.phase == "descend":
             grasp = cube + [0.0, 0.0, GRASP_DEPTH]
-            if eef[2] - grasp[2] < 0.008 or self.t_phase > 30:
+            if self.stop is not None and eef[2] - grasp[2] < self.stop[0]:
+                self._next("hover")
+            elif eef[2] - grasp[2] < 0.008 or self.t_phase > 30:
                 self._next("close" if self.wait is None else "wait")
             return self._goto(eef, grasp, -1.0)
+        if self.phase == "hover":  # hover=: the arm held still above the cube, gripper open
+            _, steps, close_there = self.stop  # type: ignore[misc]
+            if self.t_phase >= steps:
+                self.stop = None
+                self._next("close" if close_there else "descend")
+            return np.r_[0.0, 0.0, 0.0, -1.0]
         if self.phase == "wait":  # hesitate=: open gripper held at the cube
             height, steps, feint = self.wait  # type: ignore[misc]
             if self.t_phase >= steps:
