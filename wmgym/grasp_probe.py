@@ -19,7 +19,8 @@ The numbers (:meth:`GraspProbeResult.summary`), imagined and real (``_real``):
 * ``<variant>_success`` — episodes with a lift;
 * ``<variant>_fingers_closed`` — episodes in which the fingers closed (the opening shrank by more
   than ``CLOSING`` from its widest so far; they start half open at a reset);
-* ``hover_drop_m`` — how far the still arm sank below where it was stopped.
+* ``hover_drop_m`` — how far below where it was stopped the still arm is, on average over the
+  held steps (a mean: the imagined state reads the gripper's height with centimetre noise).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class GraspProbeResult:
     imagined_success: np.ndarray
     real_closing: np.ndarray  # largest shrink of the finger opening from its widest, metres
     imagined_closing: np.ndarray
-    real_drop: np.ndarray  # hover: lowest gripper height below where it was stopped, metres
+    real_drop: np.ndarray  # hover: mean gripper height below where it was stopped, metres
     imagined_drop: np.ndarray
 
     def summary(self) -> dict:
@@ -87,8 +88,8 @@ class _ProbePolicy:
         return np.r_[action[:3], -1.0].astype(np.float32)
 
     def drop(self, state: np.ndarray) -> float:
-        """How far below its stopping height the gripper is (0 before it stopped)."""
-        return 0.0 if self.stopped_at is None else self.stopped_at - float(state[EEF_POS][2])
+        """How far below its stopping height the gripper is (NaN before it stopped)."""
+        return np.nan if self.stopped_at is None else self.stopped_at - float(state[EEF_POS][2])
 
 
 class _Tracker:
@@ -97,7 +98,13 @@ class _Tracker:
     def __init__(self, episodes: int):
         shape = (len(VARIANTS), episodes)
         self.success = np.zeros(shape, bool)
-        self.closing, self.drop, self.widest = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+        self.closing, self.widest = np.zeros(shape), np.zeros(shape)
+        self.drop_sum, self.drop_steps = np.zeros(shape), np.zeros(shape)
+
+    @property
+    def drop(self) -> np.ndarray:
+        """Mean drop over the held steps (0 where the arm never stopped)."""
+        return self.drop_sum / np.maximum(self.drop_steps, 1)
 
     def update(self, states: np.ndarray, success: np.ndarray, drop: np.ndarray,
                rows: tuple | slice = slice(None)) -> None:
@@ -106,7 +113,9 @@ class _Tracker:
         self.widest[rows] = np.maximum(self.widest[rows], width)
         self.closing[rows] = np.maximum(self.closing[rows], self.widest[rows] - width)
         self.success[rows] |= success.reshape(width.shape)
-        self.drop[rows] = np.maximum(self.drop[rows], drop.reshape(width.shape))
+        drop = drop.reshape(width.shape)
+        self.drop_sum[rows] += np.nan_to_num(drop)
+        self.drop_steps[rows] += ~np.isnan(drop)
 
 
 def probe_grasps(
@@ -120,7 +129,7 @@ def probe_grasps(
     progress: bool = True,
     decoding: str = "auto",
 ) -> GraspProbeResult:
-    """Runs the scripted pick and its open-gripper variant in Sim and in the world model.
+    """Runs the scripted pick in each of :data:`VARIANTS`, in Sim and in the world model.
 
     Args:
         spec: Task spec or name.
