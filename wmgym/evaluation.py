@@ -12,9 +12,9 @@ Three measurements on the same episodes, batched:
 4. **Action probes** — constant actions the data never showed (hold, up, sideways, …) from
    real starts, in ``Sim-<Task>-v0`` and imagined (:mod:`wmgym.action_probe`): the gripper
    error and the false successes an agent training in imagination would meet.
-5. **Grasp probes** — the scripted pick closed loop in both twins, as it is and with its gripper
-   held open (:mod:`wmgym.grasp_probe`): does the model lift only when the fingers were told to
-   close?
+5. **Grasp probes** — the scripted pick closed loop in both twins, as it is, with its gripper
+   held open, and stopped above the cube (:mod:`wmgym.grasp_probe`): does the model lift only
+   when the fingers were told to close, and leave a still arm where it is?
 
 Writes ``metrics.json``, ``horizon.png`` (metric vs horizon) and ``rollout.gif``
 (real | imagined; rgb, depth, mask).
@@ -287,7 +287,9 @@ def format_table(result: dict) -> str:
             f"gripper held open, imagined lifts {g['open_success']:.2f} (real "
             f"{g['open_success_real']:.2f}), fingers closing on their own "
             f"{g['open_fingers_closed']:.2f} (real {g['open_fingers_closed_real']:.2f}); "
-            f"the plain pick lifts {g['pick_success']:.2f} (real {g['pick_success_real']:.2f})")
+            f"the plain pick lifts {g['pick_success']:.2f} (real {g['pick_success_real']:.2f}); "
+            f"an arm stopped above the cube sinks {100 * g['hover_drop_m']:.1f} cm (real "
+            f"{100 * g['hover_drop_m_real']:.1f})")
     return "\n".join(lines)
 
 
