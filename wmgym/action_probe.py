@@ -37,6 +37,28 @@ PATTERNS: dict[str, tuple[float, float, float, float]] = {
 PROBE_HORIZONS = (1, 5, 10, 20)
 
 
+def probe_sim(spec: TaskSpec, horizon: int):
+    """The real twin for probes: state only, renders its frames, episodes of ``horizon`` steps."""
+    return make_env(spec.sim_id, images=False, render_mode="rgb_array",
+                    terminate_on_success=False, max_episode_steps=horizon + 1)
+
+
+def real_start(sim, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The world model's context for a probe: the real twin's frames and state just after reset."""
+    return {**sim.unwrapped.render_images(), "state": obs["state"]}
+
+
+def imagine_from(
+    spec: TaskSpec, starts: list[dict[str, np.ndarray]], checkpoint: str | None, device: str,
+    temperature: float, decoding: str, seed: int,
+) -> tuple[Imagination, dict[str, np.ndarray]]:
+    """A state-only world model with one rollout per entry of ``starts``, reset from them."""
+    core = Imagination(spec, len(starts), checkpoint, device, temperature, images=False,
+                       decoding=decoding)
+    rng = np.random.default_rng(seed)
+    return core, core.reset([core.draw_start(rng, start) for start in starts])
+
+
 @dataclass
 class ProbeResult:
     """Per-step errors of the probe rollouts, ``(starts, patterns, horizon)``."""
@@ -98,8 +120,7 @@ def probe_actions(
     spec = load_spec(spec) if isinstance(spec, str) else spec
     actions = np.asarray(list(PATTERNS.values()), np.float32)
     n_pat = len(actions)
-    sim = make_env(spec.sim_id, images=False, render_mode="rgb_array",
-                   terminate_on_success=False, max_episode_steps=horizon + 1)
+    sim = probe_sim(spec, horizon)
     real_state = np.zeros((starts, n_pat, horizon + 1, 8), np.float32)
     real_success = np.zeros((starts, n_pat), bool)
     contexts = []
@@ -108,7 +129,7 @@ def probe_actions(
         for j, action in enumerate(actions):
             obs, _ = sim.reset(seed=seed + s)
             if j == 0:
-                contexts.append({**sim.unwrapped.render_images(), "state": obs["state"]})
+                contexts.append(real_start(sim, obs))
             real_state[s, j, 0] = obs["state"]
             for t in range(horizon):
                 obs, _, _, _, info = sim.step(action)
@@ -118,10 +139,8 @@ def probe_actions(
     bar.close()
     sim.close()
 
-    core = Imagination(spec, starts * n_pat, checkpoint, device, temperature, images=False,
-                       decoding=decoding)
-    rng = np.random.default_rng(seed)
-    core.reset([core.draw_start(rng, contexts[s]) for s in range(starts) for _ in range(n_pat)])
+    core, _ = imagine_from(spec, [c for c in contexts for _ in range(n_pat)], checkpoint, device,
+                           temperature, decoding, seed)
     batch_actions = np.tile(actions, (starts, 1))
     imagined = np.zeros_like(real_state)
     imagined[:, :, 0] = real_state[:, :, 0]

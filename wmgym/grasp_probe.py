@@ -30,9 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from wmgym.env.core import Imagination
+from wmgym.action_probe import imagine_from, probe_sim, real_start
 from wmgym.policies import ScriptedPick
-from wmgym.registration import make_env
 from wmgym.spec import CUBE_POS, EEF_POS, GRIP, TaskSpec, load_spec
 
 #: How far the finger opening (left minus right joint, metres) must shrink from its widest for
@@ -146,8 +145,7 @@ def probe_grasps(
         The per-episode outcomes.
     """
     spec = load_spec(spec) if isinstance(spec, str) else spec
-    sim = make_env(spec.sim_id, images=False, render_mode="rgb_array",
-                   terminate_on_success=False, max_episode_steps=horizon + 1)
+    sim = probe_sim(spec, horizon)
     contexts, real = [], _Tracker(episodes)
     bar = tqdm(total=len(VARIANTS) * episodes, desc="Sim grasp probes", disable=not progress)
     for v, variant in enumerate(VARIANTS):
@@ -155,7 +153,7 @@ def probe_grasps(
             policy = _ProbePolicy(variant, seed + e)
             obs, _ = sim.reset(seed=seed + e)
             if v == 0:
-                contexts.append({**sim.unwrapped.render_images(), "state": obs["state"]})
+                contexts.append(real_start(sim, obs))
             for _ in range(horizon):
                 obs, _, _, _, info = sim.step(policy(obs["state"]))
                 real.update(obs["state"], np.array(bool(info["success"])),
@@ -164,11 +162,9 @@ def probe_grasps(
     bar.close()
     sim.close()
 
-    core = Imagination(spec, len(VARIANTS) * episodes, checkpoint, device, temperature,
-                       images=False, decoding=decoding)
-    rng = np.random.default_rng(seed)
-    states = core.reset([core.draw_start(rng, contexts[e]) for _ in VARIANTS
-                         for e in range(episodes)])["state"]
+    core, obs = imagine_from(spec, contexts * len(VARIANTS), checkpoint, device, temperature,
+                             decoding, seed)
+    states = obs["state"]
     policies = [_ProbePolicy(variant, seed + e) for variant in VARIANTS for e in range(episodes)]
     imagined = _Tracker(episodes)
     for _ in tqdm(range(horizon), desc="imagined grasp probes", disable=not progress):
