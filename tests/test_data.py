@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from wmgym.data.collect import CollectArgs, choose_policy, collect
+from wmgym.data.collect import MIXES, CollectArgs, choose_policy, collect
 from wmgym.data.dataset import heldout_ids, read_dataset, read_metadata, write_dataset
+from wmgym.policies import make_policy
 from wmgym.spec import load_spec
 
 
@@ -23,6 +24,16 @@ def test_collect_summary_and_metadata(small_dataset):
     assert meta["total_episodes"] == 4 and meta["task"] == "Pick"
     assert meta["heldout"] == heldout_ids(4, 0.1, 5)
     assert not list(out.parent.glob(".pick.tmp-*")), "temporary directory left behind"
+
+
+@pytest.mark.parametrize("mix", sorted(MIXES))
+def test_every_mix_policy_is_valid_and_drawn(mix):
+    weights = MIXES[mix]
+    assert abs(sum(weights.values()) - 1.0) < 1e-9, f"{mix}: weights sum to {sum(weights.values())}"
+    for name in weights:
+        make_policy(name)  # raises on an unknown policy or knob
+    drawn = {choose_policy(mix, s) for s in range(400)}
+    assert drawn == set(weights), f"{mix}: never drew {set(weights) - drawn}"
 
 
 def test_episodes_are_in_the_spaces_and_ordered(small_dataset):

@@ -80,9 +80,21 @@ HOVER_MIX: dict[str, float] = {
     "pick:hover=1,error=0.02": 0.2,
 }
 
+#: Misses: grasps aimed 4-6 cm off the cube (closing beside it, held open over it, or stopped
+#: above the wrong spot) and step-by-step random actions. A seventh dataset: after the hesitate
+#: and hover fine-tunes a model lifted the cube in imagination for mis-aimed picks and random
+#: actions that lift nothing in robosuite (``wmgym sweep``: success gap 0.144).
+MISS_MIX: dict[str, float] = {
+    "pick:error=0.04": 0.25,
+    "pick:error=0.06,noise=0.1": 0.2,
+    "pick:hover=1,error=0.04": 0.2,
+    "pick:hesitate=1,error=0.04": 0.15,
+    "random": 0.2,
+}
+
 MIXES: dict[str, dict[str, float]] = {
     "mix": MIX, "explore": EXPLORE_MIX, "slow": SLOW_MIX, "reach": REACH_MIX,
-    "hesitate": HESITATE_MIX, "hover": HOVER_MIX,
+    "hesitate": HESITATE_MIX, "hover": HOVER_MIX, "miss": MISS_MIX,
 }
 
 
@@ -97,7 +109,8 @@ class CollectArgs:
     policy: str = "mix"
     """``mix`` (the default mix), ``explore`` (off-script actions), ``slow`` (slow picks and
     pauses), ``reach`` (long held moves from the start), ``hesitate`` (open gripper held at the
-    cube, grasps and feints), ``hover`` (descents stopped above the cube), or one policy name
+    cube, grasps and feints), ``hover`` (descents stopped above the cube), ``miss`` (mis-aimed
+    grasps and random actions), or one policy name
     such as
     ``pick:noise=0.3`` or ``random``."""
     workers: int = 2
