@@ -560,3 +560,67 @@ def test_state_filter_in_the_cache_matches_its_training_unroll_and_restarts_per_
             new_prev), cache.last_absolute[1:2, None], actions[1:2, :1])
     assert torch.allclose(frame.state[1], ref[0, 0] * model.state_std + model.state_mean,
                           atol=1e-4)
+
+
+def test_state_input_in_the_cache_matches_the_training_pass():
+    # imagination feeds each slot the previous frame's state: the real one given with
+    # set_state, then the model's own readings. The teacher-forced pass, given those states as
+    # prev_state, must give the same logits and heads; a row without a state gets no input.
+    torch.manual_seed(0)
+    cfg = tiny_dynamics_config(state_input=True)
+    model = DynamicsTransformer(cfg).eval()
+    randomize_actions(model)
+    model.set_state_normalization(torch.ones(cfg.state_dim), 2 * torch.ones(cfg.state_dim))
+    batch = dynamics_batch(cfg, 3, cfg.max_frames, seed=3)
+    ctx, frames, actions = batch["ctx_tokens"], batch["frame_tokens"], batch["actions"]
+    start = torch.randn(3, cfg.state_dim) * 2 + 1
+
+    def run(first=None):
+        cache = model.new_cache(3)
+        model.prefill(cache, ctx)
+        if first is not None:
+            model.set_state(cache, first)
+        out = [model.teacher_force_frame(cache, actions[:, t], frames[:, t])
+               for t in range(cfg.max_frames)]
+        return torch.stack([o[0] for o in out], 1), torch.stack([o[1].state for o in out], 1)
+
+    untrained, _ = run(start)  # the projection starts at zero: the state changes nothing
+    with torch.no_grad():
+        plain = model(ctx, frames, actions, prev_state=torch.zeros(3, cfg.max_frames,
+                                                                   cfg.state_dim))
+    assert torch.allclose(untrained, plain.logits, atol=1e-5)
+    torch.nn.init.normal_(model.state_proj.weight, std=0.5)
+    logits, states = run(start)
+    prev = torch.cat([start[:, None], states[:, :-1]], 1)
+    with torch.no_grad():
+        full = model(ctx, frames, actions, prev_state=prev)
+    assert torch.allclose(logits, full.logits, atol=1e-4)
+    assert torch.allclose(states, full.state, atol=1e-4)
+    assert not torch.allclose(logits, untrained, atol=1e-3)  # the state matters now
+    moved, _ = run(start + 1.0)
+    assert not torch.allclose(moved[:, 0], logits[:, 0], atol=1e-3)
+    # no real state: the first slot goes without, later ones read the model's own states
+    free, _ = run(None)
+    assert torch.allclose(free[:, 0], untrained[:, 0], atol=1e-5)
+    with pytest.raises(ValueError, match="prev_state"):
+        model(ctx, frames, actions)
+
+
+def test_state_input_training_noise_and_dropout():
+    torch.manual_seed(0)
+    cfg = tiny_dynamics_config(state_input=True, state_noise=0.5, state_dropout=0.5)
+    model = DynamicsTransformer(cfg)
+    torch.nn.init.normal_(model.state_proj.weight, std=0.5)
+    batch = dynamics_batch(cfg, 64, cfg.max_frames, seed=4)
+    prev = batch["state"]
+    s, known = model.train()._state_input(prev, 64)
+    assert 16 < int(known.sum()) < 48  # about half the clips get the state
+    noise = s - model.normalize_state(prev)
+    assert 0.4 < float(noise.std()) < 0.6
+    s, known = model.eval()._state_input(prev, 64)
+    assert known.all() and torch.equal(s, model.normalize_state(prev))
+    loss, _ = model.train().loss(batch["ctx_tokens"], batch["frame_tokens"], batch["actions"],
+                                 batch["reward"], batch["success"], batch["state"],
+                                 prev_state=prev)
+    loss.backward()
+    assert model.state_proj.weight.grad.abs().sum() > 0

@@ -64,6 +64,13 @@ class DynamicsConfig:
     # afresh from the frame. Fitted on the model's own rollouts by ``wmgym train state-filter``.
     state_filter: bool = False
     filter_hidden: int = 256  # hidden width of the state filter's MLP
+    # The previous frame's state on each slot, through a zero-initialised linear map like the
+    # action: the real state in training, in imagination the context's real state and then the
+    # model's own readings. Frames can then follow the gripper and cube positions to the
+    # millimetre instead of recovering them from 16 coarse tokens.
+    state_input: bool = False
+    state_noise: float = 0.1  # std of the noise on the training state input (normalised units)
+    state_dropout: float = 0.1  # share of training clips given no state input (as in a restart)
 
     @property
     def max_seq_len(self) -> int:
@@ -396,6 +403,7 @@ class DynamicsTransformer(nn.Module):
         self.aux_head = nn.Linear(d, 2 + cfg.state_dim)  # [reward (symlog), success, state...]
         self.head = ParallelHead(cfg) if cfg.parallel_head else None
         self.state_filter = StateFilter(cfg) if cfg.state_filter else None
+        self.state_proj = nn.Linear(cfg.state_dim, d) if cfg.state_input else None
         self.register_buffer("state_mean", torch.zeros(cfg.state_dim))
         self.register_buffer("state_std", torch.ones(cfg.state_dim))
         cos, sin = rope_tables(cfg.max_seq_len, d // cfg.n_head, cfg.rope_theta)
@@ -413,8 +421,10 @@ class DynamicsTransformer(nn.Module):
             nn.init.normal_(self.gap_emb, std=0.02)
         if self.state_filter is not None:  # starts as "the state stays as it was"
             nn.init.zeros_(self.state_filter.mlp[-1].weight)
-        nn.init.zeros_(self.action_proj.weight)
-        nn.init.zeros_(self.action_proj.bias)
+        for proj in (self.action_proj, self.state_proj):  # start as "no effect"
+            if proj is not None:
+                nn.init.zeros_(proj.weight)
+                nn.init.zeros_(proj.bias)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -438,20 +448,48 @@ class DynamicsTransformer(nn.Module):
 
     # --------------------------------------------------------------------- training
 
-    def _slots(self, actions: Tensor, gap: Tensor | None) -> Tensor:
-        """Slot tokens ``(..., d)``: the slot, the action and (per sample) the gap flag."""
+    def _slots(self, actions: Tensor, gap: Tensor | None, prev_state: Tensor | None = None,
+               known: Tensor | None = None) -> Tensor:
+        """Slot tokens ``(..., d)``: the slot, the action, the gap flag and the state.
+
+        The gap flag is per sample; with ``state_input``, ``prev_state`` is the previous frame's
+        normalised state, added where ``known`` (per sample).
+        """
         x = self.slot + self.action_proj(actions.to(self.slot.dtype))
         if gap is not None and self.cfg.gap_embedding:
             x = x + gap.to(x.dtype).view(-1, *([1] * (x.dim() - 1))) * self.gap_emb
+        if self.state_proj is not None and prev_state is not None:
+            s = self.state_proj(prev_state.to(x.dtype))
+            if known is not None:
+                s = s * known.to(x.dtype).view(-1, *([1] * (s.dim() - 1)))
+            x = x + s
         return x
 
+    def _state_input(self, prev_state: Tensor | None, b: int
+                     ) -> tuple[Tensor | None, Tensor | None]:
+        """The normalised state input of a teacher-forced pass and which clips get it.
+
+        While training it is noised (``state_noise``) and dropped per clip (``state_dropout``).
+        """
+        if self.state_proj is None:
+            return None, None
+        if prev_state is None:
+            raise ValueError("this model takes the state: pass prev_state (B, T, state_dim)")
+        s = self.normalize_state(prev_state)
+        known = torch.ones(b, dtype=torch.bool, device=s.device)
+        if self.training:
+            s = s + self.cfg.state_noise * torch.randn_like(s)
+            known = torch.rand(b, device=s.device) >= self.cfg.state_dropout
+        return s, known
+
     def _hidden(self, ctx_tokens: Tensor, frame_tokens: Tensor, actions: Tensor,
-                gap: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                gap: Tensor | None = None, prev_state: Tensor | None = None
+                ) -> tuple[Tensor, Tensor]:
         """Final-norm hidden states: context ``(B, Nc, d)``, frames ``(B, T, n + 1, d)``."""
         b, t, n = frame_tokens.shape
         if t > self.cfg.max_frames:
             raise ValueError(f"{t} frames exceed the window of max_frames={self.cfg.max_frames}")
-        slots = self._slots(actions, gap).unsqueeze(2)
+        slots = self._slots(actions, gap, *self._state_input(prev_state, b)).unsqueeze(2)
         frames = self.tok_emb(frame_tokens) + self.frame_pos  # (B, T, n, d)
         x = torch.cat([self.ctx_emb(ctx_tokens), torch.cat([slots, frames], 2).flatten(1, 2)], 1)
         cos, sin = self.rope_cos[: x.shape[1]], self.rope_sin[: x.shape[1]]
@@ -475,7 +513,7 @@ class DynamicsTransformer(nn.Module):
         return self.lm_head(out).view(b, t, n1 - 1, -1)
 
     def forward(self, ctx_tokens: Tensor, frame_tokens: Tensor, actions: Tensor,
-                gap: Tensor | None = None) -> DynamicsOutput:
+                gap: Tensor | None = None, prev_state: Tensor | None = None) -> DynamicsOutput:
         """Teacher-forced forward.
 
         Args:
@@ -483,19 +521,21 @@ class DynamicsTransformer(nn.Module):
             frame_tokens: ``(B, T, n)`` future tokens, ``T <= max_frames``.
             actions: ``(B, T, action_dim)``; ``actions[:, t]`` leads to ``frame_tokens[:, t]``.
             gap: ``(B,)``: 1 where the first frame does not follow the context directly.
+            prev_state: ``(B, T, state_dim)`` raw state before frame ``t`` (``state_input``).
 
         Returns:
             :class:`DynamicsOutput`.
 
         """
-        _, h = self._hidden(ctx_tokens, frame_tokens, actions, gap)
+        _, h = self._hidden(ctx_tokens, frame_tokens, actions, gap, prev_state)
         n = frame_tokens.shape[-1]
         return DynamicsOutput(self.lm_head(h[:, :, :n]),
                               *self._decode_aux(self.aux_head(h[:, :, n])))
 
     def loss(self, ctx_tokens: Tensor, frame_tokens: Tensor, actions: Tensor, reward: Tensor,
              success: Tensor, state: Tensor, valid: Tensor | None = None,
-             gap: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+             gap: Tensor | None = None, prev_state: Tensor | None = None
+             ) -> tuple[Tensor, dict[str, float]]:
         """Token cross-entropy + reward symlog MSE + success BCE + normalised state MSE.
 
         With a parallel head, its token cross-entropy is added too. A state filter is not
@@ -510,13 +550,14 @@ class DynamicsTransformer(nn.Module):
             state: ``(B, T, state_dim)`` raw state of frame ``t``.
             valid: Optional ``(B, T)`` mask of real (non-padding) frames.
             gap: Optional ``(B,)``: 1 where the first frame does not follow the context directly.
+            prev_state: ``(B, T, state_dim)`` raw state before frame ``t`` (``state_input``).
 
         Returns:
             ``(scalar loss, metrics)``.
 
         """
         cfg, n = self.cfg, frame_tokens.shape[-1]
-        ctx_h, h = self._hidden(ctx_tokens, frame_tokens, actions, gap)
+        ctx_h, h = self._hidden(ctx_tokens, frame_tokens, actions, gap, prev_state)
         logits, aux = self.lm_head(h[:, :, :n]), self.aux_head(h[:, :, n])
         w = torch.ones_like(reward) if valid is None else valid.to(reward.dtype)
         denom = w.sum().clamp_min(1.0)
@@ -563,7 +604,12 @@ class DynamicsTransformer(nn.Module):
         memory_len = cfg.n_ctx_tokens + cfg.n_frame_tokens if self.head is not None else 0
         return KVCache(cfg.n_layer, batch_size, cfg.n_head, cfg.max_seq_len,
                        cfg.d_model // cfg.n_head, p.device, p.dtype, memory_len,
-                       cfg.state_dim if self.state_filter is not None else 0)
+                       cfg.state_dim if self._tracks_state else 0)
+
+    @property
+    def _tracks_state(self) -> bool:
+        """Whether the cache keeps each rollout's latest state (a filter or a state input)."""
+        return self.state_filter is not None or self.state_proj is not None
 
     def _append(self, x: Tensor, cache: KVCache) -> Tensor:
         """Run ``t`` tokens per row ``x (B, t, d)`` at each row's next positions, in one pass.
@@ -628,12 +674,13 @@ class DynamicsTransformer(nn.Module):
         cache.sync()
 
     def set_state(self, cache: KVCache, state: Tensor, index: Tensor | None = None) -> None:
-        """Give the state filter each row's latest real state ``(B, state_dim)``, real units.
+        """Give the state filter and the state input each row's latest real state, real units.
 
-        Rows ``index`` only, if given; a no-op without a filter. Without it a rollout's first
-        imagined state is the plain state head's reading.
+        Rows ``index`` only, if given; a no-op for a model with neither. Without a filter a
+        rollout's first imagined state is the plain state head's reading; without a state its
+        first slot gets no state input.
         """
-        if self.state_filter is None:
+        if not self._tracks_state:
             return
         rows = cache.rows if index is None else index
         cache.state[rows] = self.normalize_state(state.to(cache.state))
@@ -662,7 +709,9 @@ class DynamicsTransformer(nn.Module):
             raise RuntimeError("call prefill(cache, ctx_tokens) before generating frames")
         slides = cache.n_frames >= self.cfg.max_frames  # the window drops a frame: a gap opens
         self._make_room(cache)
-        return self._slots(actions, slides).unsqueeze(1)
+        if self.state_proj is None:
+            return self._slots(actions, slides).unsqueeze(1)
+        return self._slots(actions, slides, cache.state, cache.has_state).unsqueeze(1)
 
     def _end_frame(self, cache: KVCache, hidden: Tensor, actions: Tensor
                    ) -> tuple[Tensor, Tensor, Tensor]:
@@ -682,6 +731,9 @@ class DynamicsTransformer(nn.Module):
             cache.state = new
             cache.has_state.fill_(True)
             aux = torch.cat([aux[:, :2], new.to(aux.dtype)], -1)
+        elif self.state_proj is not None:  # the next slot reads this frame's state
+            cache.state = aux[:, 2:].float()
+            cache.has_state.fill_(True)
         return self._decode_aux(aux)
 
     @staticmethod

@@ -120,7 +120,8 @@ def sample_clips(
     is told, as it is when its window slides). Episodes too short to fill ``length`` frames are
     padded and ``valid`` marks the real frames.
     """
-    keys = ("ctx", "tokens", "actions", "reward", "success", "state", "valid", "gap")
+    keys = ("ctx", "tokens", "actions", "reward", "success", "state", "valid", "gap",
+            "prev_state")
     cols: dict[str, list[Tensor]] = {k: [] for k in keys}
     for _ in range(batch):
         te = episodes[rng.integers(len(episodes))]
@@ -142,6 +143,7 @@ def sample_clips(
         cols["state"].append(_pad(ep.state[frames_t], pad))
         cols["valid"].append(_pad(torch.ones(k), pad))
         cols["gap"].append(torch.tensor(float(first > 1)))
+        cols["prev_state"].append(_pad(ep.state[frames_t - 1], pad))
     return {k: torch.stack(v) for k, v in cols.items()}
 
 

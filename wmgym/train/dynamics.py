@@ -57,8 +57,16 @@ class TrainDynamicsArgs(common.TrainArgs):
     bank_size: int = 96
     """Real initial observations shipped with the checkpoint for ``reset()`` without context."""
     gap_embedding: bool = False
-    """Tell the model when a clip's first frame does not follow its context directly (off in
-    the shipped checkpoint's recipe; see its card)."""
+    """Tell the model when a clip's first frame does not follow its context directly (the
+    shipped checkpoint's fine-tunes use it; see its card)."""
+    state_input: bool = False
+    """Give every slot the previous frame's state (real in training, the model's own reading
+    in imagination after the context's real one), so frames follow the exact gripper and cube
+    positions."""
+    state_noise: float = 0.1
+    """Std of the noise on the training state input, in normalised units."""
+    state_dropout: float = 0.1
+    """Share of training clips given no state input."""
     parallel_head: bool = False
     """Add the parallel head (a frame's tokens at once, 2 passes per frame at inference instead
     of n + 1), trained beside the autoregressive one."""
@@ -99,13 +107,15 @@ def start_bank(data: str, size: int, seed: int) -> dict[str, np.ndarray]:
 def init_from(model: DynamicsTransformer, source: DynamicsTransformer, path: str) -> None:
     """Copies ``source``'s weights into ``model``.
 
-    Only parameters new in ``model`` (the gap embedding, the parallel head) may be absent.
+    Only parameters new in ``model`` (the gap embedding, the parallel head, the state input)
+    may be absent.
 
     Raises:
         ValueError: The architectures differ beyond added parameters (names the checkpoint).
     """
     missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
-    if unexpected or any(k != "gap_emb" and not k.startswith("head.") for k in missing):
+    if unexpected or any(k != "gap_emb" and not k.startswith(("head.", "state_proj."))
+                         for k in missing):
         raise ValueError(f"{path}: cannot fine-tune from it: missing {missing}, "
                          f"unexpected {unexpected} (expected the same dynamics config)")
 
@@ -139,6 +149,8 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
         max_frames=args.max_frames, d_model=args.d_model, n_layer=args.n_layer,
         n_head=args.n_head, dropout=args.dropout, gap_embedding=args.gap_embedding,
         parallel_head=args.parallel_head, head_layers=args.head_layers,
+        state_input=args.state_input, state_noise=args.state_noise,
+        state_dropout=args.state_dropout,
     )
     model = DynamicsTransformer(cfg).to(d.device)
     states = torch.cat([ep.state for ep in episodes])
@@ -170,7 +182,7 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
                                                          rng).items()}
         model.train()
         loss, m = trainer(b["ctx"], b["tokens"], b["actions"], b["reward"], b["success"],
-                          b["state"], b["valid"], b["gap"])
+                          b["state"], b["valid"], b["gap"], b["prev_state"])
         common.optimizer_step(model, opt, loss,
                               common.lr_at(step, args.steps, args.lr, args.warmup))
         if d.main and (step % args.log_every == 0 or step == args.steps - 1):
