@@ -17,13 +17,38 @@ $PY -m wmgym.cli collect --policy explore --episodes 200 --workers 2 --seed 5000
     --out data/pick_explore --overwrite
 $PY -m wmgym.cli collect --policy slow --episodes 150 --workers 2 --seed 8000 \
     --out data/pick_slow --overwrite
+# the open gripper held at the cube, descents stopped above it, and mis-aimed grasps: without
+# them the model grasps for an agent at rest there (README, "the model grasps for them")
+$PY -m wmgym.cli collect --policy hesitate --episodes 150 --workers 2 --seed 12000 \
+    --out data/pick_hesitate --overwrite
+$PY -m wmgym.cli collect --policy hover --episodes 150 --workers 2 --seed 13000 \
+    --out data/pick_hover --overwrite
+$PY -m wmgym.cli collect --policy miss --episodes 150 --workers 2 --seed 14000 \
+    --out data/pick_miss --overwrite
 $PY -m wmgym.cli train tokenizer --data data/pick --steps 1000 --out runs/tokenizer
 $PY -m wmgym.cli train dynamics --data data/pick --tokenizer runs/tokenizer/final \
     --steps "${DYN_STEPS:-2000}" --out runs/dynamics --checkpoint runs/wm_base
-# fine-tune on all three, telling the model when a clip does not follow its context
+# fine-tune on the first three, telling the model when a clip does not follow its context
 $PY -m wmgym.cli train dynamics --init runs/wm_base --data data/pick \
     --extra-data data/pick_explore data/pick_slow --gap-embedding --steps "${FT_STEPS:-1200}" \
-    --lr 3e-4 --warmup 100 --out runs/dynamics_ft --checkpoint checkpoints/WM-Pick-v0
+    --lr 3e-4 --warmup 100 --out runs/dynamics_ft --checkpoint runs/wm_ft
+# then with the hesitant grasps, then the hovers too
+$PY -m wmgym.cli train dynamics --init runs/wm_ft --data data/pick \
+    --extra-data data/pick_explore data/pick_slow data/pick_hesitate --gap-embedding \
+    --steps 1000 --lr 3e-4 --warmup 100 --out runs/dynamics_hes --checkpoint runs/wm_hes
+$PY -m wmgym.cli train dynamics --init runs/wm_hes --data data/pick \
+    --extra-data data/pick_explore data/pick_slow data/pick_hesitate data/pick_hover \
+    --gap-embedding --steps 600 --lr 3e-4 --warmup 60 --out runs/dynamics_hov \
+    --checkpoint runs/wm_hov
+# then the state input on every slot, on all seven (data/pick counted twice), then again with
+# the misses counted twice too
+ALL="data/pick_explore data/pick_slow data/pick_hesitate data/pick_hover data/pick_miss"
+$PY -m wmgym.cli train dynamics --init runs/wm_hov --data data/pick --extra-data data/pick \
+    $ALL --gap-embedding --state-input --steps 800 --lr 3e-4 --warmup 60 \
+    --out runs/dynamics_sin --checkpoint runs/wm_sin
+$PY -m wmgym.cli train dynamics --init runs/wm_sin --data data/pick --extra-data data/pick \
+    $ALL data/pick_miss --gap-embedding --state-input --steps 600 --lr 3e-4 --warmup 60 \
+    --out runs/dynamics_sin2 --checkpoint checkpoints/WM-Pick-v0
 $PY -m wmgym.cli eval --checkpoint checkpoints/WM-Pick-v0 --data data/pick --split heldout \
     --out out/eval
 # the reference the quality regression test (tests/test_quality.py) holds later checkpoints to
@@ -31,4 +56,5 @@ $PY -m wmgym.cli eval --checkpoint checkpoints/WM-Pick-v0 --data tests/data/held
     --split all --device cpu --probe-starts 2 --out out/eval_regression
 cp out/eval_regression/metrics.json checkpoints/WM-Pick-v0/regression.json
 $PY -m wmgym.cli card --checkpoint checkpoints/WM-Pick-v0 --eval out/eval/metrics.json \
-    --data data/pick data/pick_explore data/pick_slow
+    --data data/pick data/pick_explore data/pick_slow data/pick_hesitate data/pick_hover \
+    data/pick_miss --notes docs/card_notes.md
