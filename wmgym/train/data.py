@@ -118,7 +118,8 @@ def sample_clips(
     Half the clips start right after their context (the start of an imagined episode); the rest
     start later, as the sliding window sees them in long rollouts; ``gap`` flags those (the model
     is told, as it is when its window slides). Episodes too short to fill ``length`` frames are
-    padded and ``valid`` marks the real frames.
+    padded and ``valid`` marks the real frames. ``prev_state`` is the state before each frame
+    (for ``--state-input``).
     """
     keys = ("ctx", "tokens", "actions", "reward", "success", "state", "valid", "gap",
             "prev_state")
