@@ -456,13 +456,15 @@ class DynamicsTransformer(nn.Module):
         normalised state, added where ``known`` (per sample).
         """
         x = self.slot + self.action_proj(actions.to(self.slot.dtype))
+
+        def per_sample(flag: Tensor) -> Tensor:  # (B,) -> broadcastable over (B, ..., d)
+            return flag.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+
         if gap is not None and self.cfg.gap_embedding:
-            x = x + gap.to(x.dtype).view(-1, *([1] * (x.dim() - 1))) * self.gap_emb
+            x = x + per_sample(gap) * self.gap_emb
         if self.state_proj is not None and prev_state is not None:
             s = self.state_proj(prev_state.to(x.dtype))
-            if known is not None:
-                s = s * known.to(x.dtype).view(-1, *([1] * (s.dim() - 1)))
-            x = x + s
+            x = x + (s if known is None else per_sample(known) * s)
         return x
 
     def _state_input(self, prev_state: Tensor | None, b: int
@@ -709,8 +711,6 @@ class DynamicsTransformer(nn.Module):
             raise RuntimeError("call prefill(cache, ctx_tokens) before generating frames")
         slides = cache.n_frames >= self.cfg.max_frames  # the window drops a frame: a gap opens
         self._make_room(cache)
-        if self.state_proj is None:
-            return self._slots(actions, slides).unsqueeze(1)
         return self._slots(actions, slides, cache.state, cache.has_state).unsqueeze(1)
 
     def _end_frame(self, cache: KVCache, hidden: Tensor, actions: Tensor

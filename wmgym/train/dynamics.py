@@ -63,9 +63,9 @@ class TrainDynamicsArgs(common.TrainArgs):
     """Give every slot the previous frame's state (real in training, the model's own reading
     in imagination after the context's real one), so frames follow the exact gripper and cube
     positions."""
-    state_noise: float = 0.1
+    state_noise: float = DynamicsConfig.state_noise
     """Std of the noise on the training state input, in normalised units."""
-    state_dropout: float = 0.1
+    state_dropout: float = DynamicsConfig.state_dropout
     """Share of training clips given no state input."""
     parallel_head: bool = False
     """Add the parallel head (a frame's tokens at once, 2 passes per frame at inference instead
@@ -104,6 +104,10 @@ def start_bank(data: str, size: int, seed: int) -> dict[str, np.ndarray]:
             for k in eps[0].observations}
 
 
+#: Parameters a fine-tune may add to its ``--init`` checkpoint (they keep their initialisation).
+NEW_PARAMETERS = ("gap_emb", "head.", "state_proj.")
+
+
 def init_from(model: DynamicsTransformer, source: DynamicsTransformer, path: str) -> None:
     """Copies ``source``'s weights into ``model``.
 
@@ -114,8 +118,7 @@ def init_from(model: DynamicsTransformer, source: DynamicsTransformer, path: str
         ValueError: The architectures differ beyond added parameters (names the checkpoint).
     """
     missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
-    if unexpected or any(k != "gap_emb" and not k.startswith(("head.", "state_proj."))
-                         for k in missing):
+    if unexpected or not all(k.startswith(NEW_PARAMETERS) for k in missing):
         raise ValueError(f"{path}: cannot fine-tune from it: missing {missing}, "
                          f"unexpected {unexpected} (expected the same dynamics config)")
 
