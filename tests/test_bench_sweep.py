@@ -21,7 +21,7 @@ from wmgym import sweep as sw
 from wmgym.bench import BenchSpeedArgs, bench_speed_main, time_env
 from wmgym.cli import COMMANDS
 from wmgym.env.testing import make_tiny_checkpoint, synthetic_start_obs
-from wmgym.policies import RandomPolicy, ScriptedPick
+from wmgym.policies import RandomPolicy, ScriptedPick, reads_images
 from wmgym.profiling import time_breakdown
 from wmgym.spec import load_spec
 
@@ -323,6 +323,33 @@ def test_sweep_writes_json_and_plot(tiny, tmp_path):
     assert mixed["policies"][1]["real"]["length"] >= 1
     with pytest.raises(ValueError, match="cannot reuse its real episodes"):
         sw.run_sweep(("random",), replace(args, real_from=str(tmp_path / "sweep.json"), seed=5))
+
+
+def test_reads_images():
+    assert not reads_images(ScriptedPick()) and not reads_images(RandomPolicy())
+    assert reads_images(lambda obs: obs["state"][:4])  # undeclared: may read anything
+
+    class Model:
+        observation_space = load_spec("pick").observation_space(images=False)
+
+    assert not reads_images(policy_sources.SB3Policy(Model()))
+    Model.observation_space = load_spec("pick").observation_space()
+    assert reads_images(policy_sources.SB3Policy(Model()))
+
+
+def test_sweep_state_only_runs_the_same_episodes(tiny, tmp_path):
+    args = sw.SweepArgs(policies=("pick:error=0.03", "random"), episodes=2, max_steps=6,
+                        checkpoint=str(tiny), device="cpu", progress=False, seed=3)
+    fast = sw.run_sweep(args.policies, args)  # state-only policies: no camera in either twin
+    slow = sw.run_sweep(args.policies, replace(args, images="always"))
+    assert fast["images"] is False and slow["images"] is True
+    assert fast["policies"] == slow["policies"]  # the same episodes, outcome for outcome
+
+    def stay(obs):  # declares nothing: it may read images, so both twins render them
+        return np.zeros(4, np.float32)
+
+    mixed = sw.run_sweep({"stay": stay, "random": "random"}, replace(args, episodes=1))
+    assert mixed["images"] is True
 
 
 def test_example_runs(tiny, tmp_path):

@@ -1,9 +1,12 @@
 """Scripted and random policies acting on the privileged ``state`` (both twins expose it).
 
 A policy is any callable ``policy(obs) -> action``; ones with memory also have
-``reset(seed)``, called at the start of each episode. The scripted pick has two knobs of
-incompetence: ``noise`` (Gaussian action noise, std in action units) and ``error`` (a per-episode
-offset of where it believes the cube is, std in metres).
+``reset(seed)``, called at the start of each episode. A policy may declare the observation keys
+it reads as ``observation_keys``: one that reads ``state`` only lets evaluations skip camera
+observations (see :func:`reads_images`); one without it is taken to read every key.
+
+The scripted pick has two knobs of incompetence: ``noise`` (Gaussian action noise, std in action
+units) and ``error`` (a per-episode offset of where it believes the cube is, std in metres).
 
 >>> policy = ScriptedPick(noise=0.1)
 >>> policy.reset(seed=0)
@@ -18,7 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
-from wmgym.spec import CUBE_POS, EEF_POS
+from wmgym.spec import CUBE_POS, EEF_POS, IMAGE_KEYS
 
 HOVER = 0.06  # height above the cube to line up at, metres
 GRASP_DEPTH = 0.0  # eef height relative to the cube centre when closing
@@ -32,11 +35,26 @@ FEINT_STEPS = 10  # hesitate=: steps of lifting the open gripper before starting
 
 
 class Policy(Protocol):
-    """``policy(obs) -> action``; ``reset(seed)`` starts an episode."""
+    """``policy(obs) -> action``; ``reset(seed)`` starts an episode.
+
+    Optional: ``observation_keys``, the keys of ``obs`` the policy reads.
+    """
 
     def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray: ...
 
     def reset(self, seed: int | None = None) -> None: ...
+
+
+def reads_images(policy: object) -> bool:
+    """Whether ``policy`` may read camera observations.
+
+    True unless it declares ``observation_keys`` without any of rgb, depth or mask.
+
+    >>> reads_images(ScriptedPick()), reads_images(lambda obs: obs["rgb"].mean())
+    (False, True)
+    """
+    keys = getattr(policy, "observation_keys", None)
+    return keys is None or any(k in IMAGE_KEYS for k in keys)
 
 
 class ScriptedPick:
@@ -74,6 +92,8 @@ class ScriptedPick:
             Without such data a model finishes the descent for an arm told to stay.
 
     """
+
+    observation_keys = ("state",)
 
     def __init__(
         self, noise: float = 0.0, error: float = 0.0, drop_prob: float = 0.0,
@@ -191,6 +211,8 @@ class ScriptedPick:
 
 class RandomPolicy:
     """Uniform random actions, each held for ``repeat`` steps (smoother, more coverage)."""
+
+    observation_keys = ()  # reads nothing
 
     def __init__(self, repeat: int = 1):
         self.repeat = repeat

@@ -49,6 +49,7 @@ class SB3Policy:
         self.model, self.deterministic = model, deterministic
         space = model.observation_space
         self.keys = list(space.spaces) if isinstance(space, spaces.Dict) else None
+        self.observation_keys = tuple(self.keys) if self.keys is not None else ("state",)
         if self.keys is None and space.shape != (len(STATE_FIELDS),):
             raise ValueError(
                 f"SB3 model observes {space}: expected a Dict of env observation keys or the "

@@ -23,13 +23,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from wmgym.metrics import agreement
-from wmgym.policies import Policy
+from wmgym.policies import Policy, reads_images
 from wmgym.policy_sources import PolicySource, named_policies, policy_factory
 from wmgym.results import checkpoint_id, machine, write_result
 from wmgym.spec import TaskSpec, load_spec
@@ -71,6 +71,11 @@ class SweepArgs:
     decoding: str = "auto"
     """World-model decoding: ``auto`` (the parallel head when the checkpoint has one),
     ``parallel`` or ``autoregressive``."""
+    images: Literal["auto", "always"] = "auto"
+    """Camera observations: ``auto`` leaves them out of both twins when every policy declares
+    (``observation_keys``) that it reads ``state`` only. The episodes are the same, faster: Sim
+    renders only each episode's first frame (the world model's context) and the world model
+    decodes no frames. ``always``: render and decode every step."""
     max_batch: int = 256
     """Most imagined episodes stepped together; more run as several vector envs in turn."""
     workers: int = 1
@@ -102,12 +107,21 @@ class Episodes(NamedTuple):
     length: np.ndarray  # (N,) int: steps taken
 
 
+def _sim_env(env_id: str, images: bool, **kwargs: Any) -> Any:
+    """``Sim-<Task>-v0``; without camera observations it can still render (first frames)."""
+    from wmgym.registration import make_env
+
+    return make_env(env_id, images=images, **({} if images else {"render_mode": "rgb_array"}),
+                    **kwargs)
+
+
 def _real_episode(env: Any, make: Callable[[], Policy], seed: int) -> tuple[Any, ...]:
-    """One Sim episode: ``(success, return, length, first observation)``."""
+    """One Sim episode: ``(success, return, length, first observation with its images)``."""
     policy = make()
     _start_episode(policy, seed)
     obs, _ = env.reset(seed=seed)
-    first, success, ret, t = obs, False, 0.0, 0
+    first = obs if "rgb" in obs else {**env.unwrapped.render_images(), **obs}
+    success, ret, t = False, 0.0, 0
     done = False
     while not done:
         obs, reward, terminated, truncated, info = env.step(policy(obs))
@@ -119,11 +133,9 @@ def _real_episode(env: Any, make: Callable[[], Policy], seed: int) -> tuple[Any,
 _WORKER_ENV: Any = None
 
 
-def _init_worker(env_id: str, max_steps: int) -> None:
+def _init_worker(env_id: str, max_steps: int, images: bool) -> None:
     global _WORKER_ENV
-    from wmgym.registration import make_env
-
-    _WORKER_ENV = make_env(env_id, images=True, max_episode_steps=max_steps)
+    _WORKER_ENV = _sim_env(env_id, images, max_episode_steps=max_steps)
 
 
 def _worker_episode(job: tuple[Callable[[], Policy], int]) -> tuple[Any, ...]:
@@ -136,8 +148,9 @@ def run_real(
     max_steps: int,
     workers: int = 1,
     progress: bool = True,
+    images: bool = True,
 ) -> tuple[Episodes, list[dict[str, np.ndarray]]]:
-    """Runs ``(policy factory, seed)`` episodes in ``Sim-<Task>-v0`` with camera observations.
+    """Runs ``(policy factory, seed)`` episodes in ``Sim-<Task>-v0``.
 
     Args:
         spec: The task.
@@ -146,15 +159,16 @@ def run_real(
         workers: Processes (spawned, each with its own robosuite env); 1 runs in this process.
             With more, the factories are pickled to the workers.
         progress: Show a progress bar.
+        images: Camera observations at every step (else the policies see ``state`` only and
+            just the first observations are rendered).
 
     Returns:
-        The episodes' outcomes and each episode's first (reset) observation, in job order.
+        The episodes' outcomes and each episode's first (reset) observation, images included,
+        in job order.
     """
     bar = tqdm(total=len(jobs), desc=f"{spec.sim_id} episodes", disable=not progress)
     if workers <= 1:
-        from wmgym.registration import make_env
-
-        env = make_env(spec.sim_id, images=True, max_episode_steps=max_steps)
+        env = _sim_env(spec.sim_id, images, max_episode_steps=max_steps)
         results = []
         for job in jobs:
             results.append(_real_episode(env, *job))
@@ -162,7 +176,7 @@ def run_real(
         env.close()
     else:
         ctx = mp.get_context("spawn")  # forked children hang on EGL (see wmgym.bench)
-        with ctx.Pool(workers, _init_worker, (spec.sim_id, max_steps)) as pool:
+        with ctx.Pool(workers, _init_worker, (spec.sim_id, max_steps, images)) as pool:
             results = []
             for r in pool.imap(_worker_episode, jobs):
                 results.append(r)
@@ -174,9 +188,7 @@ def run_real(
 
 def reset_observations(spec: TaskSpec, seeds: Sequence[int]) -> list[dict[str, np.ndarray]]:
     """``Sim-<Task>-v0``'s first observation (camera included) after ``reset(seed)``, per seed."""
-    from wmgym.registration import make_env
-
-    env = make_env(spec.sim_id, images=True)
+    env = _sim_env(spec.sim_id, images=True)
     first = [env.reset(seed=int(s))[0] for s in seeds]
     env.close()
     return first
@@ -304,10 +316,11 @@ def _imagine_all(
     first_obs: Sequence[dict[str, np.ndarray]],
     max_steps: int,
     args: SweepArgs,
+    images: bool = True,
 ) -> Episodes:
     """Every job as one imagined episode, ``max_batch`` sub-envs per vector env at most."""
     env_kwargs: dict[str, Any] = {"device": args.device, "temperature": args.temperature,
-                                  "decoding": args.decoding}
+                                  "decoding": args.decoding, "images": images}
     if args.checkpoint:
         env_kwargs["checkpoint"] = args.checkpoint
     size = max(args.max_batch, 1)
@@ -370,10 +383,11 @@ def run_sweep(
     max_steps = args.max_steps or spec.max_episode_steps
     seeds = [args.seed + e for e in range(args.episodes)]
     jobs = [(make, s) for make in factories for s in seeds]  # policy-major order
+    images = args.images == "always" or any(reads_images(make()) for make in factories)
     start = time.perf_counter()
-    real, first_obs = _real_side(spec, list(named), factories, seeds, max_steps, args)
+    real, first_obs = _real_side(spec, list(named), factories, seeds, max_steps, args, images)
     sim_seconds = time.perf_counter() - start
-    imagined = _imagine_all(spec, jobs, first_obs, max_steps, args)
+    imagined = _imagine_all(spec, jobs, first_obs, max_steps, args, images)
     wm_seconds = time.perf_counter() - start - sim_seconds
     per_policy, metrics = _compare(list(named), real, imagined, args.episodes)
     return {
@@ -387,6 +401,7 @@ def run_sweep(
         "max_steps": max_steps,
         "temperature": args.temperature,
         "decoding": args.decoding,
+        "images": images,
         "policies": per_policy,
         "metrics": metrics,
         "seconds": {"sim": round(sim_seconds, 1), "wm": round(wm_seconds, 1)},
@@ -402,6 +417,7 @@ def _real_side(
     seeds: list[int],
     max_steps: int,
     args: SweepArgs,
+    images: bool = True,
 ) -> tuple[Episodes, list[dict[str, np.ndarray]]]:
     """Real episodes of every policy and the first observation of every job, policy-major.
 
@@ -411,8 +427,8 @@ def _real_side(
               if args.real_from else {})
     todo = [i for i, name in enumerate(names) if name not in reused]
     jobs = [(factories[i], s) for i in todo for s in seeds]
-    ran, first = run_real(spec, jobs, max_steps, args.workers, args.progress) if jobs else (
-        None, reset_observations(spec, seeds))
+    ran, first = (run_real(spec, jobs, max_steps, args.workers, args.progress, images) if jobs
+                  else (None, reset_observations(spec, seeds)))
     parts, at = [], 0
     for name in names:
         if name in reused:
