@@ -254,6 +254,7 @@ def test_bench_speed_writes_json(tmp_path):
         window_batch=2,
         window_steps=10,
         window_span=3,
+        state_only_batches=(2,),
         profile_batch=4,
         profile_steps=2,
         device="cpu",
@@ -276,6 +277,9 @@ def test_bench_speed_writes_json(tmp_path):
     assert result["speedup"]["best_batch"] in (1, 4)
     assert result["speedup"]["vs_single_process"] > 0
     assert sum(result["profile"]["breakdown"].values()) == pytest.approx(1.0, abs=0.05)
+    so = result["state_only"]
+    assert so["sim"]["steps_per_s"] > 0 and [r["batch"] for r in so["wm"]] == [2]
+    assert so["wm"][0]["steps_per_s"] > 0 and so["vs_single_process"] > 0
 
 
 def test_sweep_writes_json_and_plot(tiny, tmp_path):

@@ -5,6 +5,7 @@
   batch sizes against ``Sim-<Task>-v0`` with the same camera observations (one process, and one
   worker process per core), peak memory, the per-step cost early and late in a long episode
   (the sliding window must keep it steady) and a profile of where an imagined step's time goes.
+  Also both twins state-only (``images=False``), as state-based RL runs them.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ class BenchSpeedArgs:
     decodings: tuple[str, ...] = ("autoregressive", "parallel")
     """Decoding modes to time at every batch size (``parallel`` only if the checkpoint has the
     head). The steady-cost check and the profile use the checkpoint's default (``auto``)."""
+    state_only_batches: tuple[int, ...] = (64, 256)
+    """Batch sizes of ``WM-<Task>-v0`` with ``images=False`` (no frames decoded), timed against
+    ``Sim-<Task>-v0`` state-only in one process (empty: skip)."""
     profile_batch: int = 64
     """Batch size of the profiled run (0 = no profile)."""
     profile_steps: int = 20
@@ -142,7 +146,8 @@ def _make_wm(args: BenchSpeedArgs, num_envs: int, **kwargs: Any):
     )
 
 
-def bench_wm_batch(args: BenchSpeedArgs, batch: int, decoding: str = "auto") -> dict:
+def bench_wm_batch(args: BenchSpeedArgs, batch: int, decoding: str = "auto",
+                   images: bool = True) -> dict:
     """Imagined steps/s and peak memory of one ``WM-<Task>-v0`` vector env of ``batch`` envs.
 
     Episodes end at the time limit only (as random actions end them in Sim), so the cost of
@@ -154,7 +159,7 @@ def bench_wm_batch(args: BenchSpeedArgs, batch: int, decoding: str = "auto") -> 
     reset_peak_rss()
     before = peak_rss_mb()  # just reset: the current RSS
     gpu_reset_peak()
-    envs = _make_wm(args, batch, terminate_on_success=False, decoding=decoding)
+    envs = _make_wm(args, batch, terminate_on_success=False, decoding=decoding, images=images)
     sps = time_env(envs, args.steps, seed=args.seed, warmup=args.warmup)
     peak = peak_rss_mb()
     row = {
@@ -212,10 +217,10 @@ def bench_window(args: BenchSpeedArgs) -> dict:
     return result
 
 
-def bench_sim_single(args: BenchSpeedArgs, sim_id: str) -> dict:
-    """``Sim-<Task>-v0`` with camera observations in this process."""
+def bench_sim_single(args: BenchSpeedArgs, sim_id: str, images: bool = True) -> dict:
+    """``Sim-<Task>-v0`` (with camera observations unless ``images=False``) in this process."""
     reset_peak_rss()
-    env = make_env(sim_id, images=True, terminate_on_success=False)
+    env = make_env(sim_id, images=images, terminate_on_success=False)
     sps = time_env(env, args.sim_steps, seed=args.seed, warmup=args.warmup)
     env.close()
     return {"workers": 1, "steps_per_s": round(sps, 1), "peak_rss_mb": round_mb(peak_rss_mb())}
@@ -247,6 +252,15 @@ def bench_sim_parallel(args: BenchSpeedArgs, sim_id: str) -> dict | None:
         "peak_rss_mb": round_mb(peak_rss_mb() + sum(worker_mb)),
         "peak_rss_mb_per_worker": round_mb(max(worker_mb)),
     }
+
+
+def bench_state_only(args: BenchSpeedArgs, sim_id: str) -> dict:
+    """Both twins without camera observations: what state-based RL gets from each."""
+    sim = bench_sim_single(args, sim_id, images=False)
+    wm = [bench_wm_batch(args, b, images=False) for b in args.state_only_batches]
+    best = max(wm, key=lambda row: row["steps_per_s"])
+    return {"sim": sim, "wm": wm, "best_batch": best["batch"],
+            "vs_single_process": round(best["steps_per_s"] / sim["steps_per_s"], 2)}
 
 
 # ----------------------------------------------------------------------------- profile
@@ -360,6 +374,14 @@ def format_speed_table(result: dict) -> str:
         f"Speed-up WM/Sim at batch {s['best_batch']} ({s.get('decoding')} decoding): "
         + ", ".join(f"x{v} {k[3:]}" for k, v in s.items() if k.startswith("vs_") and v),
     ]
+    if result.get("state_only"):
+        so = result["state_only"]
+        rows = ", ".join(f"batch {r['batch']} {r['steps_per_s']:.1f}" for r in so["wm"])
+        lines.append(
+            f"State only (no frames decoded, no camera): {wm_id} {rows} steps/s; "
+            f"{result['sim_env']} {so['sim']['steps_per_s']:.1f} steps/s; "
+            f"x{so['vs_single_process']} at batch {so['best_batch']}."
+        )
     if result.get("profile"):
         parts = sorted(result["profile"]["breakdown"].items(), key=lambda kv: -kv[1])
         lines.append(
@@ -397,6 +419,7 @@ def bench_speed_main(args: BenchSpeedArgs) -> dict:
     result["speedup_by_decoding"] = {
         mode: speedups([r for r in result["wm"] if r["decoding"] == mode], result["sim"])
         for mode in dict.fromkeys(r["decoding"] for r in result["wm"])}
+    result["state_only"] = bench_state_only(args, spec.sim_id) if args.state_only_batches else None
     result["profile"] = profile_wm(args) if args.profile_batch > 0 else None
     write_result(args.out, result)
     print(format_speed_table(result))
