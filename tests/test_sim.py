@@ -165,6 +165,25 @@ def test_scripted_pick_succeeds_and_random_does_not():
     env.close()
 
 
+def test_success_is_the_spec_rule_on_state():
+    """robosuite's success is the spec's rule on ``state``: the learned twin applies it too."""
+    spec = load_spec("pick")
+    env = gym.make("Sim-Pick-v0", images=False, terminate_on_success=False)
+    arena_top = env.unwrapped._rs.model.mujoco_arena.table_offset[2]
+    assert spec.success_cube_z == pytest.approx(arena_top + 0.04)
+    policy = ScriptedPick()
+    policy.reset(0)
+    obs, _ = env.reset(seed=0)
+    seen = set()
+    for _ in range(60):
+        obs, _, _, _, info = env.step(policy(obs))
+        rule = bool(obs["state"][CUBE_POS][2] > spec.success_cube_z)
+        assert info["success"] == rule
+        seen.add(rule)
+    assert seen == {False, True}  # the pick crosses the height within the episode
+    env.close()
+
+
 def test_exploring_pick_makes_held_random_excursions():
     env = gym.make("Sim-Pick-v0", images=False)
     policy = ScriptedPick(explore=0.1)

@@ -17,7 +17,7 @@ from gymnasium.wrappers import FilterObservation, RenderCollection
 
 from wmgym.env import load_checkpoint
 from wmgym.model.checkpoint import CONFIG, START_OBS, WEIGHTS, CheckpointError
-from wmgym.spec import load_spec
+from wmgym.spec import CUBE_POS, load_spec
 from wmgym.viz import tile_frame
 
 # exact reproducibility is promised on CPU (CUDA kernels may add in any order)
@@ -194,12 +194,33 @@ def test_step_contract(ckpt):
         assert isinstance(reward, float) and 0.0 <= reward <= 1.0
         assert isinstance(info["success"], bool)
         assert 0.0 <= info["success_prob"] <= 1.0
-        assert info["success"] == (info["success_prob"] > 0.5)
+        lifted = obs["state"][CUBE_POS][2] > load_spec("pick").success_cube_z
+        assert info["success"] == (info["success_prob"] > 0.5 and lifted)
         assert terminated == info["success"]  # the spec terminates on success
         if terminated or truncated:
             ended += 1
             env.reset()
     assert ended, "the tiny model should end some episodes"
+
+
+@pytest.mark.parametrize("needs_state", [True, False])
+def test_success_needs_the_head_and_the_state(tmp_path, needs_state):
+    from wmgym.env.testing import make_tiny_checkpoint
+
+    often = make_tiny_checkpoint(tmp_path / "wm", success_bias=0.0)  # the head fires often
+    envs = gym.make_vec("WM-Pick-v0", num_envs=16, vectorization_mode="vector_entry_point",
+                        checkpoint=often, device=DEVICE, terminate_on_success=False,
+                        success_needs_state=needs_state)
+    envs.reset(seed=0)
+    height, kept, vetoed = load_spec("pick").success_cube_z, 0, 0
+    for _ in range(30):
+        obs, _, _, _, info = envs.step(envs.action_space.sample())
+        head = info["success_prob"] > 0.5
+        lifted = obs["state"][:, CUBE_POS][:, 2] > height
+        np.testing.assert_array_equal(info["success"], head & lifted if needs_state else head)
+        kept, vetoed = kept + (head & lifted).sum(), vetoed + (head & ~lifted).sum()
+    assert kept and vetoed  # both cases occur, so the assertion above tells the rules apart
+    envs.close()
 
 
 def test_terminate_on_success_override_and_time_limit(ckpt):

@@ -67,7 +67,7 @@ class ProbeResult:
     cube_err: np.ndarray
     real_move: np.ndarray  # distance the real gripper moved from the start
     imagined_move: np.ndarray
-    imagined_success: np.ndarray  # (starts, patterns) any step with success_prob > 0.5
+    imagined_success: np.ndarray  # (starts, patterns) any step with info["success"]
     real_success: np.ndarray
 
     def summary(self) -> dict:
@@ -148,7 +148,7 @@ def probe_actions(
     for t in tqdm(range(horizon), desc="imagined probes", disable=not progress):
         out = core.step(batch_actions)
         imagined[:, :, t + 1] = out.obs["state"].reshape(starts, n_pat, -1)
-        imagined_success |= (out.success_prob > 0.5).reshape(starts, n_pat)
+        imagined_success |= out.success.reshape(starts, n_pat)
     core.close()
 
     def dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:

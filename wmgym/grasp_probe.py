@@ -170,7 +170,7 @@ def probe_grasps(
     for _ in tqdm(range(horizon), desc="imagined grasp probes", disable=not progress):
         out = core.step(np.stack([p(s) for p, s in zip(policies, states)]))
         states = out.obs["state"]
-        imagined.update(states, out.success_prob > 0.5,
+        imagined.update(states, out.success,
                         np.array([p.drop(s) for p, s in zip(policies, states)]))
     core.close()
     return GraspProbeResult(real.success, imagined.success, real.closing, imagined.closing,

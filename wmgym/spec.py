@@ -77,6 +77,10 @@ class TaskSpec:
     """Steps after which an episode is truncated."""
     terminate_on_success: bool
     """End the episode as soon as ``info['success']`` is true."""
+    success_cube_z: float | None
+    """The task's success rule on ``state``: the cube's centre above this world height, metres
+    (robosuite Lift: the table top, 0.8 m, plus 4 cm). The learned twin's success needs its
+    imagined state to meet it as well as its success head to fire. None: the head alone."""
     checkpoint: Path
     """Directory of the world-model checkpoint (absolute)."""
     path: Path
@@ -141,6 +145,7 @@ def read_spec(path: str | Path) -> TaskSpec:
         depth_range=(near, far),
         max_episode_steps=int(_require(ep, "max_episode_steps", path)),
         terminate_on_success=bool(ep.get("terminate_on_success", True)),
+        success_cube_z=None if "success_cube_z" not in task else float(task["success_cube_z"]),
         checkpoint=ckpt if ckpt.is_absolute() else (REPO_ROOT / ckpt),
         path=path,
     )

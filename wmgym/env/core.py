@@ -33,7 +33,7 @@ from gymnasium import spaces
 from wmgym.env.loading import load_checkpoint
 from wmgym.model.frames import frames_to_obs, obs_to_frames
 from wmgym.model.world_model import RolloutState
-from wmgym.spec import IMAGE_KEYS, TaskSpec, load_spec
+from wmgym.spec import CUBE_POS, IMAGE_KEYS, TaskSpec, load_spec
 from wmgym.validation import check_action
 
 Obs = dict[str, np.ndarray]
@@ -65,7 +65,8 @@ class Imagined(NamedTuple):
 
     obs: Obs
     reward: np.ndarray  # (N,) float64 in [0, 1]
-    success_prob: np.ndarray  # (N,) float64
+    success: np.ndarray  # (N,) bool: the success head fired (and the state meets the task's rule)
+    success_prob: np.ndarray  # (N,) float64: the success head's probability
     uncertainty: np.ndarray  # (N,) float64: mean entropy (nats) of the frame's token distributions
 
 
@@ -82,6 +83,9 @@ class Imagination:
         images: Return rgb/depth/mask (else ``state`` only; frames are then not decoded).
         decoding: ``auto`` (the parallel head when the checkpoint has one), ``parallel`` or
             ``autoregressive`` (token by token: slower, samples a frame's tokens jointly).
+        success_needs_state: Success also needs the imagined state to meet the task's rule
+            (``TaskSpec.success_cube_z``), as the real twin's state does; False: the success
+            head alone (probability > 0.5).
 
     """
 
@@ -95,9 +99,11 @@ class Imagination:
         top_k: int | None = None,
         images: bool = True,
         decoding: str = "auto",
+        success_needs_state: bool = True,
     ) -> None:
         self.task = load_spec(spec) if isinstance(spec, str) else spec
         self.images = images
+        self.success_needs_state = success_needs_state
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if not temperature >= 0:
@@ -286,12 +292,26 @@ class Imagination:
             self._store_images(self.obs, range(self.num_envs))
         else:  # decoded only if rendered
             self._stale[:] = True
+        prob = out.success.to(torch.float64).cpu().numpy()
         return Imagined(
             obs={k: v.copy() for k, v in self.obs.items()},
             reward=out.reward.to(torch.float64).cpu().numpy(),
-            success_prob=out.success.to(torch.float64).cpu().numpy(),
+            success=self._success(prob, self.obs["state"]),
+            success_prob=prob,
             uncertainty=out.uncertainty.to(torch.float64).cpu().numpy(),
         )
+
+    def _success(self, prob: np.ndarray, state: np.ndarray) -> np.ndarray:
+        """The success head's verdict, checked against the task's rule on the imagined state.
+
+        The head alone fires on some frames whose own state says the cube has not risen: a
+        mis-aimed pick's "lift" (``wmgym sweep``, ``README``).
+        """
+        success = prob > 0.5
+        height = self.task.success_cube_z
+        if self.success_needs_state and height is not None:
+            success &= state[:, CUBE_POS][:, 2] > height
+        return success
 
     def _image_obs(self, frames: torch.Tensor) -> Obs:
         rgb, depth, mask = frames_to_obs(frames, self.task.depth_range)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from wmgym.model.tokenizer import MMTokenizer, TokenizerConfig
 from wmgym.model.transformer import DynamicsConfig
 from wmgym.model.world_model import WorldModel
-from wmgym.spec import TaskSpec, load_spec
+from wmgym.spec import CUBE_POS, TaskSpec, load_spec
 
 
 def synthetic_start_obs(spec: TaskSpec, n: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -87,7 +87,10 @@ def make_tiny_checkpoint(
         model = _tiny_model(task, max_frames, success_bias, parallel_head)
     bank = synthetic_start_obs(task, bank_size, seed)
     states = torch.as_tensor(bank["state"])
-    model.dynamics.set_state_normalization(states.mean(0), torch.full((states.shape[1],), 0.05))
+    mean = states.mean(0)
+    if task.success_cube_z is not None:  # most imagined cubes above the success height, so the
+        mean[CUBE_POS][2] = task.success_cube_z + 0.1  # head's verdict mostly stands (not always)
+    model.dynamics.set_state_normalization(mean, torch.full((states.shape[1],), 0.05))
     return model.save(path, extra={"task": task.name}, start_obs=bank)
 
 

@@ -54,6 +54,8 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
         decoding: ``auto`` (the checkpoint's parallel head when it has one), ``parallel``, or
             ``autoregressive`` (token by token; slower).
         terminate_on_success: Override the spec's setting.
+        success_needs_state: Success needs the imagined state to meet the task's rule (see
+            ``WorldModelEnv``); False: the success head alone.
         render_mode: ``"rgb_array"`` (``render`` returns one frame per sub-env) or None.
 
     """
@@ -76,6 +78,7 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
         images: bool = True,
         decoding: str = "auto",
         terminate_on_success: bool | None = None,
+        success_needs_state: bool = True,
         render_mode: str | None = None,
     ) -> None:
         self.task = load_spec(spec) if isinstance(spec, str) else spec
@@ -90,7 +93,7 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
         )
         self.metadata = {**self.metadata, "render_fps": self.task.control_freq}
         self.core = Imagination(self.task, num_envs, checkpoint, device, temperature, top_k,
-                                 images, decoding)
+                                 images, decoding, success_needs_state)
         self.single_observation_space = self.core.observation_space
         self.single_action_space = self.core.action_space
         self.observation_space = batch_space(self.single_observation_space, num_envs)
@@ -153,7 +156,7 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
             raise ResetNeeded("Cannot call `step` before `reset` on a WorldModelVectorEnv")
         actions = check_action(actions, self.single_action_space, batch=self.num_envs)
         out = self.core.step(actions)
-        success = out.success_prob > 0.5
+        success = out.success
         terminated = success & self.terminate_on_success
         self._elapsed += 1
         if self.max_episode_steps is None:

@@ -21,7 +21,9 @@ class WorldModelEnv(gym.Env):
     recent ones with ``options["context_actions"]`` between them), else one drawn with
     ``np_random`` from the checkpoint's bank of real start observations. ``step`` imagines the
     next observation, the reward (in [0, 1]) and the success probability with the world model;
-    ``terminated`` is ``info["success"]`` (probability > 0.5) when ``terminate_on_success``;
+    ``info["success"]`` is the success head's verdict (probability > 0.5) where the imagined
+    state also meets the task's rule, as the real twin's does (``success_needs_state``);
+    ``terminated`` is ``info["success"]`` when ``terminate_on_success``;
     truncation is the ``TimeLimit`` wrapper's (``gym.make`` adds it). ``info["uncertainty"]`` is
     the mean entropy (nats) of the token distributions the frame was sampled from: it rises
     where the model saw little data like this (an unfamiliar action), for penalties or to cut
@@ -47,6 +49,9 @@ class WorldModelEnv(gym.Env):
         decoding: ``auto`` (the checkpoint's parallel head when it has one), ``parallel``, or
             ``autoregressive`` (token by token; slower).
         terminate_on_success: Override the spec's setting.
+        success_needs_state: Success needs the imagined state to meet the task's rule (the
+            cube above ``TaskSpec.success_cube_z``) as well as the success head to fire; False:
+            the head alone.
         render_mode: ``"rgb_array"`` (rgb | depth | mask of the current observation) or None.
 
     """
@@ -63,6 +68,7 @@ class WorldModelEnv(gym.Env):
         images: bool = True,
         decoding: str = "auto",
         terminate_on_success: bool | None = None,
+        success_needs_state: bool = True,
         render_mode: str | None = None,
     ) -> None:
         self.task = load_spec(spec) if isinstance(spec, str) else spec
@@ -73,7 +79,7 @@ class WorldModelEnv(gym.Env):
         )
         self.metadata = {**self.metadata, "render_fps": self.task.control_freq}
         self.core = Imagination(self.task, 1, checkpoint, device, temperature, top_k,
-                                 images, decoding)
+                                 images, decoding, success_needs_state)
         self.observation_space = self.core.observation_space
         self.action_space = self.core.action_space
 
@@ -104,10 +110,9 @@ class WorldModelEnv(gym.Env):
         """Imagines one step; a bad action raises ValueError, an out-of-bounds one is clipped."""
         action = check_action(action, self.action_space)
         out = self.core.step(action[None])
-        prob = float(out.success_prob[0])
-        success = prob > 0.5
+        success = bool(out.success[0])
         obs = {k: v[0] for k, v in out.obs.items()}
-        info = {"success": success, "success_prob": prob,
+        info = {"success": success, "success_prob": float(out.success_prob[0]),
                 "uncertainty": float(out.uncertainty[0])}
         return obs, float(out.reward[0]), success and self.terminate_on_success, False, info
 
