@@ -17,6 +17,8 @@ from wmgym.sweep import SweepArgs, sweep_main
 class Hesitant:
     """A policy with memory: holds still for 15 steps, then picks (one instance per episode)."""
 
+    observation_keys = ("state",)  # reads state only: the sweep can skip camera observations
+
     def __init__(self) -> None:
         self.pick = ScriptedPick(error=0.01)
 
@@ -33,6 +35,9 @@ def reach_only(obs: dict[str, np.ndarray]) -> np.ndarray:
     """A plain function: moves the open gripper onto the cube and never closes it."""
     eef, cube = obs["state"][:3], obs["state"][5:8]
     return np.r_[np.clip(12.0 * (cube - eef), -1.0, 1.0), -1.0].astype(np.float32)
+
+
+reach_only.observation_keys = ("state",)  # a function declares it as an attribute
 
 
 POLICIES = {
@@ -61,3 +66,4 @@ if __name__ == "__main__":
     )
     result = sweep_main(args, POLICIES)
     print(f"MMRV {result['metrics']['success']['mmrv']} (0 = the twins rank every pair alike)")
+    print(f"camera observations rendered: {result['images']} (every policy here reads state only)")

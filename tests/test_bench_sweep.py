@@ -374,5 +374,6 @@ def test_example_runs(tiny, tmp_path):
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "camera observations rendered: False" in proc.stdout  # declared state-only policies
     assert "MMRV" in proc.stdout
     assert (tmp_path / "sweep.json").exists() and (tmp_path / "sweep.png").exists()
