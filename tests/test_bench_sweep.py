@@ -276,7 +276,11 @@ def test_bench_speed_writes_json(tmp_path):
     assert w["early_steps"] == [1, 3] and w["full_steps"] == [5, 7] and w["late_steps"] == [8, 10]
     assert result["speedup"]["best_batch"] in (1, 4)
     assert result["speedup"]["vs_single_process"] > 0
-    assert sum(result["profile"]["breakdown"].values()) == pytest.approx(1.0, abs=0.05)
+    parts = result["profile"]["breakdown"]  # time_breakdown's arithmetic: its own test above
+    assert all(0 <= v <= 1 for v in parts.values()) and sum(parts.values()) <= 1.02
+    assert parts["transformer_forward"] > 0 and parts["decoder"] > 0
+    # not sum == 1: time inside WorldModel.step that no profiled function owns is left out, and
+    # in a tiny model's millisecond step it once came to 11% (the full suite on a loaded machine)
     so = result["state_only"]
     assert so["sim"]["steps_per_s"] > 0 and [r["batch"] for r in so["wm"]] == [2]
     assert so["wm"][0]["steps_per_s"] > 0 and so["vs_single_process"] > 0
