@@ -1,11 +1,13 @@
 """``wmgym sweep``: does the learned twin rank policies as the real one does?
 
 Every policy runs the same episodes in both twins: episode ``e`` resets ``Sim-<Task>-v0`` with
-seed ``seed + e`` (camera observations on), and ``WM-<Task>-v0`` starts from that very real
-observation (``options["context"]``) with the same seed; the policy is reset with it too. A
-policy in Sim sees real observations, in WM imagined ones. All imagined episodes (every policy,
-every seed) run as one native vector env, one sub-env per episode: each sub-env has its own
-policy instance and counts until its first ``terminated | truncated`` only.
+seed ``seed + e``, and ``WM-<Task>-v0`` starts from that very real observation
+(``options["context"]``, camera images included) with the same seed; the policy is reset with
+it too. A policy in Sim sees real observations, in WM imagined ones. All imagined episodes
+(every policy, every seed) run as one native vector env, one sub-env per episode: each sub-env
+has its own policy instance and counts until its first ``terminated | truncated`` only. When
+every policy declares that it reads ``state`` only (``observation_keys``), neither twin makes
+camera observations after that first frame (``SweepArgs.images``): the same episodes, faster.
 
 Reported per policy: success rate and mean return in both twins; over policies: Pearson and
 Spearman correlation of the success rates, SIMPLER's MMRV (mean maximum rank violation) and the
