@@ -88,8 +88,10 @@ def make_tiny_checkpoint(
     bank = synthetic_start_obs(task, bank_size, seed)
     states = torch.as_tensor(bank["state"])
     mean = states.mean(0)
-    if task.success_cube_z is not None:  # most imagined cubes above the success height, so the
-        mean[CUBE_POS][2] = task.success_cube_z + 0.1  # head's verdict mostly stands (not always)
+    if task.success_cube_z is not None:
+        # Centre the imagined cube 10 cm above the success height: about 80% of the success
+        # head's firings then pass the state rule, so tests see both verdicts.
+        mean[CUBE_POS][2] = task.success_cube_z + 0.1
     model.dynamics.set_state_normalization(mean, torch.full((states.shape[1],), 0.05))
     return model.save(path, extra={"task": task.name}, start_obs=bank)
 
