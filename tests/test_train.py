@@ -93,6 +93,7 @@ def test_dynamics_exports_a_loadable_world_model(tiny_data, tiny_tokenizer, tmp_
     assert 0.0 <= grasp["hover_drop_m_real"] < 0.015  # a still arm coasts, then stays
     assert 0.0 <= grasp["open_success"] <= 1.0 and "Grasp probes (1 real" in format_table(result)
     assert 0.0 <= result["open_loop"]["success_acc"]["mean"] <= 1.0
+    assert 0.0 <= result["open_loop"]["success_acc_head"]["mean"] <= 1.0
     (tmp_path / "notes.md").write_text("## Measured elsewhere\nprobes\n")
     card = render_card(CardArgs(checkpoint=str(ckpt), eval=str(tmp_path / "eval/metrics.json"),
                                 data=(str(tiny_data), str(tiny_data)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import shutil
@@ -221,6 +222,19 @@ def test_success_needs_the_head_and_the_state(tmp_path, needs_state):
         kept, vetoed = kept + (head & lifted).sum(), vetoed + (head & ~lifted).sum()
     assert kept and vetoed  # both cases occur, so the assertion above tells the rules apart
     envs.close()
+
+
+def test_spec_success_rule():
+    """The rule both the env and ``wmgym eval`` apply: head above 0.5, cube above the height."""
+    spec = load_spec("pick")
+    state = np.zeros((4, 8), np.float32)
+    state[:, CUBE_POS.stop - 1] = [0.9, 0.9, 0.82, 0.82]  # above, above, below, below
+    prob = np.array([0.7, 0.3, 0.7, 0.3])
+    np.testing.assert_array_equal(spec.success(prob, state), [True, False, False, False])
+    np.testing.assert_array_equal(spec.success(prob, state, needs_state=False),
+                                  [True, False, True, False])
+    no_rule = dataclasses.replace(spec, success_cube_z=None)
+    np.testing.assert_array_equal(no_rule.success(prob, state), [True, False, True, False])
 
 
 def test_terminate_on_success_override_and_time_limit(ckpt):

@@ -308,3 +308,21 @@ def test_render_returns_a_frame_per_sub_env(ckpt):
     assert len(frames) == 2 and all(f.shape == (64, 192, 3) for f in frames)
     np.testing.assert_array_equal(frames[1][:, :64], obs["rgb"][1])
     assert make_vec(ckpt, 2).render() is None
+
+
+def test_cpu_decoding_in_chunks_matches_one_pass(ckpt):
+    """``WorldModel.decode`` splits big CPU batches; the frames are those of one pass."""
+    from wmgym.model.frames import obs_to_frames
+    from wmgym.model.world_model import CPU_DECODE_CHUNK, WorldModel
+
+    wm = WorldModel.load(ckpt, "cpu")
+    start = load_checkpoint(ckpt, load_spec("pick"), "cpu").start_obs
+    n = 2 * CPU_DECODE_CHUNK + 3  # two full chunks and a short one
+    rows = np.arange(n) % len(start["rgb"])
+    frames = obs_to_frames(start["rgb"][rows], start["depth"][rows], start["mask"][rows],
+                           wm.depth_range)
+    state = wm.reset(frames, generators=[torch.Generator().manual_seed(i) for i in range(n)])
+    out, state = wm.step(state, torch.zeros(n, 4))
+    whole = wm.tokenizer.decode_future(out.tokens, state.ctx.feats)
+    assert out.frames.shape == whole.shape == (n, 5, *frames.shape[-2:])
+    torch.testing.assert_close(out.frames, whole, rtol=0, atol=1e-5)

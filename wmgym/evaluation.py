@@ -31,9 +31,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from wmgym.model.checkpoint import read_config
 from wmgym.model.frames import DEPTH, MASK, RGB, psnr, ssim
 from wmgym.model.world_model import WorldModel, resolve_device
-from wmgym.spec import CUBE_POS, EEF_POS
+from wmgym.spec import CUBE_POS, EEF_POS, load_spec
 from wmgym.viz import save_figure
 
 HORIZONS = (1, 5, 10, 15, 25, 50, 100)
@@ -191,7 +192,10 @@ def evaluate(args: EvalArgs) -> dict:
     }
     ol = result["open_loop"]
     ol["reward_mae"] = _per_horizon(np.abs(r_pred - rewards), length)
-    ol["success_acc"] = _per_horizon(((s_pred > 0.5) == success).astype(float), length)
+    spec = load_spec(str(read_config(args.checkpoint).get("task", "pick")).lower())
+    ol["success_acc"] = _per_horizon((spec.success(s_pred, st_pred) == success).astype(float),
+                                     length)  # as WM-<Task>-v0 decides: head and state
+    ol["success_acc_head"] = _per_horizon(((s_pred > 0.5) == success).astype(float), length)
     for key, pos in (("eef_err_m", EEF_POS), ("cube_err_m", CUBE_POS)):
         ol[key] = _per_horizon(np.linalg.norm(st_pred[..., pos] - state[..., pos], axis=-1), length)
     result["action_sensitivity"] = {
@@ -201,9 +205,7 @@ def evaluate(args: EvalArgs) -> dict:
     if args.probe_starts:
         from wmgym.action_probe import probe_actions
         from wmgym.grasp_probe import probe_grasps
-        from wmgym.model.checkpoint import read_config
-
-        task = str(read_config(args.checkpoint).get("task", "pick")).lower()
+        task = spec.name.lower()
         result["action_probe"] = probe_actions(
             task, args.probe_starts, seed=args.seed,
             checkpoint=args.checkpoint, device=args.device, temperature=args.temperature,
@@ -264,7 +266,7 @@ def format_table(result: dict) -> str:
     lines = ["| metric | tokenizer | " + " | ".join(f"open loop {h}" for h in hs) + " |",
              "|---|---|" + "---|" * len(hs)]
     for key in ("rgb_psnr", "rgb_ssim", "depth_absrel", "depth_rmse", "mask_iou", "reward_mae",
-                "success_acc", "eef_err_m", "cube_err_m"):
+                "success_acc", "success_acc_head", "eef_err_m", "cube_err_m"):
         t = f"{tok[key]:.3f}" if key in tok else "–"
         lines.append(f"| {key} | {t} | " + " | ".join(f"{ol[key][h]:.3f}" for h in hs) + " |")
     sens = result["action_sensitivity"]

@@ -106,6 +106,24 @@ class TaskSpec:
         obs["state"] = spaces.Box(-STATE_BOUND, STATE_BOUND, (len(STATE_FIELDS),), np.float32)
         return spaces.Dict(obs)
 
+    def success(self, prob: np.ndarray, state: np.ndarray, needs_state: bool = True
+                ) -> np.ndarray:
+        """The task's verdict on imagined steps: the success head, checked against ``state``.
+
+        Args:
+            prob: ``(N,)`` success-head probabilities.
+            state: ``(N, len(STATE_FIELDS))`` imagined states of the same steps.
+            needs_state: Also require the cube above ``success_cube_z`` (when the spec sets
+                it), as the real twin's success does; False: the head alone.
+
+        Returns:
+            ``(N,)`` bool.
+        """
+        success = np.asarray(prob) > 0.5
+        if needs_state and self.success_cube_z is not None:
+            success = success & (np.asarray(state)[..., CUBE_POS][..., 2] > self.success_cube_z)
+        return success
+
     def action_space(self) -> spaces.Box:
         """``[dx, dy, dz, gripper]`` in [-1, 1]; gripper -1 opens, +1 closes."""
         return spaces.Box(-1.0, 1.0, (4,), np.float32)

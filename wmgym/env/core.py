@@ -33,7 +33,7 @@ from gymnasium import spaces
 from wmgym.env.loading import load_checkpoint
 from wmgym.model.frames import frames_to_obs, obs_to_frames
 from wmgym.model.world_model import RolloutState
-from wmgym.spec import CUBE_POS, IMAGE_KEYS, TaskSpec, load_spec
+from wmgym.spec import IMAGE_KEYS, TaskSpec, load_spec
 from wmgym.validation import check_action
 
 Obs = dict[str, np.ndarray]
@@ -307,11 +307,7 @@ class Imagination:
         The head alone fires on some frames whose own state says the cube has not risen (3 of
         the 180 imagined episodes of ``wmgym sweep``'s default policies and seeds).
         """
-        success = prob > 0.5
-        height = self.task.success_cube_z
-        if self.success_needs_state and height is not None:
-            success &= state[:, CUBE_POS][:, 2] > height
-        return success
+        return self.task.success(prob, state, self.success_needs_state)
 
     def _image_obs(self, frames: torch.Tensor) -> Obs:
         rgb, depth, mask = frames_to_obs(frames, self.task.depth_range)

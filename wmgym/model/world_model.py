@@ -21,6 +21,12 @@ from wmgym.model import checkpoint as ckpt
 from wmgym.model.tokenizer import ContextCode, MMTokenizer, TokenizerConfig
 from wmgym.model.transformer import DynamicsConfig, DynamicsTransformer, KVCache
 
+#: Frames decoded at once on CPU. The decoder's 64x64 activations of a whole batch-256 step
+#: (67 MB a map) leave the caches; 32 frames at a time decoded 1.4-1.6x faster per frame on the
+#: 2-core CPU of benchmarks/speed.json (one thread; 16 and 64 were no better). A GPU wants
+#: the whole batch.
+CPU_DECODE_CHUNK = 32
+
 
 @dataclass
 class RolloutState:
@@ -185,7 +191,14 @@ class WorldModel(nn.Module):
     def decode(self, tokens: Tensor, state: RolloutState, index: Tensor | None = None) -> Tensor:
         """Frame tokens ``(B, n)`` of rollouts ``index`` (default all) -> ``(B, 5, H, W)``."""
         feats = state.ctx.feats if index is None else [f[index] for f in state.ctx.feats]
-        return self.tokenizer.decode_future(tokens, feats)
+        n = tokens.shape[0]
+        if self.device.type != "cpu" or n <= CPU_DECODE_CHUNK:
+            return self.tokenizer.decode_future(tokens, feats)
+        return torch.cat([
+            self.tokenizer.decode_future(tokens[i : i + CPU_DECODE_CHUNK],
+                                         [f[i : i + CPU_DECODE_CHUNK] for f in feats])
+            for i in range(0, n, CPU_DECODE_CHUNK)
+        ])
 
     @torch.no_grad()
     def step(
