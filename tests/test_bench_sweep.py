@@ -18,7 +18,7 @@ import tyro
 
 from wmgym import metrics, policy_sources
 from wmgym import sweep as sw
-from wmgym.bench import BenchSpeedArgs, bench_speed_main, time_env
+from wmgym.bench import BenchSpeedArgs, bench_speed_main, format_speed_table, time_env
 from wmgym.cli import COMMANDS
 from wmgym.env.testing import make_tiny_checkpoint, synthetic_start_obs
 from wmgym.policies import RandomPolicy, ScriptedPick, reads_images
@@ -284,6 +284,10 @@ def test_bench_speed_writes_json(tmp_path):
     so = result["state_only"]
     assert so["sim"]["steps_per_s"] > 0 and [r["batch"] for r in so["wm"]] == [2]
     assert so["wm"][0]["steps_per_s"] > 0 and so["vs_single_process"] > 0
+    ar, par = result["memory_floor"]  # the counting itself: test_model's memory-floor test
+    assert (ar["decoding"], par["decoding"]) == ("autoregressive", "parallel")
+    assert ar["read_gb_s"] == par["read_gb_s"] > 0 and ar["kv_mb_per_step"] > par["kv_mb_per_step"]
+    assert ar["max_vs_sim"] > 0 and "Memory floor (parallel)" in format_speed_table(result)
 
 
 def test_sweep_writes_json_and_plot(tiny, tmp_path):

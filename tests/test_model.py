@@ -624,3 +624,30 @@ def test_state_input_training_noise_and_dropout():
                                  prev_state=prev)
     loss.backward()
     assert model.state_proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("decoding", ["autoregressive", "parallel"])
+def test_memory_floor_counts_the_positions_the_passes_attend_to(decoding, monkeypatch):
+    """``wmgym.roofline`` counts exactly the cached positions a full-window step reads."""
+    from wmgym.roofline import kv_bytes_per_step, kv_positions_per_step
+
+    torch.manual_seed(0)
+    cfg = tiny_dynamics_config(parallel_head=decoding == "parallel")
+    model = DynamicsTransformer(cfg).eval()
+    b = 2
+    batch = dynamics_batch(cfg, b, cfg.max_frames + 2, seed=1)
+    cache = model.new_cache(b)
+    model.prefill(cache, batch["ctx_tokens"])
+    read = []
+    append = DynamicsTransformer._append
+
+    def counting(self, x, c):
+        read.append(c.max_length + x.shape[1])  # what the pass's attention spans
+        return append(self, x, c)
+
+    monkeypatch.setattr(DynamicsTransformer, "_append", counting)
+    for t in range(cfg.max_frames + 2):  # the window is full, then slides twice
+        read.clear()
+        model.generate_frame(cache, batch["actions"][:, t], decoding=decoding)
+    assert sum(read) == kv_positions_per_step(cfg, decoding)
+    assert kv_bytes_per_step(cfg, decoding) == sum(read) * cfg.n_layer * 2 * cfg.d_model * 4

@@ -303,6 +303,23 @@ def profile_wm(args: BenchSpeedArgs) -> dict:
 # ----------------------------------------------------------------------------- bench speed
 
 
+def memory_floors(args: BenchSpeedArgs, sim_steps_per_s: float) -> list[dict] | None:
+    """Per decoding mode, the cache reads of an imagined step and the speed they cap (CPU).
+
+    See :mod:`wmgym.roofline`; None on CUDA, where this CPU bandwidth probe says nothing.
+    """
+    from wmgym.model.transformer import DynamicsConfig
+    from wmgym.model.world_model import resolve_device
+    from wmgym.roofline import memory_floor, read_bandwidth_gb_s
+    from wmgym.spec import load_spec
+
+    if resolve_device(args.device).type != "cpu":
+        return None
+    config = read_config(args.checkpoint or load_spec(args.task).checkpoint)
+    cfg, bandwidth = DynamicsConfig(**config["dynamics"]), read_bandwidth_gb_s()
+    return [memory_floor(cfg, mode, sim_steps_per_s, bandwidth) for mode in _decodings(args)]
+
+
 def _batch_sizes(args: BenchSpeedArgs) -> list[int]:
     from wmgym.model.world_model import resolve_device
 
@@ -382,6 +399,13 @@ def format_speed_table(result: dict) -> str:
             f"{result['sim_env']} {so['sim']['steps_per_s']:.1f} steps/s; "
             f"x{so['vs_single_process']} at batch {so['best_batch']}."
         )
+    for floor in result.get("memory_floor") or []:
+        lines.append(
+            f"Memory floor ({floor['decoding']}): {floor['kv_mb_per_step']} MB of cached keys "
+            f"and values read per imagined step, at {floor['read_gb_s']} GB/s "
+            f"{floor['floor_ms_per_step']} ms: at most {floor['max_steps_per_s']} steps/s, "
+            f"x{floor['max_vs_sim']} Sim."
+        )
     if result.get("profile"):
         parts = sorted(result["profile"]["breakdown"].items(), key=lambda kv: -kv[1])
         lines.append(
@@ -421,6 +445,7 @@ def bench_speed_main(args: BenchSpeedArgs) -> dict:
         for mode in dict.fromkeys(r["decoding"] for r in result["wm"])}
     result["state_only"] = bench_state_only(args, spec.sim_id) if args.state_only_batches else None
     result["profile"] = profile_wm(args) if args.profile_batch > 0 else None
+    result["memory_floor"] = memory_floors(args, result["sim"]["single_process"]["steps_per_s"])
     write_result(args.out, result)
     print(format_speed_table(result))
     print(f"wrote {args.out}")

@@ -1,0 +1,80 @@
+"""The memory floor of an imagined step: cached keys and values read per step vs bandwidth.
+
+Every pass of the dynamics transformer reads each layer's cached keys and values for all the
+positions it attends to. On a CPU these passes are bound by memory bandwidth, not arithmetic,
+so ``bytes read per step / read bandwidth`` is a floor under the transformer's share of an
+imagined step that no kernel tuning removes; only fewer passes or a smaller cache do.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from wmgym.model.transformer import DynamicsConfig
+
+
+def kv_positions_per_step(cfg: DynamicsConfig, decoding: str = "autoregressive") -> int:
+    """Cached positions all passes of one imagined step attend to, with the window full.
+
+    After the window slides it holds the context and ``max_frames - 1`` (slot + frame) blocks;
+    the new block is appended by ``n + 1`` single-token passes (``autoregressive``) or by the
+    slot's pass and one pass of the ``n`` frame tokens (``parallel``).
+    """
+    n = cfg.n_frame_tokens
+    base = cfg.n_ctx_tokens + (cfg.max_frames - 1) * (n + 1)
+    if decoding == "autoregressive":
+        return sum(base + j + 1 for j in range(n + 1))
+    if decoding == "parallel":
+        return (base + 1) + (base + n + 1)
+    raise ValueError(f"unknown decoding {decoding!r} (expected 'autoregressive' or 'parallel')")
+
+
+def kv_bytes_per_step(cfg: DynamicsConfig, decoding: str = "autoregressive",
+                      bytes_per_value: int = 4) -> int:
+    """Bytes of cached keys and values one imagined step reads, over all layers and passes."""
+    per_position = cfg.n_layer * 2 * cfg.d_model * bytes_per_value  # K and V of every layer
+    return kv_positions_per_step(cfg, decoding) * per_position
+
+
+def read_bandwidth_gb_s(megabytes: int = 768, repeats: int = 5) -> float:
+    """Best streaming read rate of a float32 buffer larger than the caches, GB/s (1e9 B/s).
+
+    Uses torch's current intra-op threads, as the world model does.
+    """
+    x = torch.ones(megabytes * 2**20 // 4)
+    x.sum()  # first touch
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - start)
+    return x.numel() * 4 / best / 1e9
+
+
+def memory_floor(cfg: DynamicsConfig, decoding: str, sim_steps_per_s: float,
+                 bandwidth_gb_s: float) -> dict[str, float]:
+    """The cache traffic of one imagined step and the speed it caps imagination at.
+
+    Args:
+        cfg: The checkpoint's dynamics config.
+        decoding: ``autoregressive`` or ``parallel``.
+        sim_steps_per_s: The real twin's steps/s in the same run.
+        bandwidth_gb_s: Measured read bandwidth (:func:`read_bandwidth_gb_s`).
+
+    Returns:
+        ``kv_mb_per_step``, ``read_gb_s``, ``floor_ms_per_step`` (the reads alone),
+        ``max_steps_per_s`` and ``max_vs_sim`` (imagination could not beat these with this
+        cache, whatever the rest of the step costs).
+    """
+    nbytes = kv_bytes_per_step(cfg, decoding)
+    floor_s = nbytes / (bandwidth_gb_s * 1e9)
+    return {
+        "decoding": decoding,
+        "kv_mb_per_step": round(nbytes / 1e6, 1),
+        "read_gb_s": round(bandwidth_gb_s, 1),
+        "floor_ms_per_step": round(floor_s * 1e3, 2),
+        "max_steps_per_s": round(1 / floor_s, 1),
+        "max_vs_sim": round(1 / floor_s / sim_steps_per_s, 1),
+    }
