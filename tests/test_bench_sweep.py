@@ -255,6 +255,8 @@ def test_bench_speed_writes_json(tmp_path):
         window_steps=10,
         window_span=3,
         state_only_batches=(2,),
+        paired_rounds=2,
+        paired_batches=(1, 2),
         profile_batch=4,
         profile_steps=2,
         device="cpu",
@@ -284,6 +286,13 @@ def test_bench_speed_writes_json(tmp_path):
     so = result["state_only"]
     assert so["sim"]["steps_per_s"] > 0 and [r["batch"] for r in so["wm"]] == [2]
     assert so["wm"][0]["steps_per_s"] > 0 and so["vs_single_process"] > 0
+    paired = result["paired"]  # JSON keys: the batch sizes as strings
+    assert [sorted(r["wm_steps_per_s"]) for r in paired["rounds"]] == [["1", "2"]] * 2
+    for r in paired["rounds"]:
+        best = r["wm_steps_per_s"][str(r["best_batch"])]
+        assert best == max(r["wm_steps_per_s"].values())
+        assert r["ratio"] == pytest.approx(best / r["sim_steps_per_s"], abs=0.01)
+    assert paired["min_ratio"] <= paired["median_ratio"] <= paired["max_ratio"]
     ar, par = result["memory_floor"]  # the counting itself: test_model's memory-floor test
     assert (ar["decoding"], par["decoding"]) == ("autoregressive", "parallel")
     assert ar["read_gb_s"] == par["read_gb_s"] > 0 and ar["kv_mb_per_step"] > par["kv_mb_per_step"]

@@ -5,7 +5,9 @@
   batch sizes against ``Sim-<Task>-v0`` with the same camera observations (one process, and one
   worker process per core), peak memory, the per-step cost early and late in a long episode
   (the sliding window must keep it steady) and a profile of where an imagined step's time goes.
-  Also both twins state-only (``images=False``), as state-based RL runs them.
+  The speed-up is also measured in paired rounds (both twins back to back, the median of the
+  rounds' ratios), which a shared host's drifting load moves less. Also both twins state-only
+  (``images=False``), as state-based RL runs them, and the memory floor of an imagined step.
 """
 
 from __future__ import annotations
@@ -71,6 +73,12 @@ class BenchSpeedArgs:
     state_only_batches: tuple[int, ...] = (64, 256)
     """Batch sizes of ``WM-<Task>-v0`` with ``images=False`` (no frames decoded), timed against
     ``Sim-<Task>-v0`` state-only in one process (empty: skip)."""
+    paired_rounds: int = 3
+    """Rounds of the paired measurement: each times ``Sim-<Task>-v0`` (cameras, one process)
+    and then ``WM-<Task>-v0`` at every ``paired_batches`` size, with the envs kept between
+    rounds; the speed-up is the median of the rounds' own ratios (0 = skip)."""
+    paired_batches: tuple[int, ...] = (64, 256)
+    """Batch sizes of the paired rounds."""
     profile_batch: int = 64
     """Batch size of the profiled run (0 = no profile)."""
     profile_steps: int = 20
@@ -254,6 +262,38 @@ def bench_sim_parallel(args: BenchSpeedArgs, sim_id: str) -> dict | None:
     }
 
 
+def bench_paired(args: BenchSpeedArgs, sim_id: str) -> dict | None:
+    """The speed-up measured in rounds that time both twins back to back.
+
+    A shared host's load drifts over the minutes a benchmark takes, so a ratio of two
+    timings taken minutes apart moves with it. Each round here times the real twin and then
+    every batch size of the learned one within about a minute, with the envs made once; the
+    ratio is taken within each round and the rounds' median is reported with their spread.
+    """
+    if args.paired_rounds <= 0:
+        return None
+    sim = make_env(sim_id, images=True, terminate_on_success=False)
+    wms = {b: _make_wm(args, b, terminate_on_success=False) for b in args.paired_batches}
+    rounds = []
+    for r in range(args.paired_rounds):
+        seed = args.seed + r
+        row: dict[str, Any] = {"sim_steps_per_s": round(
+            time_env(sim, args.sim_steps, seed=seed, warmup=args.warmup), 1)}
+        row["wm_steps_per_s"] = {b: round(time_env(env, args.steps, seed=seed,
+                                                   warmup=args.warmup), 1)
+                                 for b, env in wms.items()}
+        best = max(row["wm_steps_per_s"], key=row["wm_steps_per_s"].get)
+        row["best_batch"] = best
+        row["ratio"] = round(row["wm_steps_per_s"][best] / row["sim_steps_per_s"], 2)
+        rounds.append(row)
+    sim.close()
+    for env in wms.values():
+        env.close()
+    ratios = [row["ratio"] for row in rounds]
+    return {"rounds": rounds, "median_ratio": round(float(np.median(ratios)), 2),
+            "min_ratio": min(ratios), "max_ratio": max(ratios)}
+
+
 def bench_state_only(args: BenchSpeedArgs, sim_id: str) -> dict:
     """Both twins without camera observations: what state-based RL gets from each."""
     sim = bench_sim_single(args, sim_id, images=False)
@@ -391,6 +431,16 @@ def format_speed_table(result: dict) -> str:
         f"Speed-up WM/Sim at batch {s['best_batch']} ({s.get('decoding')} decoding): "
         + ", ".join(f"x{v} {k[3:]}" for k, v in s.items() if k.startswith("vs_") and v),
     ]
+    if result.get("paired"):
+        p = result["paired"]
+        per_round = "; ".join(
+            f"Sim {r['sim_steps_per_s']:.1f}, WM "
+            + ", ".join(f"{b}: {v:.1f}" for b, v in r["wm_steps_per_s"].items())
+            + f" -> x{r['ratio']}" for r in p["rounds"])
+        lines.append(
+            f"Paired rounds (both twins back to back, steps/s): {per_round}. "
+            f"Median x{p['median_ratio']} (x{p['min_ratio']}-x{p['max_ratio']})."
+        )
     if result.get("state_only"):
         so = result["state_only"]
         rows = ", ".join(f"batch {r['batch']} {r['steps_per_s']:.1f}" for r in so["wm"])
@@ -443,6 +493,7 @@ def bench_speed_main(args: BenchSpeedArgs) -> dict:
     result["speedup_by_decoding"] = {
         mode: speedups([r for r in result["wm"] if r["decoding"] == mode], result["sim"])
         for mode in dict.fromkeys(r["decoding"] for r in result["wm"])}
+    result["paired"] = bench_paired(args, spec.sim_id)
     result["state_only"] = bench_state_only(args, spec.sim_id) if args.state_only_batches else None
     result["profile"] = profile_wm(args) if args.profile_batch > 0 else None
     result["memory_floor"] = memory_floors(args, result["sim"]["single_process"]["steps_per_s"])
