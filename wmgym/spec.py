@@ -111,13 +111,13 @@ class TaskSpec:
         """The task's verdict on imagined steps: the success head, checked against ``state``.
 
         Args:
-            prob: ``(N,)`` success-head probabilities.
-            state: ``(N, len(STATE_FIELDS))`` imagined states of the same steps.
+            prob: ``(...)`` success-head probabilities (one per env, or per episode and step).
+            state: ``(..., len(STATE_FIELDS))`` imagined states of the same steps.
             needs_state: Also require the cube above ``success_cube_z`` (when the spec sets
                 it), as the real twin's success does; False: the head alone.
 
         Returns:
-            ``(N,)`` bool.
+            ``(...)`` bool, the shape of ``prob``.
         """
         success = np.asarray(prob) > 0.5
         if needs_state and self.success_cube_z is not None:

@@ -22,7 +22,7 @@ from wmgym.model.tokenizer import ContextCode, MMTokenizer, TokenizerConfig
 from wmgym.model.transformer import DynamicsConfig, DynamicsTransformer, KVCache
 
 #: Frames decoded at once on CPU. The decoder's 64x64 activations of a whole batch-256 step
-#: (67 MB a map) leave the caches; 32 frames at a time decoded 1.4-1.6x faster per frame on the
+#: (67 MB a map) leave the caches; 32 frames at a time decoded 1.4-1.7x faster per frame on the
 #: project's 2-core CPU (interleaved one-thread timings, docs/experiments.md, session 11; 16
 #: and 64 were no better). A GPU wants the whole batch.
 CPU_DECODE_CHUNK = 32
