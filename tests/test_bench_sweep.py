@@ -287,16 +287,28 @@ def test_bench_speed_writes_json(tmp_path):
     assert so["sim"]["steps_per_s"] > 0 and [r["batch"] for r in so["wm"]] == [2]
     assert so["wm"][0]["steps_per_s"] > 0 and so["vs_single_process"] > 0
     paired = result["paired"]  # JSON keys: the batch sizes as strings
-    assert [sorted(r["wm_steps_per_s"]) for r in paired["rounds"]] == [["1", "2"]] * 2
+    kvs = ["float32", "bfloat16"]
     for r in paired["rounds"]:
-        best = r["wm_steps_per_s"][str(r["best_batch"])]
-        assert best == max(r["wm_steps_per_s"].values())
-        assert r["ratio"] == pytest.approx(best / r["sim_steps_per_s"], abs=0.01)
-    assert paired["min_ratio"] <= paired["median_ratio"] <= paired["max_ratio"]
-    ar, par = result["memory_floor"]  # the counting itself: test_model's memory-floor test
+        assert list(r["wm_steps_per_s"]) == kvs
+        for kv in kvs:
+            by_batch = r["wm_steps_per_s"][kv]
+            assert sorted(by_batch) == ["1", "2"]
+            best = by_batch[str(r["ratio"][kv]["batch"])]
+            assert best == max(by_batch.values())
+            assert r["ratio"][kv]["ratio"] == pytest.approx(best / r["sim_steps_per_s"], abs=0.01)
+    for kv in kvs:
+        q = paired["by_kv_cache"][kv]
+        assert q["min_ratio"] <= q["median_ratio"] <= q["max_ratio"]
+    assert paired["median_ratio"] == paired["by_kv_cache"][paired["best_kv_cache"]]["median_ratio"]
+    assert "Median of the rounds' ratios by KV cache: float32" in format_speed_table(result)
+    floors = {(f["decoding"], f["kv_cache"]): f for f in result["memory_floor"]}
+    assert (floors[("autoregressive", "float32")]["kv_bytes_per_step"]
+            == 2 * floors[("autoregressive", "bfloat16")]["kv_bytes_per_step"])
+    # the counting itself: test_model's memory-floor test
+    ar, par = floors[("autoregressive", "float32")], floors[("parallel", "float32")]
     assert (ar["decoding"], par["decoding"]) == ("autoregressive", "parallel")
     assert ar["read_gb_s"] == par["read_gb_s"] > 0 and ar["kv_mb_per_step"] > par["kv_mb_per_step"]
-    assert ar["max_vs_sim"] > 0 and "Memory floor (parallel)" in format_speed_table(result)
+    assert ar["max_vs_sim"] > 0 and "Memory floor (parallel, bfloat16" in format_speed_table(result)
 
 
 def test_sweep_writes_json_and_plot(tiny, tmp_path):

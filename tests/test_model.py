@@ -15,6 +15,7 @@ from wmgym.model.transformer import (
     DynamicsConfig,
     DynamicsTransformer,
     apply_rope,
+    rope_at,
     symexp,
     symlog,
 )
@@ -340,12 +341,16 @@ def test_sliding_window_cache_contents():
         attn = model.blocks[0].attn
         qkv = attn.qkv(model.blocks[0].attn_norm(x)).view(b, x.shape[1], 3, cfg.n_head, -1)
         _, k0, v0 = qkv.permute(2, 0, 3, 1, 4)
+    # the rows' content is contiguous and rotated at contiguous positions (relative ones are
+    # all attention sees): the context moved over the dropped frames, the frames stayed put
     n = cfg.max_seq_len
-    assert torch.allclose(cache.k[0, :, :, :n], k0, atol=1e-5)
-    assert torch.allclose(cache.v[0, :, :, :n], v0, atol=1e-5)
-    # every layer's rotated keys sit at contiguous positions 0..n-1
-    rot = apply_rope(cache.k[:, :, :, :n], model.rope_cos[:n], model.rope_sin[:n])
-    assert torch.allclose(cache.k_rot[:, :, :, :n], rot, atol=1e-6)
+    assert cache.uniform and cache.end - cache.start_min == n
+    live = slice(cache.start_min, cache.end)
+    assert cache.offset > 0  # the cache compacted on the way
+    pos = torch.arange(n) + cache.start_min + cache.offset
+    cos, sin = rope_at(pos, model.rope_inv_freq)
+    assert torch.allclose(cache.k[0, :, :, live], apply_rope(k0, cos, sin), atol=1e-5)
+    assert torch.allclose(cache.v[0, :, :, live], v0, atol=1e-5)
 
 
 def test_per_sample_generators_are_batch_independent():
@@ -420,6 +425,36 @@ def test_dynamics_loss_valid_mask_ignores_padding():
     assert torch.allclose(full, ref, atol=1e-5)
 
 
+def test_bfloat16_kv_cache_follows_the_float32_one():
+    # keys and values stored in bfloat16 (weights float32): the same rollout, teacher-forced
+    # through window slides, compactions and a restart, gives nearly the float32 cache's logits
+    torch.manual_seed(0)
+    cfg = tiny_dynamics_config()
+    model = DynamicsTransformer(cfg).eval()
+    randomize_actions(model)
+    k = 4 * cfg.max_frames
+    batch = dynamics_batch(cfg, 3, k, seed=9)
+    logits = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        cache = model.new_cache(3, kv_dtype=dtype)
+        assert cache.k.dtype == cache.v.dtype == dtype and cache.ctx_k.dtype == torch.float32
+        model.prefill(cache, batch["ctx_tokens"])
+        out = []
+        for t in range(k):
+            if t == cfg.max_frames + 1:
+                model.prefill(cache, batch["ctx_tokens"][2:], index=torch.tensor([2]))
+            out.append(model.teacher_force_frame(cache, batch["actions"][:, t],
+                                                 batch["frame_tokens"][:, t])[0])
+        logits[dtype] = torch.stack(out, 1)
+    ref, low = logits[torch.float32], logits[torch.bfloat16]
+    assert (low - ref).abs().max() < 0.05 * ref.abs().max()
+    assert (low.argmax(-1) == ref.argmax(-1)).float().mean() > 0.95
+    with pytest.raises(ValueError, match="kv_cache"):
+        from wmgym.model.world_model import resolve_kv_cache
+
+        resolve_kv_cache("float16")
+
+
 @pytest.mark.parametrize("decoding", ["autoregressive", "parallel"])
 def test_restarting_some_rows_matches_fresh_rollouts(decoding):
     # rows restart independently: afterwards the cache holds rows of different lengths that
@@ -484,7 +519,7 @@ def test_parallel_head_matches_training_pass_and_leaves_the_same_cache():
             assert torch.allclose(frame.reward, full.reward[:, t], atol=1e-4)
             assert torch.allclose(frame.state, full.state[:, t], atol=1e-4)
     a, b = caches["parallel"], caches["autoregressive"]
-    for name in ("k", "k_rot", "v", "memory", "lengths", "n_frames", "has_prev"):
+    for name in ("k", "v", "ctx_k", "memory", "lengths", "n_frames", "has_prev"):
         x, y = getattr(a, name), getattr(b, name)
         assert torch.allclose(x.float(), y.float(), atol=1e-5), name
     # sampling in parallel runs on through window slides; greedy picks the head's argmax
@@ -642,7 +677,7 @@ def test_memory_floor_counts_the_positions_the_passes_attend_to(decoding, monkey
     append = DynamicsTransformer._append
 
     def counting(self, x, c):
-        read.append(c.max_length + x.shape[1])  # what the pass's attention spans
+        read.append(c.end - c.start_min + x.shape[1])  # what the pass's attention spans
         return append(self, x, c)
 
     monkeypatch.setattr(DynamicsTransformer, "_append", counting)

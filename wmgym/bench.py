@@ -79,6 +79,11 @@ class BenchSpeedArgs:
     rounds; the speed-up is the median of the rounds' own ratios (0 = skip)."""
     paired_batches: tuple[int, ...] = (64, 256)
     """Batch sizes of the paired rounds."""
+    kv_cache: str = "auto"
+    """Precision of the world model's cached keys and values in every timed run but the
+    paired rounds' (``auto``, ``float32``, ``bfloat16``)."""
+    paired_kv_caches: tuple[str, ...] = ("float32", "bfloat16")
+    """KV-cache precisions the paired rounds time, each at every ``paired_batches`` size."""
     profile_batch: int = 64
     """Batch size of the profiled run (0 = no profile)."""
     profile_steps: int = 20
@@ -144,6 +149,7 @@ def _make_wm(args: BenchSpeedArgs, num_envs: int, **kwargs: Any):
     from wmgym.spec import load_spec
 
     spec = load_spec(args.task)
+    kwargs.setdefault("kv_cache", args.kv_cache)
     return gym.make_vec(
         spec.wm_id,
         num_envs=num_envs,
@@ -273,25 +279,34 @@ def bench_paired(args: BenchSpeedArgs, sim_id: str) -> dict | None:
     if args.paired_rounds <= 0:
         return None
     sim = make_env(sim_id, images=True, terminate_on_success=False)
-    wms = {b: _make_wm(args, b, terminate_on_success=False) for b in args.paired_batches}
+    kvs = tuple(dict.fromkeys(args.paired_kv_caches)) or (args.kv_cache,)
+    wms = {(kv, b): _make_wm(args, b, terminate_on_success=False, kv_cache=kv)
+           for kv in kvs for b in args.paired_batches}
     rounds = []
     for r in range(args.paired_rounds):
         seed = args.seed + r
         row: dict[str, Any] = {"sim_steps_per_s": round(
             time_env(sim, args.sim_steps, seed=seed, warmup=args.warmup), 1)}
-        row["wm_steps_per_s"] = {b: round(time_env(env, args.steps, seed=seed,
-                                                   warmup=args.warmup), 1)
-                                 for b, env in wms.items()}
-        best = max(row["wm_steps_per_s"], key=row["wm_steps_per_s"].get)
-        row["best_batch"] = best
-        row["ratio"] = round(row["wm_steps_per_s"][best] / row["sim_steps_per_s"], 2)
+        row["wm_steps_per_s"] = {kv: {} for kv in kvs}
+        for (kv, b), env in wms.items():
+            row["wm_steps_per_s"][kv][b] = round(time_env(env, args.steps, seed=seed,
+                                                          warmup=args.warmup), 1)
+        row["ratio"] = {}
+        for kv, by_batch in row["wm_steps_per_s"].items():
+            best = max(by_batch, key=by_batch.get)
+            row["ratio"][kv] = {"batch": best,
+                                "ratio": round(by_batch[best] / row["sim_steps_per_s"], 2)}
         rounds.append(row)
     sim.close()
     for env in wms.values():
         env.close()
-    ratios = [row["ratio"] for row in rounds]
-    return {"rounds": rounds, "median_ratio": round(float(np.median(ratios)), 2),
-            "min_ratio": min(ratios), "max_ratio": max(ratios)}
+    by_kv = {}
+    for kv in kvs:
+        ratios = [row["ratio"][kv]["ratio"] for row in rounds]
+        by_kv[kv] = {"median_ratio": round(float(np.median(ratios)), 2),
+                     "min_ratio": min(ratios), "max_ratio": max(ratios)}
+    best_kv = max(by_kv, key=lambda kv: by_kv[kv]["median_ratio"])
+    return {"rounds": rounds, "by_kv_cache": by_kv, "best_kv_cache": best_kv, **by_kv[best_kv]}
 
 
 def bench_state_only(args: BenchSpeedArgs, sim_id: str) -> dict:
@@ -357,7 +372,9 @@ def memory_floors(args: BenchSpeedArgs, sim_steps_per_s: float) -> list[dict] | 
         return None
     config = read_config(args.checkpoint or load_spec(args.task).checkpoint)
     cfg, bandwidth = DynamicsConfig(**config["dynamics"]), read_bandwidth_gb_s()
-    return [memory_floor(cfg, mode, sim_steps_per_s, bandwidth) for mode in _decodings(args)]
+    kvs = dict.fromkeys(args.paired_kv_caches or ("float32",))
+    return [memory_floor(cfg, mode, sim_steps_per_s, bandwidth, kv)
+            for mode in _decodings(args) for kv in kvs]
 
 
 def _batch_sizes(args: BenchSpeedArgs) -> list[int]:
@@ -435,11 +452,15 @@ def format_speed_table(result: dict) -> str:
         p = result["paired"]
         per_round = "; ".join(
             f"Sim {r['sim_steps_per_s']:.1f}, WM "
-            + ", ".join(f"{b}: {v:.1f}" for b, v in r["wm_steps_per_s"].items())
-            + f" -> x{r['ratio']}" for r in p["rounds"])
+            + ", ".join(f"{kv} {b}: {v:.1f}" for kv, by_batch in r["wm_steps_per_s"].items()
+                        for b, v in by_batch.items())
+            for r in p["rounds"])
+        per_kv = ", ".join(
+            f"{kv} x{q['median_ratio']} (x{q['min_ratio']}-x{q['max_ratio']})"
+            for kv, q in p["by_kv_cache"].items())
         lines.append(
             f"Paired rounds (both twins back to back, steps/s): {per_round}. "
-            f"Median x{p['median_ratio']} (x{p['min_ratio']}-x{p['max_ratio']})."
+            f"Median of the rounds' ratios by KV cache: {per_kv}."
         )
     if result.get("state_only"):
         so = result["state_only"]
@@ -451,7 +472,8 @@ def format_speed_table(result: dict) -> str:
         )
     for floor in result.get("memory_floor") or []:
         lines.append(
-            f"Memory floor ({floor['decoding']}): {floor['kv_mb_per_step']} MB of cached keys "
+            f"Memory floor ({floor['decoding']}, {floor['kv_cache']} cache): "
+            f"{floor['kv_mb_per_step']} MB of cached keys "
             f"and values read per imagined step, at {floor['read_gb_s']} GB/s "
             f"{floor['floor_ms_per_step']} ms: at most {floor['max_steps_per_s']} steps/s, "
             f"x{floor['max_vs_sim']} Sim."

@@ -14,6 +14,9 @@ import torch
 
 from wmgym.model.transformer import DynamicsConfig
 
+#: Bytes one cached key or value element takes, by cache precision.
+BYTES_PER_VALUE = {"float32": 4, "bfloat16": 2}
+
 
 def kv_positions_per_step(cfg: DynamicsConfig, decoding: str = "autoregressive") -> int:
     """Cached positions all passes of one imagined step attend to, with the window full.
@@ -54,7 +57,7 @@ def read_bandwidth_gb_s(megabytes: int = 768, repeats: int = 5) -> float:
 
 
 def memory_floor(cfg: DynamicsConfig, decoding: str, sim_steps_per_s: float,
-                 bandwidth_gb_s: float) -> dict[str, float]:
+                 bandwidth_gb_s: float, kv_cache: str = "float32") -> dict[str, float | str]:
     """The cache traffic of one imagined step and the speed it caps imagination at.
 
     Args:
@@ -62,16 +65,22 @@ def memory_floor(cfg: DynamicsConfig, decoding: str, sim_steps_per_s: float,
         decoding: ``autoregressive`` or ``parallel``.
         sim_steps_per_s: The real twin's steps/s in the same run.
         bandwidth_gb_s: Measured read bandwidth (:func:`read_bandwidth_gb_s`).
+        kv_cache: The cache's precision, ``float32`` or ``bfloat16``.
 
     Returns:
-        ``kv_mb_per_step``, ``read_gb_s``, ``floor_ms_per_step`` (the reads alone),
-        ``max_steps_per_s`` and ``max_vs_sim`` (imagination could not beat these with this
-        cache, whatever the rest of the step costs).
+        ``decoding``, ``kv_cache``, ``kv_bytes_per_step``, ``kv_mb_per_step``, ``read_gb_s``,
+        ``floor_ms_per_step`` (the reads alone), ``max_steps_per_s`` and ``max_vs_sim``
+        (imagination could not beat these with this cache, whatever the rest of the step
+        costs).
     """
-    nbytes = kv_bytes_per_step(cfg, decoding)
+    if kv_cache not in BYTES_PER_VALUE:
+        raise ValueError(f"unknown kv_cache {kv_cache!r} (expected one of {list(BYTES_PER_VALUE)})")
+    nbytes = kv_bytes_per_step(cfg, decoding, BYTES_PER_VALUE[kv_cache])
     floor_s = nbytes / (bandwidth_gb_s * 1e9)
     return {
         "decoding": decoding,
+        "kv_cache": kv_cache,
+        "kv_bytes_per_step": nbytes,
         "kv_mb_per_step": round(nbytes / 1e6, 1),
         "read_gb_s": round(bandwidth_gb_s, 1),
         "floor_ms_per_step": round(floor_s * 1e3, 2),

@@ -73,6 +73,9 @@ class SweepArgs:
     decoding: str = "auto"
     """World-model decoding: ``auto`` (the parallel head when the checkpoint has one),
     ``parallel`` or ``autoregressive``."""
+    kv_cache: str = "auto"
+    """Precision of the world model's cached keys and values: ``auto``, ``float32`` or
+    ``bfloat16``."""
     images: Literal["auto", "always"] = "auto"
     """Camera observations: ``auto`` leaves them out of both twins when every policy declares
     (``observation_keys``) that it reads ``state`` only. The episodes are the same, faster: Sim
@@ -322,7 +325,8 @@ def _imagine_all(
 ) -> Episodes:
     """Every job as one imagined episode, ``max_batch`` sub-envs per vector env at most."""
     env_kwargs: dict[str, Any] = {"device": args.device, "temperature": args.temperature,
-                                  "decoding": args.decoding, "images": images}
+                                  "decoding": args.decoding, "images": images,
+                                  "kv_cache": args.kv_cache}
     if args.checkpoint:
         env_kwargs["checkpoint"] = args.checkpoint
     size = max(args.max_batch, 1)
@@ -403,6 +407,7 @@ def run_sweep(
         "max_steps": max_steps,
         "temperature": args.temperature,
         "decoding": args.decoding,
+        "kv_cache": args.kv_cache,
         "images": images,
         "policies": per_policy,
         "metrics": metrics,

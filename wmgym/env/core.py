@@ -32,7 +32,7 @@ from gymnasium import spaces
 
 from wmgym.env.loading import load_checkpoint
 from wmgym.model.frames import frames_to_obs, obs_to_frames
-from wmgym.model.world_model import RolloutState
+from wmgym.model.world_model import RolloutState, resolve_kv_cache
 from wmgym.spec import IMAGE_KEYS, TaskSpec, load_spec
 from wmgym.validation import check_action
 
@@ -86,6 +86,9 @@ class Imagination:
         success_needs_state: Success also needs the imagined state to meet the task's rule
             (``TaskSpec.success_cube_z``), as the real twin's state does; False: the success
             head alone (probability > 0.5).
+        kv_cache: Precision of the cached keys and values: ``float32``, ``bfloat16`` (half
+            the memory each token's attention reads; the weights stay float32) or ``auto``
+            (float32).
 
     """
 
@@ -100,9 +103,11 @@ class Imagination:
         images: bool = True,
         decoding: str = "auto",
         success_needs_state: bool = True,
+        kv_cache: str = "auto",
     ) -> None:
         self.task = load_spec(spec) if isinstance(spec, str) else spec
         self.images = images
+        self.kv_dtype = resolve_kv_cache(kv_cache)
         self.success_needs_state = success_needs_state
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -230,7 +235,8 @@ class Imagination:
         history = self._history(model_starts, full)
         latest = torch.as_tensor(np.stack([s.obs["state"] for s in model_starts]))
         if full:
-            self.state = self.model.reset(frames, generators=gens, history=history, states=latest)
+            self.state = self.model.reset(frames, generators=gens, history=history, states=latest,
+                                          kv_dtype=self.kv_dtype)
         else:
             idx = torch.as_tensor(rows, dtype=torch.long, device=self.device)
             self.state = self.model.reset(frames, generators=gens, state=self.state, index=idx,

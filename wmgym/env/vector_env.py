@@ -57,6 +57,8 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
         success_needs_state: Success needs the imagined state to meet the task's rule (see
             ``WorldModelEnv``); False: the success head alone.
         render_mode: ``"rgb_array"`` (``render`` returns one frame per sub-env) or None.
+        kv_cache: Precision of the cached keys and values (``float32``, ``bfloat16`` or
+            ``auto``; see :class:`~wmgym.env.core.Imagination`).
 
     """
 
@@ -80,6 +82,7 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
         terminate_on_success: bool | None = None,
         success_needs_state: bool = True,
         render_mode: str | None = None,
+        kv_cache: str = "auto",
     ) -> None:
         self.task = load_spec(spec) if isinstance(spec, str) else spec
         check_render_mode(render_mode)
@@ -93,7 +96,7 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
         )
         self.metadata = {**self.metadata, "render_fps": self.task.control_freq}
         self.core = Imagination(self.task, num_envs, checkpoint, device, temperature, top_k,
-                                 images, decoding, success_needs_state)
+                                 images, decoding, success_needs_state, kv_cache)
         self.single_observation_space = self.core.observation_space
         self.single_action_space = self.core.action_space
         self.observation_space = batch_space(self.single_observation_space, num_envs)

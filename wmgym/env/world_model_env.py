@@ -53,6 +53,8 @@ class WorldModelEnv(gym.Env):
             cube above ``TaskSpec.success_cube_z``) as well as the success head to fire; False:
             the head alone.
         render_mode: ``"rgb_array"`` (rgb | depth | mask of the current observation) or None.
+        kv_cache: Precision of the cached keys and values (``float32``, ``bfloat16`` or
+            ``auto``; see :class:`~wmgym.env.core.Imagination`).
 
     """
 
@@ -70,6 +72,7 @@ class WorldModelEnv(gym.Env):
         terminate_on_success: bool | None = None,
         success_needs_state: bool = True,
         render_mode: str | None = None,
+        kv_cache: str = "auto",
     ) -> None:
         self.task = load_spec(spec) if isinstance(spec, str) else spec
         check_render_mode(render_mode)
@@ -79,7 +82,7 @@ class WorldModelEnv(gym.Env):
         )
         self.metadata = {**self.metadata, "render_fps": self.task.control_freq}
         self.core = Imagination(self.task, 1, checkpoint, device, temperature, top_k,
-                                 images, decoding, success_needs_state)
+                                 images, decoding, success_needs_state, kv_cache)
         self.observation_space = self.core.observation_space
         self.action_space = self.core.action_space
 

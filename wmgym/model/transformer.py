@@ -11,9 +11,9 @@ after ``a_t``.
 
 Inference uses a preallocated :class:`KVCache`: ``prefill`` the context, then call
 ``generate_frame`` once per env step (``prefill(..., index=rows)`` restarts some rollouts only).
-Keys are cached before RoPE, so when a row's window of ``max_frames`` frames is full its oldest
-frame is dropped by shifting the cache left (context kept) and re-rotating the keys at their
-new, contiguous positions; rollouts of any length run at a steady per-step cost.
+When a row's window of ``max_frames`` frames is full its oldest frame is dropped by moving the
+row's context forward over it; no frame's keys are moved or rotated again per step, so rollouts
+of any length run at a steady per-step cost (layout in :mod:`wmgym.model.kv_cache`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,11 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from wmgym.model.kv_cache import KVCache, apply_rope, rope_at, rope_inv_freq, rope_tables
+
+__all__ = ["DynamicsConfig", "DynamicsOutput", "DynamicsTransformer", "FrameSample", "KVCache",
+           "apply_rope", "rope_at", "rope_tables", "symexp", "symlog"]
 
 
 @dataclass
@@ -110,93 +115,6 @@ def symexp(x: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- blocks
 
 
-def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
-    """``cos, sin`` of shape ``(seq_len, head_dim // 2)`` for rotary embeddings."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, out: Tensor | None = None) -> Tensor:
-    """Rotate ``x (..., L, head_dim)`` by position; ``cos, sin`` are ``(L, head_dim // 2)``.
-
-    With ``out`` (same shape as ``x``, may be a strided view) the result is written in place.
-    """
-    h = x.shape[-1] // 2
-    x1, x2 = x[..., :h], x[..., h:]
-    if out is None:
-        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-    torch.mul(x1, cos, out=out[..., :h]).addcmul_(x2, sin, value=-1)
-    torch.mul(x2, cos, out=out[..., h:]).addcmul_(x1, sin)
-    return out
-
-
-class KVCache:
-    """Preallocated keys/values of every layer for a batch of rollouts.
-
-    ``k`` holds keys before RoPE (the source of truth), ``k_rot`` the same keys rotated at
-    their current positions, ``v`` the values; all ``(n_layer, B, n_head, max_len, head_dim)``.
-    Each row is its own sequence ``[ctx][frame blocks]`` of ``lengths[b]`` positions holding
-    ``n_frames[b]`` frames, so rollouts can be restarted one by one.
-
-    With ``memory_len`` (models with a :class:`ParallelHead`), ``memory (B, memory_len, d)`` holds
-    the final hidden states the head reads: the context's, then the latest frame's tokens'
-    (valid where ``has_prev``).
-
-    With ``state_dim``, ``state (B, state_dim)`` holds each rollout's latest state, normalised,
-    and ``delta`` its last change, for the :class:`StateFilter` (valid where ``has_state``).
-    ``last_hidden (B, d)`` and ``last_absolute (B, state_dim)`` keep the latest frame's final
-    hidden state and the plain state head's (normalised) reading of it: what the filter read.
-    """
-
-    def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int,
-                 device: torch.device | str, dtype: torch.dtype, memory_len: int = 0,
-                 state_dim: int = 0) -> None:
-        shape = (n_layer, batch_size, n_head, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.k_rot = torch.zeros_like(self.k)
-        self.v = torch.zeros_like(self.k)
-        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
-        self.n_frames = torch.zeros_like(self.lengths)
-        self.batch_size, self.max_len = batch_size, max_len
-        self.rows = torch.arange(batch_size, device=device)
-        self.positions = torch.arange(max_len, device=device)
-        self.max_length = 0  # max(lengths), tracked on the host to avoid syncs per token
-        self.uniform = True  # all rows have the same length: attention needs no mask
-        self.noise: Tensor | None = None  # per-frame sampling noise buffer, made on first use
-        self.memory = (torch.zeros(batch_size, memory_len, n_head * head_dim, device=device,
-                                   dtype=dtype) if memory_len else None)
-        self.has_prev = torch.zeros(batch_size, dtype=torch.bool, device=device)
-        self.state = torch.zeros(batch_size, state_dim, device=device)
-        self.delta = torch.zeros_like(self.state)
-        self.has_state = torch.zeros(batch_size, dtype=torch.bool, device=device)
-        self.last_hidden: Tensor | None = None
-        self.last_absolute: Tensor | None = None
-
-    def sync(self) -> None:
-        """Refresh the host-side ``max_length`` and ``uniform`` from ``lengths``."""
-        self.max_length = int(self.lengths.max())
-        self.uniform = bool((self.lengths == self.max_length).all())
-
-    def drop_block(self, start: int, size: int, rows: Tensor | None = None) -> None:
-        """Remove positions ``[start, start + size)`` of full rows, shifting the rest left.
-
-        ``rows`` (all rows if ``None``) must be full (``lengths == max_len``). ``k_rot`` is left
-        stale; the caller re-rotates the shifted keys.
-        """
-        end = self.max_len
-        for buf in (self.k, self.v):
-            if rows is None:  # in place, front to back in chunks that never overlap their source
-                for s in range(start, end - size, size):
-                    e = min(s + size, end - size)
-                    buf[:, :, :, s:e].copy_(buf[:, :, :, s + size : e + size])
-            else:
-                buf[:, rows, :, start : end - size] = buf[:, rows, :, start + size : end]
-        idx = self.rows if rows is None else rows
-        self.lengths[idx] -= size
-        self.n_frames[idx] -= 1
-
-
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -220,32 +138,24 @@ class Attention(nn.Module):
                 layer: int = 0, mask: Tensor | None = None) -> Tensor:
         """Attend over ``x (B, t, d)``, or with ``cache`` over the cache plus ``x``.
 
-        With a cache, the ``t`` tokens of each row go at positions ``cache.lengths[b] + i``
-        (a prefill starts from empty rows). ``cos, sin`` are ``(t, hd/2)`` when all rows have the
-        same length, else ``(B, 1, t, hd/2)``; ``mask`` is ``None`` for one token at a common
-        position or a prefill, else what each new token may see (``(t, L)`` or ``(B, 1, t, L)``).
+        With a cache, the ``t`` new tokens of every row go at the cache's ``end`` and attend to
+        what the cache holds before them (:meth:`KVCache.append`). ``cos, sin`` are
+        ``(t, hd/2)``; ``mask`` is ``None`` (see everything, or plain causal) or what each new
+        token may see (``(t, L)`` or ``(B, 1, t, L)``, see :meth:`KVCache.attn_mask`).
         """
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         q = apply_rope(q, cos, sin)
-        causal = mask is None and t > 1 and (cache is None or cache.max_length == 0)
         if cache is None:
             k = apply_rope(k, cos, sin)
+            causal = mask is None and t > 1
         else:
-            end = cache.max_length + t
-            if cache.uniform:  # all rows write at the same positions: plain slices
-                cache.k[layer, :, :, end - t : end] = k
-                cache.v[layer, :, :, end - t : end] = v
-                apply_rope(k, cos, sin, out=cache.k_rot[layer, :, :, end - t : end])
-            else:
-                rows, pos = cache.rows[:, None], cache.lengths[:, None] + cache.positions[:t]
-                cache.k[layer, rows, :, pos] = k.transpose(1, 2)
-                cache.v[layer, rows, :, pos] = v.transpose(1, 2)
-                cache.k_rot[layer, rows, :, pos] = apply_rope(k, cos, sin).transpose(1, 2)
-            k, v = cache.k_rot[layer, :, :, :end], cache.v[layer, :, :, :end]
+            causal = mask is None and t > 1  # only a prefill into an empty cache
+            k, v = cache.append(layer, k, v, cos, sin)
+            q = q.to(k.dtype)
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
-        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+        return self.proj(y.to(x.dtype).transpose(1, 2).reshape(b, t, d))
 
 
 class SwiGLU(nn.Module):
@@ -409,6 +319,10 @@ class DynamicsTransformer(nn.Module):
         cos, sin = rope_tables(cfg.max_seq_len, d // cfg.n_head, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("rope_inv_freq", rope_inv_freq(d // cfg.n_head, cfg.rope_theta),
+                             persistent=False)
+        #: dtype of the keys/values of new caches (``None``: the weights'); see :meth:`new_cache`
+        self.kv_dtype: torch.dtype | None = None
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             residual_out = name.endswith(("attn.proj.weight", "mlp.down.weight")) or (
@@ -600,13 +514,19 @@ class DynamicsTransformer(nn.Module):
 
     # --------------------------------------------------------------------- inference
 
-    def new_cache(self, batch_size: int) -> KVCache:
-        """Allocate an empty cache for ``batch_size`` rollouts on the model's device/dtype."""
+    def new_cache(self, batch_size: int, kv_dtype: torch.dtype | None = None) -> KVCache:
+        """Allocate an empty cache for ``batch_size`` rollouts on the model's device.
+
+        Keys and values are stored in ``kv_dtype`` (default :attr:`kv_dtype`, else the weights'
+        dtype); bfloat16 halves the memory every pass reads, the weights stay as they are.
+        """
         cfg, p = self.cfg, self.lm_head.weight
         memory_len = cfg.n_ctx_tokens + cfg.n_frame_tokens if self.head is not None else 0
         return KVCache(cfg.n_layer, batch_size, cfg.n_head, cfg.max_seq_len,
-                       cfg.d_model // cfg.n_head, p.device, p.dtype, memory_len,
-                       cfg.state_dim if self._tracks_state else 0)
+                       cfg.d_model // cfg.n_head, p.device, p.dtype, n_ctx=cfg.n_ctx_tokens,
+                       block=cfg.n_frame_tokens + 1, spare=max(1, cfg.max_frames // 2),
+                       memory_len=memory_len, state_dim=cfg.state_dim if self._tracks_state else 0,
+                       kv_dtype=kv_dtype or self.kv_dtype)
 
     @property
     def _tracks_state(self) -> bool:
@@ -614,25 +534,19 @@ class DynamicsTransformer(nn.Module):
         return self.state_filter is not None or self.state_proj is not None
 
     def _append(self, x: Tensor, cache: KVCache) -> Tensor:
-        """Run ``t`` tokens per row ``x (B, t, d)`` at each row's next positions, in one pass.
+        """Run ``t`` tokens per row ``x (B, t, d)`` at the cache's next positions, in one pass.
 
         Returns their final-norm hidden states ``(B, t, d)``.
         """
-        t, start = x.shape[1], cache.max_length
-        if cache.uniform:
-            p = slice(start, start + t)
-            cos, sin = self.rope_cos[p], self.rope_sin[p]
-            mask = None  # one token sees every position; a prefill (start 0) is plain causal
-            if t > 1 and start > 0:
-                mask = cache.positions[: start + t] <= start + cache.positions[:t, None]
-        else:  # per-row positions; token i of row b sees its own first lengths[b] + i + 1
-            pos = cache.lengths[:, None] + cache.positions[:t]  # (B, t)
-            cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]
-            mask = (cache.positions[: start + t] <= pos[:, :, None])[:, None]
+        t = x.shape[1]
+        if cache.end + t > cache.capacity:
+            raise RuntimeError(f"KV cache overflow: {cache.end} + {t} > {cache.capacity}")
+        pos = cache.positions[cache.end : cache.end + t] + cache.offset
+        cos, sin = rope_at(pos, self.rope_inv_freq, x.dtype)
+        mask = cache.attn_mask(t)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, cache, i, mask)
-        cache.lengths += t
-        cache.max_length += t
+        cache.end += t
         return self.norm(x)
 
     def _step(self, x: Tensor, cache: KVCache) -> Tensor:
@@ -649,31 +563,33 @@ class DynamicsTransformer(nn.Module):
             index: Rows to restart (long or bool); the other rows carry on. ``None``: all rows.
         """
         nc = self.cfg.n_ctx_tokens
-        if index is not None:
+        if index is not None:  # prefill apart, then place each context right before ``end``
             rows = index.nonzero().squeeze(1) if index.dtype == torch.bool else index
-            mem = cache.memory.shape[1] if cache.memory is not None else 0
-            tmp = KVCache(self.cfg.n_layer, len(rows), self.cfg.n_head, nc,
-                          cache.k.shape[-1], cache.k.device, cache.k.dtype, mem)
+            tmp = KVCache(self.cfg.n_layer, len(rows), self.cfg.n_head, nc, cache.k.shape[-1],
+                          cache.k.device, cache.ctx_k.dtype, n_ctx=nc, block=1, spare=1,
+                          memory_len=0 if cache.memory is None else cache.memory.shape[1],
+                          kv_dtype=cache.k.dtype)
             self.prefill(tmp, ctx_tokens)
-            for buf, new in ((cache.k, tmp.k), (cache.k_rot, tmp.k_rot), (cache.v, tmp.v)):
-                buf[:, rows, :, :nc] = new
+            cache.ctx_k[:, rows], cache.ctx_v[:, rows] = tmp.ctx_k, tmp.ctx_v
+            cache.start[rows] = cache.end - nc
+            cache.place_context(rows, self.rope_inv_freq)
             if cache.memory is not None:
                 cache.memory[rows] = tmp.memory
-            cache.lengths[rows], cache.n_frames[rows], cache.has_prev[rows] = nc, 0, False
-            cache.has_state[rows] = False
+            cache.n_frames[rows], cache.has_prev[rows], cache.has_state[rows] = 0, False, False
             cache.sync()
             return
         if ctx_tokens.shape != (cache.batch_size, nc):
             raise ValueError(f"ctx_tokens {tuple(ctx_tokens.shape)} do not fit the cache")
-        cache.lengths.zero_()
-        cache.sync()
-        h = self._append(self.ctx_emb(ctx_tokens), cache)
+        cache.clear()
+        cache.capturing = True
+        try:
+            h = self._append(self.ctx_emb(ctx_tokens), cache)
+        finally:
+            cache.capturing = False
         if cache.memory is not None:
             cache.memory[:, :nc] = h
-        cache.n_frames.zero_()
         cache.has_prev.zero_()
         cache.has_state.zero_()
-        cache.sync()
 
     def set_state(self, cache: KVCache, state: Tensor, index: Tensor | None = None) -> None:
         """Give the state filter and the state input each row's latest real state, real units.
@@ -690,24 +606,25 @@ class DynamicsTransformer(nn.Module):
         cache.has_state[rows] = True
 
     def _make_room(self, cache: KVCache) -> None:
-        """Drop the oldest frame of every row whose window is full; re-rotate its keys."""
+        """Drop the oldest frame of every row whose window is full; keep room for one frame.
+
+        A row drops its oldest frame by moving its context one block forward over it (see
+        :mod:`wmgym.model.kv_cache`); when the next frame would not fit, the cache compacts.
+        """
         full = cache.n_frames >= self.cfg.max_frames
         n_full = int(full.sum())
         if n_full:
             rows = None if n_full == cache.batch_size else full.nonzero().squeeze(1)
-            nc, block = self.cfg.n_ctx_tokens, self.cfg.n_frame_tokens + 1
-            cache.drop_block(nc, block, rows)
-            w = slice(nc, cache.max_len - block)
-            cos, sin = self.rope_cos[w], self.rope_sin[w]
-            if rows is None:
-                apply_rope(cache.k[:, :, :, w], cos, sin, out=cache.k_rot[:, :, :, w])
-            else:
-                cache.k_rot[:, rows, :, w] = apply_rope(cache.k[:, rows, :, w], cos, sin)
-        cache.sync()
+            cache.start[full] += cache.block
+            cache.n_frames[full] -= 1
+            cache.sync()
+            cache.place_context(rows, self.rope_inv_freq)
+        if cache.end + cache.block > cache.capacity:
+            cache.compact()
 
     def _begin_frame(self, cache: KVCache, actions: Tensor) -> Tensor:
         """Make room in full windows; return the slot tokens ``(B, 1, d)`` of the new frame."""
-        if int(cache.lengths.min()) < self.cfg.n_ctx_tokens:
+        if cache.end < self.cfg.n_ctx_tokens:
             raise RuntimeError("call prefill(cache, ctx_tokens) before generating frames")
         slides = cache.n_frames >= self.cfg.max_frames  # the window drops a frame: a gap opens
         self._make_room(cache)

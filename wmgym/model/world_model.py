@@ -27,6 +27,23 @@ from wmgym.model.transformer import DynamicsConfig, DynamicsTransformer, KVCache
 #: and 64 were no better). A GPU wants the whole batch.
 CPU_DECODE_CHUNK = 32
 
+#: Precisions the KV cache can hold keys and values in (``kv_cache=`` of the envs).
+KV_CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def resolve_kv_cache(kv_cache: str) -> torch.dtype:
+    """The dtype ``kv_cache`` names: ``float32``, ``bfloat16``, or ``auto`` (float32).
+
+    Raises:
+        ValueError: Any other name.
+    """
+    if kv_cache == "auto":
+        return torch.float32
+    if kv_cache not in KV_CACHE_DTYPES:
+        raise ValueError(f"kv_cache must be 'auto' or one of {sorted(KV_CACHE_DTYPES)}, "
+                         f"got {kv_cache!r}")
+    return KV_CACHE_DTYPES[kv_cache]
+
 
 @dataclass
 class RolloutState:
@@ -136,6 +153,7 @@ class WorldModel(nn.Module):
         state: RolloutState | None = None,
         index: Tensor | None = None,
         states: Tensor | None = None,
+        kv_dtype: torch.dtype | None = None,
     ) -> RolloutState:
         """Starts rollouts from real context frames.
 
@@ -152,6 +170,8 @@ class WorldModel(nn.Module):
                 state of each rollout's latest real frame (the context's, or the last history
                 frame's). A model with a state filter continues the state from it; without it
                 the first imagined state is read from the frame alone.
+            kv_dtype: dtype of a new cache's keys and values (default: the weights'); with
+                ``state`` the existing cache keeps its own.
 
         Returns:
             The rollout state.
@@ -159,7 +179,7 @@ class WorldModel(nn.Module):
         frames = frames.to(self.device)
         ctx = self.tokenizer.encode_context(frames)
         if state is None:
-            cache = self.dynamics.new_cache(frames.shape[0])
+            cache = self.dynamics.new_cache(frames.shape[0], kv_dtype)
             self.dynamics.prefill(cache, ctx.tokens)
             steps = torch.zeros(frames.shape[0], dtype=torch.long, device=self.device)
             state = RolloutState(cache, ctx, generators, steps)
