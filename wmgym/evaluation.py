@@ -33,7 +33,7 @@ from torch import Tensor
 
 from wmgym.model.checkpoint import read_config
 from wmgym.model.frames import DEPTH, MASK, RGB, psnr, ssim
-from wmgym.model.world_model import WorldModel, resolve_device
+from wmgym.model.world_model import WorldModel, resolve_device, resolve_kv_cache
 from wmgym.spec import CUBE_POS, EEF_POS, load_spec
 from wmgym.viz import save_figure
 
@@ -61,6 +61,9 @@ class EvalArgs:
     decoding: str = "auto"
     """``auto`` (the parallel head when the checkpoint has one), ``parallel`` or
     ``autoregressive``."""
+    kv_cache: str = "auto"
+    """Precision of the cached keys and values (``auto``: as ``WM-<Task>-v0`` picks it,
+    ``float32``, ``bfloat16``); the probes run the env's default."""
     seed: int = 0
     """Seed of the samplers and of the action shuffle."""
     out: str = "out/eval"
@@ -123,7 +126,7 @@ def tokenizer_upper_bound(wm: WorldModel, frames: Tensor) -> dict[str, Tensor]:
 @torch.no_grad()
 def open_loop(wm: WorldModel, frames: Tensor, actions: Tensor, seed: int, temperature: float,
               top_k: int | None, keep_frames: bool = False, decoding: str = "auto",
-              start_state: np.ndarray | None = None):
+              start_state: np.ndarray | None = None, kv_cache: str = "auto"):
     """Imagine ``T`` steps from frame 0 under ``actions`` (B, T, 4); per-step outputs.
 
     ``start_state (B, state_dim)``, frame 0's real state, starts a state filter's chain.
@@ -131,7 +134,8 @@ def open_loop(wm: WorldModel, frames: Tensor, actions: Tensor, seed: int, temper
     b, t = actions.shape[:2]
     gens = [torch.Generator(device=wm.device).manual_seed(seed * 100_003 + i) for i in range(b)]
     states = None if start_state is None else torch.as_tensor(start_state, dtype=torch.float32)
-    state = wm.reset(frames[:, 0], generators=gens, states=states)
+    state = wm.reset(frames[:, 0], generators=gens, states=states,
+                     kv_dtype=resolve_kv_cache(kv_cache, wm.device))
     out = {"reward": [], "success": [], "state": [], "metrics": [], "frames": []}
     for k in range(t):
         step, state = wm.step(state, actions[:, k], temperature=temperature, top_k=top_k,
@@ -175,17 +179,18 @@ def evaluate(args: EvalArgs) -> dict:
     upper = tokenizer_upper_bound(wm, frames)
     real, r_pred, s_pred, st_pred, imagined = open_loop(
         wm, frames, actions, args.seed, args.temperature, top_k, keep_frames=True,
-        decoding=args.decoding, start_state=states[:, 0],
+        decoding=args.decoding, start_state=states[:, 0], kv_cache=args.kv_cache,
     )
     perm = np.roll(np.arange(len(episodes)), 1)  # every episode gets another one's actions
     other, *_ = open_loop(wm, frames, actions[perm], args.seed, args.temperature, top_k,
-                          decoding=args.decoding, start_state=states[:, 0])
+                          decoding=args.decoding, start_state=states[:, 0], kv_cache=args.kv_cache)
     seconds = time.perf_counter() - start
 
     result: dict = {
         "checkpoint": args.checkpoint, "data": args.data, "split": args.split,
         "episodes": len(episodes), "steps": length, "args": asdict(args),
         "decoding": wm.resolve_decoding(args.decoding),
+        "kv_cache": str(resolve_kv_cache(args.kv_cache, wm.device)).removeprefix("torch."),
         "seconds": round(seconds, 1),
         "tokenizer": {k: float(v.mean()) for k, v in upper.items()},
         "open_loop": {k: _per_horizon(v.numpy(), length) for k, v in real.items()},
