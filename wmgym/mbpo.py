@@ -252,6 +252,9 @@ class MBPOConfig:
     """Token sampling temperature of the world model."""
     decoding: str = "auto"
     """World-model decoding (``auto``: the parallel head when the checkpoint has one)."""
+    kv_cache: str = "auto"
+    """Precision of the world model's cached keys and values (``auto``, ``float32``,
+    ``bfloat16``). The README's MBPO runs used float32."""
     seed: int = 0
     """Seed of the model's sampling and of batch mixing."""
 
@@ -295,6 +298,7 @@ class MBPO(BaseCallback):
             cfg.rollouts, self.task, max_episode_steps=cfg.horizon + 1, device=self.device,
             checkpoint=self.checkpoint, temperature=cfg.temperature, decoding=cfg.decoding,
             images=any(k in IMAGE_KEYS for k in self.keys), terminate_on_success=False,
+            kv_cache=cfg.kv_cache,
         )
         self.buffer = ModelBuffer(cfg.model_buffer_size, space, agent.action_space.shape[0],
                                   agent.device)

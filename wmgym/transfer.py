@@ -66,6 +66,9 @@ class TransferArgs(RLArgs):
     """Real (and, for the WM agent, imagined) episodes of the final evaluation."""
     images: bool = False
     """Train on camera observations (rgb, depth, mask, state) instead of state only."""
+    kv_cache: str = "auto"
+    """Precision of the world model's cached keys and values (``auto``, ``float32``,
+    ``bfloat16``; see ``WM-<Task>-v0``). The README's transfer runs used float32."""
     agent_device: str = "cpu"
     """Device of the SB3 agent (small MLPs are fastest on CPU)."""
     out: Path = Path("runs/transfer")
@@ -108,7 +111,8 @@ def imagined_eval(
 
 def _wm_kwargs(args: TransferArgs, terminate_on_success: bool | None = False) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"images": args.images, "device": args.device,
-                              "terminate_on_success": terminate_on_success}
+                              "terminate_on_success": terminate_on_success,
+                              "kv_cache": args.kv_cache}
     if args.checkpoint:
         kwargs["checkpoint"] = args.checkpoint
     return kwargs
