@@ -282,14 +282,10 @@ def test_long_rollout_stays_in_space_with_flat_memory(ckpt):
 
 @pytest.mark.parametrize("kv_cache", ["float32", "bfloat16", "auto"])
 def test_kv_cache_precision_reaches_the_cache(ckpt, kv_cache):
-    from wmgym.model.world_model import bf16_kv_is_fast
-
     env = gym.make("WM-Pick-v0", checkpoint=ckpt, device=DEVICE, kv_cache=kv_cache).unwrapped
     env.reset(seed=0)
     env.step(np.zeros(4, np.float32))
-    fast = bf16_kv_is_fast(torch.device(DEVICE))
-    want = {"float32": torch.float32, "bfloat16": torch.bfloat16,
-            "auto": torch.bfloat16 if fast else torch.float32}[kv_cache]
+    want = {"float32": torch.float32, "bfloat16": torch.bfloat16, "auto": torch.float32}[kv_cache]
     assert env.core.state.cache.k.dtype == env.core.state.cache.v.dtype == want
     with pytest.raises(ValueError, match="kv_cache must be"):
         gym.make("WM-Pick-v0", checkpoint=ckpt, device=DEVICE, kv_cache="float16")

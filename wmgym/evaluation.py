@@ -135,7 +135,7 @@ def open_loop(wm: WorldModel, frames: Tensor, actions: Tensor, seed: int, temper
     gens = [torch.Generator(device=wm.device).manual_seed(seed * 100_003 + i) for i in range(b)]
     states = None if start_state is None else torch.as_tensor(start_state, dtype=torch.float32)
     state = wm.reset(frames[:, 0], generators=gens, states=states,
-                     kv_dtype=resolve_kv_cache(kv_cache, wm.device))
+                     kv_dtype=resolve_kv_cache(kv_cache))
     out = {"reward": [], "success": [], "state": [], "metrics": [], "frames": []}
     for k in range(t):
         step, state = wm.step(state, actions[:, k], temperature=temperature, top_k=top_k,
@@ -190,7 +190,7 @@ def evaluate(args: EvalArgs) -> dict:
         "checkpoint": args.checkpoint, "data": args.data, "split": args.split,
         "episodes": len(episodes), "steps": length, "args": asdict(args),
         "decoding": wm.resolve_decoding(args.decoding),
-        "kv_cache": str(resolve_kv_cache(args.kv_cache, wm.device)).removeprefix("torch."),
+        "kv_cache": str(resolve_kv_cache(args.kv_cache)).removeprefix("torch."),
         "seconds": round(seconds, 1),
         "tokenizer": {k: float(v.mean()) for k, v in upper.items()},
         "open_loop": {k: _per_horizon(v.numpy(), length) for k, v in real.items()},

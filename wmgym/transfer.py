@@ -171,6 +171,7 @@ def train_twin(args: TransferArgs, spec: TaskSpec, twin: Twin, evaluate: RealEva
     }
     if twin == "wm":
         record["checkpoint"] = checkpoint_id(args.checkpoint or spec.checkpoint)
+        record["kv_cache"] = args.kv_cache
         imagined = imagined_eval(agent, args, spec, args.eval_episodes)
         record["imagined_success"] = imagined["success"]
         record["imagined_return"] = imagined["return"]

@@ -88,7 +88,7 @@ class Imagination:
             head alone (probability > 0.5).
         kv_cache: Precision of the cached keys and values: ``float32``, ``bfloat16`` (half
             the memory each token's attention reads; the weights stay float32) or ``auto``
-            (bfloat16 on CPUs with oneDNN bfloat16 support, else float32).
+            (float32; see :func:`~wmgym.model.world_model.resolve_kv_cache`).
 
     """
 
@@ -124,7 +124,7 @@ class Imagination:
         self.model = self.checkpoint.model
         self.decoding = self.model.resolve_decoding(decoding)
         self.device = self.model.device
-        self.kv_dtype = resolve_kv_cache(kv_cache, self.device)
+        self.kv_dtype = resolve_kv_cache(kv_cache)
         self.state: RolloutState | None = None
         self.obs: Obs | None = None  # current observation of every rollout, (N, ...)
         self.tokens: np.ndarray | None = None  # the last sampled frame tokens, (N, n)
