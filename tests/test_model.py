@@ -19,6 +19,7 @@ from wmgym.model.transformer import (
     symexp,
     symlog,
 )
+from wmgym.model.world_model import resolve_kv_cache
 
 
 def tiny_tokenizer_config(**kw) -> TokenizerConfig:
@@ -450,8 +451,6 @@ def test_bfloat16_kv_cache_follows_the_float32_one():
     assert (low - ref).abs().max() < 0.05 * ref.abs().max()
     assert (low.argmax(-1) == ref.argmax(-1)).float().mean() > 0.95
     with pytest.raises(ValueError, match="kv_cache"):
-        from wmgym.model.world_model import resolve_kv_cache
-
         resolve_kv_cache("float16")
 
 

@@ -13,9 +13,7 @@ import time
 import torch
 
 from wmgym.model.transformer import DynamicsConfig
-
-#: Bytes one cached key or value element takes, by cache precision.
-BYTES_PER_VALUE = {"float32": 4, "bfloat16": 2}
+from wmgym.model.world_model import resolve_kv_cache
 
 
 def kv_positions_per_step(cfg: DynamicsConfig, decoding: str = "autoregressive") -> int:
@@ -73,9 +71,7 @@ def memory_floor(cfg: DynamicsConfig, decoding: str, sim_steps_per_s: float,
         (imagination could not beat these with this cache, whatever the rest of the step
         costs).
     """
-    if kv_cache not in BYTES_PER_VALUE:
-        raise ValueError(f"unknown kv_cache {kv_cache!r} (expected one of {list(BYTES_PER_VALUE)})")
-    nbytes = kv_bytes_per_step(cfg, decoding, BYTES_PER_VALUE[kv_cache])
+    nbytes = kv_bytes_per_step(cfg, decoding, resolve_kv_cache(kv_cache).itemsize)
     floor_s = nbytes / (bandwidth_gb_s * 1e9)
     return {
         "decoding": decoding,

@@ -146,11 +146,10 @@ class Attention(nn.Module):
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         q = apply_rope(q, cos, sin)
+        causal = mask is None and t > 1  # with a cache: only a prefill into an empty one
         if cache is None:
             k = apply_rope(k, cos, sin)
-            causal = mask is None and t > 1
         else:
-            causal = mask is None and t > 1  # only a prefill into an empty cache
             k, v = cache.append(layer, k, v, cos, sin)
             q = q.to(k.dtype)
         p = self.dropout if self.training else 0.0
@@ -321,8 +320,6 @@ class DynamicsTransformer(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.register_buffer("rope_inv_freq", rope_inv_freq(d // cfg.n_head, cfg.rope_theta),
                              persistent=False)
-        #: dtype of the keys/values of new caches (``None``: the weights'); see :meth:`new_cache`
-        self.kv_dtype: torch.dtype | None = None
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             residual_out = name.endswith(("attn.proj.weight", "mlp.down.weight")) or (
@@ -517,8 +514,8 @@ class DynamicsTransformer(nn.Module):
     def new_cache(self, batch_size: int, kv_dtype: torch.dtype | None = None) -> KVCache:
         """Allocate an empty cache for ``batch_size`` rollouts on the model's device.
 
-        Keys and values are stored in ``kv_dtype`` (default :attr:`kv_dtype`, else the weights'
-        dtype); bfloat16 halves the memory every pass reads, the weights stay as they are.
+        Keys and values are stored in ``kv_dtype`` (default: the weights' dtype); bfloat16
+        halves the memory every pass reads, the weights stay as they are.
         """
         cfg, p = self.cfg, self.lm_head.weight
         memory_len = cfg.n_ctx_tokens + cfg.n_frame_tokens if self.head is not None else 0
@@ -526,7 +523,7 @@ class DynamicsTransformer(nn.Module):
                        cfg.d_model // cfg.n_head, p.device, p.dtype, n_ctx=cfg.n_ctx_tokens,
                        block=cfg.n_frame_tokens + 1, spare=max(1, cfg.max_frames // 2),
                        memory_len=memory_len, state_dim=cfg.state_dim if self._tracks_state else 0,
-                       kv_dtype=kv_dtype or self.kv_dtype)
+                       kv_dtype=kv_dtype)
 
     @property
     def _tracks_state(self) -> bool:
