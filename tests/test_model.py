@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import wmgym.model.transformer as transformer_module
 from wmgym.model.frames import frames_to_obs, mask_iou, obs_to_frames, psnr, ssim
 from wmgym.model.tokenizer import FSQ, MMTokenizer, TokenizerConfig, VectorQuantizer
 from wmgym.model.transformer import (
@@ -342,16 +343,17 @@ def test_sliding_window_cache_contents():
         attn = model.blocks[0].attn
         qkv = attn.qkv(model.blocks[0].attn_norm(x)).view(b, x.shape[1], 3, cfg.n_head, -1)
         _, k0, v0 = qkv.permute(2, 0, 3, 1, 4)
-    # the rows' content is contiguous and rotated at contiguous positions (relative ones are
-    # all attention sees): the context moved over the dropped frames, the frames stayed put
+    # the rows' content sits at contiguous logical positions, rotated there (relative ones are
+    # all attention sees), at slots position % capacity: the context moved over the dropped
+    # frames, the frames stayed put, and the window wrapped around the ring
     n = cfg.max_seq_len
-    assert cache.uniform and cache.end - cache.start_min == n
-    live = slice(cache.start_min, cache.end)
-    assert cache.offset > 0  # the cache compacted on the way
-    pos = torch.arange(n) + cache.start_min + cache.offset
+    assert cache.uniform and cache.end - cache.start_min == n == cache.capacity
+    assert cache.start_min % n != 0  # the ring wrapped: the window does not start at slot 0
+    pos = torch.arange(n) + cache.start_min
     cos, sin = rope_at(pos, model.rope_inv_freq)
-    assert torch.allclose(cache.k[0, :, :, live], apply_rope(k0, cos, sin), atol=1e-5)
-    assert torch.allclose(cache.v[0, :, :, live], v0, atol=1e-5)
+    slots = pos % cache.capacity
+    assert torch.allclose(cache.k[0, :, :, slots], apply_rope(k0, cos, sin), atol=1e-5)
+    assert torch.allclose(cache.v[0, :, :, slots], v0, atol=1e-5)
 
 
 def test_per_sample_generators_are_batch_independent():
@@ -673,15 +675,15 @@ def test_memory_floor_counts_the_positions_the_passes_attend_to(decoding, monkey
     cache = model.new_cache(b)
     model.prefill(cache, batch["ctx_tokens"])
     read = []
-    append = DynamicsTransformer._append
+    attend = transformer_module.cached_attention
 
-    def counting(self, x, c):
-        read.append(c.end - c.start_min + x.shape[1])  # what the pass's attention spans
-        return append(self, x, c)
+    def counting(q, k, v, bias):
+        read.append(k.shape[2])  # the keys (and as many values) one layer's pass reads
+        return attend(q, k, v, bias)
 
-    monkeypatch.setattr(DynamicsTransformer, "_append", counting)
+    monkeypatch.setattr(transformer_module, "cached_attention", counting)
     for t in range(cfg.max_frames + 2):  # the window is full, then slides twice
         read.clear()
         model.generate_frame(cache, batch["actions"][:, t], decoding=decoding)
-    assert sum(read) == kv_positions_per_step(cfg, decoding)
-    assert kv_bytes_per_step(cfg, decoding) == sum(read) * cfg.n_layer * 2 * cfg.d_model * 4
+    assert sum(read) == cfg.n_layer * kv_positions_per_step(cfg, decoding)
+    assert kv_bytes_per_step(cfg, decoding) == sum(read) * 2 * cfg.d_model * 4

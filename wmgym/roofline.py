@@ -17,19 +17,21 @@ from wmgym.model.world_model import resolve_kv_cache
 
 
 def kv_positions_per_step(cfg: DynamicsConfig, decoding: str = "autoregressive") -> int:
-    """Cached positions all passes of one imagined step attend to, with the window full.
+    """Cached positions all passes of one imagined step read.
 
-    After the window slides it holds the context and ``max_frames - 1`` (slot + frame) blocks;
-    the new block is appended by ``n + 1`` single-token passes (``autoregressive``) or by the
-    slot's pass and one pass of the ``n`` frame tokens (``parallel``).
+    Every pass attends to the cache's whole ring (``max_seq_len`` positions: context plus a
+    full window, masked where a row holds nothing yet); a step appends its block by ``n + 1``
+    single-token passes (``autoregressive``) or by the slot's pass and one pass of the ``n``
+    frame tokens (``parallel``).
     """
-    n = cfg.n_frame_tokens
-    base = cfg.n_ctx_tokens + (cfg.max_frames - 1) * (n + 1)
     if decoding == "autoregressive":
-        return sum(base + j + 1 for j in range(n + 1))
-    if decoding == "parallel":
-        return (base + 1) + (base + n + 1)
-    raise ValueError(f"unknown decoding {decoding!r} (expected 'autoregressive' or 'parallel')")
+        passes = cfg.n_frame_tokens + 1
+    elif decoding == "parallel":
+        passes = 2
+    else:
+        raise ValueError(f"unknown decoding {decoding!r} (expected 'autoregressive' or "
+                         f"'parallel')")
+    return passes * cfg.max_seq_len
 
 
 def kv_bytes_per_step(cfg: DynamicsConfig, decoding: str = "autoregressive",

@@ -1,25 +1,25 @@
 """Rotary embeddings and the key/value cache of the dynamics transformer.
 
-Layout of one row of the cache (all rows share the physical positions they are written at)::
+The cache is a ring of ``capacity`` positions per row (the longest a row's content gets:
+context plus a full window of blocks). Tokens have *logical* positions ``0, 1, 2, ...`` that
+only grow; logical position ``p`` lives at slot ``p % capacity`` and its key is stored rotated
+at ``p``. All rows share the logical ``end`` where the next tokens go, so a pass writes every
+row's new keys at the same slot (a plain slice) and one RoPE table serves the whole batch. Row
+``b`` holds logical positions ``[start[b], end)``::
 
-    ... stale ... [context (Nc)] [slot + frame] [slot + frame] ... | free ... capacity
-                  ^ start[b]                                      ^ end
+    logical:  ... dropped ... [context (Nc)] [slot + frame] ... [slot + frame] | end
+    slot:     (p % capacity): the window wraps around the ring, nothing is ever moved
 
-Every row's live content is contiguous and ends at the common ``end``, so a pass writes all
-rows' new keys at the same positions (plain slices) and one RoPE table serves the whole batch.
-Keys are stored rotated at ``physical position + offset``. Attention only sees differences of
-positions, so a row can be moved without touching its frames' keys:
+Attention only sees differences of positions and softmax does not care in which order the
+keys come, so a pass attends to the *whole* ring (one contiguous read per layer, which is what
+the CPU matmul kernels need to run at memory speed) and masks what is not the row's content:
 
 * when a row's window of frames is full, its oldest frame is dropped by moving its *context*
   one frame forward (``start += frame``) and writing the context's keys there, rotated afresh
-  from a copy kept unrotated (``ctx_k``): ``Nc`` positions per dropped frame instead of
-  rewriting the whole window;
-* when ``end`` reaches the capacity, every row's content moves to the front in one copy
-  (``compact``) and ``offset`` grows by the distance moved, so no key is rotated again. With
-  ``spare`` free frames of capacity that happens once every ``spare`` frames.
-
-A restarted row's context goes right before ``end``; rows that started at different times then
-have different ``start`` and attention masks what lies before each row's start.
+  from a copy kept unrotated (``ctx_k``): ``Nc`` positions per dropped frame;
+* the next frame then goes into the slots the dropped frame freed: no compaction, no shift;
+* a restarted row's context goes right before ``end``; rows that started at different times
+  have different ``start`` and the mask hides what lies before each row's start.
 """
 
 from __future__ import annotations
@@ -64,13 +64,28 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, out: Tensor | None = None) -
     return out
 
 
+def cached_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
+    """Attention of ``q (B, H, t, hd)`` over the whole ring ``k, v (B, H, C, hd)``.
+
+    ``bias`` (broadcastable to ``(B, H, t, C)``, float32, ``0`` or ``-inf``) hides what a query
+    may not see. Two batched matmuls over contiguous buffers in the cache's dtype; the scores
+    are softmaxed in float32. (On CPUs without AMX, PyTorch's fused kernel is several times
+    slower for bfloat16 single-token queries than these two matmuls; see the speed bench.)
+    """
+    scores = torch.matmul(q.to(k.dtype) * q.shape[-1] ** -0.5, k.transpose(-1, -2)).float()
+    if bias is not None:
+        scores = scores + bias
+    return torch.matmul(scores.softmax(-1).to(v.dtype), v)
+
+
 class KVCache:
     """Preallocated rotated keys and values of every layer for a batch of rollouts.
 
     ``k, v`` are ``(n_layer, B, n_head, capacity, head_dim)`` in ``kv_dtype`` (default: the
-    model's ``dtype``; bfloat16 halves what every pass reads). Row ``b`` holds positions
-    ``[start[b], end)``: its context, then ``n_frames[b]`` (slot + frame) blocks. ``ctx_k`` and
-    ``ctx_v`` keep each row's context keys (unrotated, ``dtype``) and values for moving it.
+    model's ``dtype``; bfloat16 halves what every pass reads), a ring per row (see the module
+    docstring). Row ``b`` holds logical positions ``[start[b], end)``: its context, then
+    ``n_frames[b]`` (slot + frame) blocks. ``ctx_k`` and ``ctx_v`` keep each row's context keys
+    (unrotated, ``dtype``) and values for moving it.
 
     With ``memory_len`` (models with a parallel head), ``memory (B, memory_len, d)`` holds the
     final hidden states the head reads: the context's, then the latest frame's tokens' (valid
@@ -83,13 +98,13 @@ class KVCache:
         n_layer: Transformer blocks.
         batch_size: Rollouts.
         n_head: Attention heads.
-        max_len: The longest a row's content gets: context plus a full window of blocks.
+        max_len: The longest a row's content gets (context plus a full window of blocks): the
+            ring's capacity.
         head_dim: Channels per head.
         device: Where the buffers live.
         dtype: The model's dtype (``ctx_k``, ``memory``).
         n_ctx: Context tokens per row.
         block: Positions per (slot + frame) block.
-        spare: Free blocks of capacity beyond ``max_len``: a compaction every ``spare`` frames.
         memory_len: See above (0: none).
         state_dim: See above (0: none).
         kv_dtype: dtype of ``k`` and ``v`` (``None``: ``dtype``).
@@ -97,12 +112,11 @@ class KVCache:
 
     def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int,
                  device: torch.device | str, dtype: torch.dtype, n_ctx: int, block: int,
-                 spare: int = 8, memory_len: int = 0, state_dim: int = 0,
+                 memory_len: int = 0, state_dim: int = 0,
                  kv_dtype: torch.dtype | None = None) -> None:
-        if not 0 < n_ctx <= max_len or block < 1 or spare < 1:
-            raise ValueError(f"bad cache layout: n_ctx={n_ctx}, block={block}, spare={spare}, "
-                             f"max_len={max_len}")
-        self.capacity = max_len + spare * block
+        if not 0 < n_ctx <= max_len or block < 1:
+            raise ValueError(f"bad cache layout: n_ctx={n_ctx}, block={block}, max_len={max_len}")
+        self.capacity = max_len
         shape = (n_layer, batch_size, n_head, self.capacity, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=kv_dtype or dtype)
         self.v = torch.zeros_like(self.k)
@@ -114,11 +128,10 @@ class KVCache:
         self.start = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.n_frames = torch.zeros_like(self.start)
         self.rows = torch.arange(batch_size, device=device)
-        self.positions = torch.arange(self.capacity, device=device)
-        self.end = 0  # where the next tokens go, common to all rows (host int)
-        self.offset = 0  # RoPE position of physical position p is p + offset (host int)
-        self.start_min = 0  # min(start), on the host: where attention starts reading
-        self.uniform = True  # all rows start at start_min: attention needs no mask
+        self.slots = torch.arange(self.capacity, device=device)
+        self.end = 0  # logical position of the next tokens, common to all rows (host int)
+        self.start_min = 0  # min(start), on the host
+        self.uniform = True  # all rows start at start_min: one mask serves the batch
         self.noise: Tensor | None = None  # per-frame sampling noise buffer, made on first use
         self.memory = (torch.zeros(batch_size, memory_len, n_head * head_dim, device=device,
                                    dtype=dtype) if memory_len else None)
@@ -143,75 +156,78 @@ class KVCache:
         """Empty every row (a full prefill follows)."""
         self.start.zero_()
         self.n_frames.zero_()
-        self.end = self.offset = self.start_min = 0
+        self.end = self.start_min = 0
         self.uniform = True
+
+    def _ring(self, lo: int, n: int) -> list[tuple[slice, slice]]:
+        """``(source, slot)`` slice pairs of logical positions ``[lo, lo + n)`` on the ring."""
+        s = lo % self.capacity
+        first = min(n, self.capacity - s)
+        pairs = [(slice(0, first), slice(s, s + first))]
+        if first < n:
+            pairs.append((slice(first, n), slice(0, n - first)))
+        return pairs
 
     def append(self, layer: int, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor
                ) -> tuple[Tensor, Tensor]:
         """Store a pass's ``t`` new keys (rotated here) and values ``(B, H, t, hd)`` at ``end``.
 
-        Returns the layer's keys and values from ``start_min`` to the new tokens included.
+        Returns the layer's whole ring of keys and values ``(B, H, capacity, hd)``, new tokens
+        included (see :meth:`attn_bias` for what each query may see of it).
         """
         t = k.shape[2]
-        new = slice(self.end, self.end + t)
         if self.capturing:
-            self.ctx_k[layer, :, :, new] = k
-            self.ctx_v[layer, :, :, new] = v
-        if self.k.dtype == k.dtype:
-            apply_rope(k, cos, sin, out=self.k[layer, :, :, new])
-        else:  # rotate in the model's precision, round once
-            self.k[layer, :, :, new] = apply_rope(k, cos, sin)
-        self.v[layer, :, :, new] = v
-        span = slice(self.start_min, self.end + t)
-        return self.k[layer, :, :, span], self.v[layer, :, :, span]
+            self.ctx_k[layer, :, :, self.end : self.end + t] = k
+            self.ctx_v[layer, :, :, self.end : self.end + t] = v
+        same = self.k.dtype == k.dtype
+        for src, dst in self._ring(self.end, t):
+            if same:
+                apply_rope(k[:, :, src], cos[src], sin[src], out=self.k[layer, :, :, dst])
+            else:  # rotate in the model's precision, round once
+                self.k[layer, :, :, dst] = apply_rope(k[:, :, src], cos[src], sin[src])
+            self.v[layer, :, :, dst] = v[:, :, src]
+        return self.k[layer], self.v[layer]
 
-    def attn_mask(self, t: int) -> Tensor | None:
-        """What a pass of ``t`` new tokens per row may see of ``[start_min, end + t)``.
+    def attn_bias(self, t: int) -> Tensor | None:
+        """What a pass of ``t`` new tokens per row may see of the ring, as an additive bias.
 
-        ``None`` when it sees everything (one token, all rows aligned) or when the pass is a
-        plain causal one (nothing cached yet); else ``(t, L)``, or ``(B, 1, t, L)`` when rows
-        start at different positions.
+        Slot ``s`` then holds logical position ``l(s)``, the latest one ``< end + t`` that maps
+        to it; new token ``i`` sees ``start[b] <= l(s) <= end + i``. Returns ``None`` when it
+        sees the whole ring, else float32 ``(1 or B, 1, t, capacity)`` of ``0`` and ``-inf``.
         """
-        if self.uniform and (t == 1 or self.end == self.start_min):
+        hi = self.end + t
+        if self.uniform and t == 1 and hi - self.start_min >= self.capacity:
             return None
-        keys = self.positions[self.start_min : self.end + t]
-        mask = keys <= self.end + self.positions[:t, None]  # (t, L): causal among the new ones
-        if self.uniform:
-            return mask
-        return (mask & (keys >= self.start[:, None, None]))[:, None]
-
-    def compact(self) -> None:
-        """Move every row's content to the front of the buffers; positions keep their RoPE."""
-        lo, n = self.start_min, self.end - self.start_min
-        if lo == 0:
-            raise RuntimeError("KV cache full: no row has dropped a frame to make room")
-        for buf in (self.k, self.v):  # front to back in chunks that never overlap their source
-            for s in range(0, n, lo):
-                e = min(s + lo, n)
-                buf[:, :, :, s:e].copy_(buf[:, :, :, lo + s : lo + e])
-        self.start -= lo
-        self.end, self.offset, self.start_min = n, self.offset + lo, 0
+        logical = hi - 1 - (hi - 1 - self.slots) % self.capacity  # (C,)
+        seen = logical <= self.end + self.slots[:t, None]  # (t, C): causal among the new ones
+        first = self.start[:, None, None, None] if not self.uniform else self.start_min
+        seen = (seen & (logical >= first))
+        if seen.dim() == 2:
+            seen = seen[None, None]
+        bias = torch.zeros(seen.shape, device=seen.device)
+        return bias.masked_fill_(~seen, float("-inf"))
 
     def place_context(self, rows: Tensor | None, inv_freq: Tensor) -> None:
         """Write the context of ``rows`` (all if ``None``) at ``[start, start + n_ctx)``.
 
-        Its keys are rotated from ``ctx_k`` at those positions (plus ``offset``).
+        Its keys are rotated from ``ctx_k`` at those logical positions.
         """
         nc = self.n_ctx
         if rows is None and self.uniform:
             s = self.start_min
-            cos, sin = rope_at(self.positions[s : s + nc] + self.offset, inv_freq,
-                               self.ctx_k.dtype)
-            if self.k.dtype == self.ctx_k.dtype:
-                apply_rope(self.ctx_k, cos, sin, out=self.k[:, :, :, s : s + nc])
-            else:
-                self.k[:, :, :, s : s + nc] = apply_rope(self.ctx_k, cos, sin)
-            self.v[:, :, :, s : s + nc] = self.ctx_v
+            cos, sin = rope_at(self.slots[:nc] + s, inv_freq, self.ctx_k.dtype)
+            for src, dst in self._ring(s, nc):
+                out = self.k[:, :, :, dst]
+                if self.k.dtype == self.ctx_k.dtype:
+                    apply_rope(self.ctx_k[:, :, :, src], cos[src], sin[src], out=out)
+                else:
+                    out.copy_(apply_rope(self.ctx_k[:, :, :, src], cos[src], sin[src]))
+                self.v[:, :, :, dst] = self.ctx_v[:, :, :, src]
             return
         rows = self.rows if rows is None else rows
-        pos = self.start[rows, None] + self.positions[:nc]  # (r, nc)
-        cos, sin = rope_at(pos + self.offset, inv_freq, self.ctx_k.dtype)
+        pos = self.start[rows, None] + self.slots[:nc]  # (r, nc) logical
+        cos, sin = rope_at(pos, inv_freq, self.ctx_k.dtype)
         rot = apply_rope(self.ctx_k[:, rows], cos[:, None], sin[:, None])  # (layer, r, H, nc, hd)
-        index = (slice(None), rows[:, None], slice(None), pos)  # -> (r, nc, layer, H, hd)
+        index = (slice(None), rows[:, None], slice(None), pos % self.capacity)  # (r, nc, L, H, hd)
         self.k[index] = rot.permute(1, 3, 0, 2, 4).to(self.k.dtype)
         self.v[index] = self.ctx_v[:, rows].permute(1, 3, 0, 2, 4)

@@ -26,7 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wmgym.model.kv_cache import KVCache, apply_rope, rope_at, rope_inv_freq, rope_tables
+from wmgym.model.kv_cache import (
+    KVCache,
+    apply_rope,
+    cached_attention,
+    rope_at,
+    rope_inv_freq,
+    rope_tables,
+)
 
 __all__ = ["DynamicsConfig", "DynamicsOutput", "DynamicsTransformer", "FrameSample", "KVCache",
            "apply_rope", "rope_at", "rope_tables", "symexp", "symlog"]
@@ -139,21 +146,19 @@ class Attention(nn.Module):
         """Attend over ``x (B, t, d)``, or with ``cache`` over the cache plus ``x``.
 
         With a cache, the ``t`` new tokens of every row go at the cache's ``end`` and attend to
-        what the cache holds before them (:meth:`KVCache.append`). ``cos, sin`` are
-        ``(t, hd/2)``; ``mask`` is ``None`` (see everything, or plain causal) or what each new
-        token may see (``(t, L)`` or ``(B, 1, t, L)``, see :meth:`KVCache.attn_mask`).
+        the cache's whole ring (:meth:`KVCache.append`); ``mask`` is then the additive bias of
+        :meth:`KVCache.attn_bias`. Without, ``mask`` is ``None`` (plain causal). ``cos, sin``
+        are ``(t, hd/2)``.
         """
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         q = apply_rope(q, cos, sin)
-        causal = mask is None and t > 1  # with a cache: only a prefill into an empty one
         if cache is None:
-            k = apply_rope(k, cos, sin)
+            p = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, apply_rope(k, cos, sin), v, dropout_p=p,
+                                               is_causal=t > 1)
         else:
-            k, v = cache.append(layer, k, v, cos, sin)
-            q = q.to(k.dtype)
-        p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+            y = cached_attention(q, *cache.append(layer, k, v, cos, sin), mask)
         return self.proj(y.to(x.dtype).transpose(1, 2).reshape(b, t, d))
 
 
@@ -521,9 +526,8 @@ class DynamicsTransformer(nn.Module):
         memory_len = cfg.n_ctx_tokens + cfg.n_frame_tokens if self.head is not None else 0
         return KVCache(cfg.n_layer, batch_size, cfg.n_head, cfg.max_seq_len,
                        cfg.d_model // cfg.n_head, p.device, p.dtype, n_ctx=cfg.n_ctx_tokens,
-                       block=cfg.n_frame_tokens + 1, spare=max(1, cfg.max_frames // 2),
-                       memory_len=memory_len, state_dim=cfg.state_dim if self._tracks_state else 0,
-                       kv_dtype=kv_dtype)
+                       block=cfg.n_frame_tokens + 1, memory_len=memory_len,
+                       state_dim=cfg.state_dim if self._tracks_state else 0, kv_dtype=kv_dtype)
 
     @property
     def _tracks_state(self) -> bool:
@@ -536,11 +540,11 @@ class DynamicsTransformer(nn.Module):
         Returns their final-norm hidden states ``(B, t, d)``.
         """
         t = x.shape[1]
-        if cache.end + t > cache.capacity:
-            raise RuntimeError(f"KV cache overflow: {cache.end} + {t} > {cache.capacity}")
-        pos = cache.positions[cache.end : cache.end + t] + cache.offset
-        cos, sin = rope_at(pos, self.rope_inv_freq, x.dtype)
-        mask = cache.attn_mask(t)
+        if cache.end + t - cache.start_min > cache.capacity:
+            raise RuntimeError(f"KV cache overflow: {cache.end - cache.start_min} + {t} "
+                               f"positions > {cache.capacity}")
+        cos, sin = rope_at(cache.slots[:t] + cache.end, self.rope_inv_freq, x.dtype)
+        mask = cache.attn_bias(t)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, cache, i, mask)
         cache.end += t
@@ -563,7 +567,7 @@ class DynamicsTransformer(nn.Module):
         if index is not None:  # prefill apart, then place each context right before ``end``
             rows = index.nonzero().squeeze(1) if index.dtype == torch.bool else index
             tmp = KVCache(self.cfg.n_layer, len(rows), self.cfg.n_head, nc, cache.k.shape[-1],
-                          cache.k.device, cache.ctx_k.dtype, n_ctx=nc, block=1, spare=1,
+                          cache.k.device, cache.ctx_k.dtype, n_ctx=nc, block=1,
                           memory_len=0 if cache.memory is None else cache.memory.shape[1],
                           kv_dtype=cache.k.dtype)
             self.prefill(tmp, ctx_tokens)
@@ -606,7 +610,7 @@ class DynamicsTransformer(nn.Module):
         """Drop the oldest frame of every row whose window is full; keep room for one frame.
 
         A row drops its oldest frame by moving its context one block forward over it (see
-        :mod:`wmgym.model.kv_cache`); when the next frame would not fit, the cache compacts.
+        :mod:`wmgym.model.kv_cache`); the next frame goes into the ring slots it freed.
         """
         full = cache.n_frames >= self.cfg.max_frames
         n_full = int(full.sum())
@@ -616,8 +620,6 @@ class DynamicsTransformer(nn.Module):
             cache.n_frames[full] -= 1
             cache.sync()
             cache.place_context(rows, self.rope_inv_freq)
-        if cache.end + cache.block > cache.capacity:
-            cache.compact()
 
     def _begin_frame(self, cache: KVCache, actions: Tensor) -> Tensor:
         """Make room in full windows; return the slot tokens ``(B, 1, d)`` of the new frame."""
