@@ -309,6 +309,11 @@ def test_bench_speed_writes_json(tmp_path):
     assert (ar["decoding"], par["decoding"]) == ("autoregressive", "parallel")
     assert ar["read_gb_s"] == par["read_gb_s"] > 0 and ar["kv_mb_per_step"] > par["kv_mb_per_step"]
     assert ar["max_vs_sim"] > 0 and "Memory floor (parallel, bfloat16" in format_speed_table(result)
+    kernels = result["attention_kernels"]  # at the largest batch, per paired precision
+    assert [k["kv_cache"] for k in kernels] == kvs and all(k["batch"] == 4 for k in kernels)
+    assert all(k["ring_ms"] > 0 and k["fused_strided_ms"] > 0 for k in kernels)
+    assert kernels[0]["floor_ms"] == pytest.approx(2 * kernels[1]["floor_ms"], abs=0.02)
+    assert "ring" in format_speed_table(result)
 
 
 def test_sweep_writes_json_and_plot(tiny, tmp_path):

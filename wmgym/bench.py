@@ -358,23 +358,28 @@ def profile_wm(args: BenchSpeedArgs) -> dict:
 # ----------------------------------------------------------------------------- bench speed
 
 
-def memory_floors(args: BenchSpeedArgs, sim_steps_per_s: float) -> list[dict] | None:
-    """Per decoding mode, the cache reads of an imagined step and the speed they cap (CPU).
+def memory_floors(args: BenchSpeedArgs, sim_steps_per_s: float
+                  ) -> tuple[list[dict], list[dict]] | None:
+    """The cache reads of an imagined step and the speed they cap, and attention kernels (CPU).
 
-    See :mod:`wmgym.roofline`; None on CUDA, where this CPU bandwidth probe says nothing.
+    Returns per decoding mode and cache precision :func:`~wmgym.roofline.memory_floor`, and
+    :func:`~wmgym.roofline.attention_kernels` at the largest batch size; None on CUDA, where
+    this CPU bandwidth probe says nothing.
     """
     from wmgym.model.transformer import DynamicsConfig
     from wmgym.model.world_model import resolve_device
-    from wmgym.roofline import memory_floor, read_bandwidth_gb_s
+    from wmgym.roofline import attention_kernels, memory_floor, read_bandwidth_gb_s
     from wmgym.spec import load_spec
 
     if resolve_device(args.device).type != "cpu":
         return None
     config = read_config(args.checkpoint or load_spec(args.task).checkpoint)
     cfg, bandwidth = DynamicsConfig(**config["dynamics"]), read_bandwidth_gb_s()
-    kvs = dict.fromkeys(args.paired_kv_caches or ("float32",))
-    return [memory_floor(cfg, mode, sim_steps_per_s, bandwidth, kv)
-            for mode in _decodings(args) for kv in kvs]
+    kvs = tuple(dict.fromkeys(args.paired_kv_caches or ("float32",)))
+    floors = [memory_floor(cfg, mode, sim_steps_per_s, bandwidth, kv)
+              for mode in _decodings(args) for kv in kvs]
+    kernels = attention_kernels(cfg, max(_batch_sizes(args)), kvs, bandwidth)
+    return floors, kernels
 
 
 def _batch_sizes(args: BenchSpeedArgs) -> list[int]:
@@ -478,6 +483,13 @@ def format_speed_table(result: dict) -> str:
             f"{floor['floor_ms_per_step']} ms: at most {floor['max_steps_per_s']} steps/s, "
             f"x{floor['max_vs_sim']} Sim."
         )
+    for row in result.get("attention_kernels") or []:
+        lines.append(
+            f"Attention of one layer's pass ({row['kv_cache']} cache, batch {row['batch']}, "
+            f"{row['positions']} positions): ring {row['ring_ms']} ms, PyTorch's fused kernel "
+            f"over a strided slice {row['fused_strided_ms']} ms, memory floor "
+            f"{row['floor_ms']} ms."
+        )
     if result.get("profile"):
         parts = sorted(result["profile"]["breakdown"].items(), key=lambda kv: -kv[1])
         lines.append(
@@ -518,7 +530,8 @@ def bench_speed_main(args: BenchSpeedArgs) -> dict:
     result["paired"] = bench_paired(args, spec.sim_id)
     result["state_only"] = bench_state_only(args, spec.sim_id) if args.state_only_batches else None
     result["profile"] = profile_wm(args) if args.profile_batch > 0 else None
-    result["memory_floor"] = memory_floors(args, result["sim"]["single_process"]["steps_per_s"])
+    floors = memory_floors(args, result["sim"]["single_process"]["steps_per_s"])
+    result["memory_floor"], result["attention_kernels"] = floors or (None, None)
     write_result(args.out, result)
     print(format_speed_table(result))
     print(f"wrote {args.out}")

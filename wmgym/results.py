@@ -9,13 +9,32 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+#: CPU flags that decide which kernels PyTorch runs (bfloat16 matmuls and attention differ a lot).
+CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def _cpu_info() -> tuple[str | None, list[str]]:
+    """The CPU's model name and which of :data:`CPU_FEATURES` it has (Linux; else empty)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None, []
+    first = text.split("\n\n", 1)[0]  # the first processor's block
+    fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return fields.get("model name"), [f for f in CPU_FEATURES if f in flags]
+
 
 def machine() -> dict:
     """What the numbers were measured on."""
     import torch
 
+    model, features = _cpu_info()
     return {
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": model,
+        "cpu_features": features,
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,

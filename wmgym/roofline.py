@@ -85,3 +85,49 @@ def memory_floor(cfg: DynamicsConfig, decoding: str, sim_steps_per_s: float,
         "max_steps_per_s": round(1 / floor_s, 1),
         "max_vs_sim": round(1 / floor_s / sim_steps_per_s, 1),
     }
+
+
+def attention_kernels(cfg: DynamicsConfig, batch: int, kv_caches: tuple[str, ...],
+                      bandwidth_gb_s: float, repeats: int = 10) -> list[dict[str, float | str]]:
+    """One layer's single-token attention over a full window, two ways, per cache precision.
+
+    ``ring``: :func:`~wmgym.model.kv_cache.cached_attention` over the contiguous ring (what the
+    model runs). ``fused_strided``: PyTorch's ``scaled_dot_product_attention`` over the same
+    positions as a slice of a longer buffer (the cache layout before the ring). Best of
+    ``repeats`` calls each, random data, ``batch`` rows; ``floor_ms`` is the call's key and
+    value bytes at ``bandwidth_gb_s``.
+    """
+    import torch.nn.functional as F
+
+    from wmgym.model.kv_cache import cached_attention
+
+    n_head, hd, n = cfg.n_head, cfg.d_model // cfg.n_head, cfg.max_seq_len
+    gen = torch.Generator().manual_seed(0)
+
+    def best_ms(fn, *inputs: torch.Tensor) -> float:
+        fn(*inputs)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(*inputs)
+            times.append(time.perf_counter() - start)
+        return round(min(times) * 1e3, 2)
+
+    rows = []
+    for kv in kv_caches:
+        dtype = resolve_kv_cache(kv)
+        q = torch.randn(batch, n_head, 1, hd, generator=gen)
+        k, v = (torch.randn(batch, n_head, n, hd, generator=gen).to(dtype) for _ in range(2))
+        longer = torch.zeros(2, batch, n_head, n + n // 2, hd, dtype=dtype)
+        longer[:, :, :, :n] = torch.stack([k, v])
+        ks, vs = longer[0, :, :, :n], longer[1, :, :, :n]  # strided views, as the old layout
+        nbytes = 2 * k.numel() * k.element_size()
+        rows.append({
+            "kv_cache": kv,
+            "batch": batch,
+            "positions": n,
+            "ring_ms": best_ms(cached_attention, q, k, v, None),
+            "fused_strided_ms": best_ms(F.scaled_dot_product_attention, q.to(dtype), ks, vs),
+            "floor_ms": round(nbytes / (bandwidth_gb_s * 1e9) * 1e3, 2),
+        })
+    return rows
