@@ -237,6 +237,22 @@ def test_dynamics_overfits_small_batch(parallel_head):
     assert torch.allclose(out.state, batch["state"], atol=0.5)  # de-normalised
 
 
+def test_cached_attention_matches_pytorch_attention_with_the_same_mask():
+    """The ring's two-matmul attention is PyTorch's attention under the bias's mask."""
+    from wmgym.model.kv_cache import cached_attention
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 2, 4, 8, generator=g)
+    k, v = torch.randn(2, 3, 2, 10, 8, generator=g)
+    seen = torch.rand(3, 1, 4, 10, generator=g) > 0.4
+    seen[..., 0] = True  # every query sees something
+    bias = torch.zeros(seen.shape).masked_fill_(~seen, float("-inf"))
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=seen)
+    assert torch.allclose(cached_attention(q, k, v, bias), ref, atol=1e-6)
+    assert torch.allclose(cached_attention(q, k, v, None),
+                          F.scaled_dot_product_attention(q, k, v), atol=1e-6)
+
+
 def test_kv_cache_matches_full_forward():
     torch.manual_seed(0)
     cfg = tiny_dynamics_config()
