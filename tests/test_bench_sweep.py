@@ -24,6 +24,7 @@ from wmgym.env.testing import make_tiny_checkpoint, synthetic_start_obs
 from wmgym.policies import RandomPolicy, ScriptedPick, reads_images
 from wmgym.profiling import time_breakdown
 from wmgym.spec import load_spec
+from wmgym.train.distill import TrainDecoderArgs, train_decoder
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -244,6 +245,9 @@ def test_commands_registered():
 def test_bench_speed_writes_json(tmp_path):
     out = tmp_path / "speed.json"
     tiny = make_tiny_checkpoint(tmp_path / "tiny", success_bias=0.0, parallel_head=True)
+    train_decoder(TrainDecoderArgs(checkpoint=str(tiny), rollouts=3, horizon=2, heldout=1,
+                                   steps=2, batch=2, base_channels=2, out=str(tmp_path / "fd"),
+                                   device="cpu"))
     args = BenchSpeedArgs(
         checkpoint=str(tiny),
         batch_sizes=(1, 4),
@@ -287,20 +291,22 @@ def test_bench_speed_writes_json(tmp_path):
     assert so["sim"]["steps_per_s"] > 0 and [r["batch"] for r in so["wm"]] == [2]
     assert so["wm"][0]["steps_per_s"] > 0 and so["vs_single_process"] > 0
     paired = result["paired"]  # JSON keys: the batch sizes as strings
-    kvs = ["float32", "bfloat16"]
+    configs = ["float32/full", "bfloat16/full", "float32/fast", "bfloat16/fast"]
     for r in paired["rounds"]:
-        assert list(r["wm_steps_per_s"]) == kvs
-        for kv in kvs:
-            by_batch = r["wm_steps_per_s"][kv]
+        assert list(r["wm_steps_per_s"]) == configs
+        for c in configs:
+            by_batch = r["wm_steps_per_s"][c]
             assert sorted(by_batch) == ["1", "2"]
-            best = by_batch[str(r["ratio"][kv]["batch"])]
+            best = by_batch[str(r["ratio"][c]["batch"])]
             assert best == max(by_batch.values())
-            assert r["ratio"][kv]["ratio"] == pytest.approx(best / r["sim_steps_per_s"], abs=0.01)
-    for kv in kvs:
-        q = paired["by_kv_cache"][kv]
+            assert r["ratio"][c]["ratio"] == pytest.approx(best / r["sim_steps_per_s"], abs=0.01)
+    for c in configs:
+        q = paired["by_config"][c]
         assert q["min_ratio"] <= q["median_ratio"] <= q["max_ratio"]
-    assert paired["median_ratio"] == paired["by_kv_cache"][paired["best_kv_cache"]]["median_ratio"]
-    assert "Median of the rounds' ratios by KV cache: float32" in format_speed_table(result)
+    assert paired["median_ratio"] == paired["by_config"][paired["best_config"]]["median_ratio"]
+    table = format_speed_table(result)
+    assert "Median of the rounds' ratios by KV cache/decoder: float32/full" in table
+    assert "autoregressive, fast decoder) | 4 |" in table  # auto: the distilled decoder
     floors = {(f["decoding"], f["kv_cache"]): f for f in result["memory_floor"]}
     assert (floors[("autoregressive", "float32")]["kv_bytes_per_step"]
             == 2 * floors[("autoregressive", "bfloat16")]["kv_bytes_per_step"])
@@ -310,7 +316,8 @@ def test_bench_speed_writes_json(tmp_path):
     assert ar["read_gb_s"] == par["read_gb_s"] > 0 and ar["kv_mb_per_step"] > par["kv_mb_per_step"]
     assert ar["max_vs_sim"] > 0 and "Memory floor (parallel, bfloat16" in format_speed_table(result)
     kernels = result["attention_kernels"]  # at the largest batch, per paired precision
-    assert [k["kv_cache"] for k in kernels] == kvs and all(k["batch"] == 4 for k in kernels)
+    assert [k["kv_cache"] for k in kernels] == ["float32", "bfloat16"]
+    assert all(k["batch"] == 4 for k in kernels)
     assert all(k["ring_ms"] > 0 and k["fused_strided_ms"] > 0 for k in kernels)
     assert kernels[0]["floor_ms"] == pytest.approx(2 * kernels[1]["floor_ms"], abs=0.02)
     assert "ring" in format_speed_table(result)

@@ -84,6 +84,12 @@ class BenchSpeedArgs:
     paired rounds' (``auto``, ``float32``, ``bfloat16``)."""
     paired_kv_caches: tuple[str, ...] = ("float32", "bfloat16")
     """KV-cache precisions the paired rounds time, each at every ``paired_batches`` size."""
+    decoder: str = "auto"
+    """Frame decoder of every timed run but the paired rounds' (``auto``: the distilled
+    ``fast`` one when the checkpoint has it, ``full``, ``fast``)."""
+    paired_decoders: tuple[str, ...] = ("full", "fast")
+    """Frame decoders the paired rounds time with every KV-cache precision (``fast`` only
+    when the checkpoint has one)."""
     profile_batch: int = 64
     """Batch size of the profiled run (0 = no profile)."""
     profile_steps: int = 20
@@ -150,6 +156,7 @@ def _make_wm(args: BenchSpeedArgs, num_envs: int, **kwargs: Any):
 
     spec = load_spec(args.task)
     kwargs.setdefault("kv_cache", args.kv_cache)
+    kwargs.setdefault("decoder", args.decoder)
     return gym.make_vec(
         spec.wm_id,
         num_envs=num_envs,
@@ -178,6 +185,7 @@ def bench_wm_batch(args: BenchSpeedArgs, batch: int, decoding: str = "auto",
     peak = peak_rss_mb()
     row = {
         "decoding": envs.unwrapped.core.decoding,
+        "decoder": envs.unwrapped.core.decoder if images else None,
         "batch": batch,
         "steps_per_s": round(sps, 1),
         "ms_per_vector_step": round(1000 * batch / sps, 3),
@@ -273,40 +281,52 @@ def bench_paired(args: BenchSpeedArgs, sim_id: str) -> dict | None:
 
     A shared host's load drifts over the minutes a benchmark takes, so a ratio of two
     timings taken minutes apart moves with it. Each round here times the real twin and then
-    every batch size of the learned one within about a minute, with the envs made once; the
-    ratio is taken within each round and the rounds' median is reported with their spread.
+    every configuration (KV-cache precision / frame decoder) and batch size of the learned one,
+    with the envs made once; the ratio is taken within each round and the rounds' median is
+    reported with their spread, per configuration.
     """
     if args.paired_rounds <= 0:
         return None
     sim = make_env(sim_id, images=True, terminate_on_success=False)
-    kvs = tuple(dict.fromkeys(args.paired_kv_caches)) or (args.kv_cache,)
-    wms = {(kv, b): _make_wm(args, b, terminate_on_success=False, kv_cache=kv)
-           for kv in kvs for b in args.paired_batches}
+    configs = _paired_configs(args)
+    wms = {(c, b): _make_wm(args, b, terminate_on_success=False, kv_cache=kv, decoder=dec)
+           for c, (kv, dec) in configs.items() for b in args.paired_batches}
     rounds = []
     for r in range(args.paired_rounds):
         seed = args.seed + r
         row: dict[str, Any] = {"sim_steps_per_s": round(
             time_env(sim, args.sim_steps, seed=seed, warmup=args.warmup), 1)}
-        row["wm_steps_per_s"] = {kv: {} for kv in kvs}
-        for (kv, b), env in wms.items():
-            row["wm_steps_per_s"][kv][b] = round(time_env(env, args.steps, seed=seed,
-                                                          warmup=args.warmup), 1)
+        row["wm_steps_per_s"] = {c: {} for c in configs}
+        for (c, b), env in wms.items():
+            row["wm_steps_per_s"][c][b] = round(time_env(env, args.steps, seed=seed,
+                                                         warmup=args.warmup), 1)
         row["ratio"] = {}
-        for kv, by_batch in row["wm_steps_per_s"].items():
+        for c, by_batch in row["wm_steps_per_s"].items():
             best = max(by_batch, key=by_batch.get)
-            row["ratio"][kv] = {"batch": best,
-                                "ratio": round(by_batch[best] / row["sim_steps_per_s"], 2)}
+            row["ratio"][c] = {"batch": best,
+                               "ratio": round(by_batch[best] / row["sim_steps_per_s"], 2)}
         rounds.append(row)
     sim.close()
     for env in wms.values():
         env.close()
-    by_kv = {}
-    for kv in kvs:
-        ratios = [row["ratio"][kv]["ratio"] for row in rounds]
-        by_kv[kv] = {"median_ratio": round(float(np.median(ratios)), 2),
-                     "min_ratio": min(ratios), "max_ratio": max(ratios)}
-    best_kv = max(by_kv, key=lambda kv: by_kv[kv]["median_ratio"])
-    return {"rounds": rounds, "by_kv_cache": by_kv, "best_kv_cache": best_kv, **by_kv[best_kv]}
+    by_config = {}
+    for c in configs:
+        ratios = [row["ratio"][c]["ratio"] for row in rounds]
+        by_config[c] = {"median_ratio": round(float(np.median(ratios)), 2),
+                        "min_ratio": min(ratios), "max_ratio": max(ratios)}
+    best = max(by_config, key=lambda c: by_config[c]["median_ratio"])
+    return {"rounds": rounds, "by_config": by_config, "best_config": best, **by_config[best]}
+
+
+def _paired_configs(args: BenchSpeedArgs) -> dict[str, tuple[str, str]]:
+    """``"<kv cache>/<decoder>"`` -> (kv cache, decoder) for the paired rounds."""
+    from wmgym.model.fast_decoder import has_fast_decoder
+    from wmgym.spec import load_spec
+
+    fast = has_fast_decoder(args.checkpoint or load_spec(args.task).checkpoint)
+    kvs = tuple(dict.fromkeys(args.paired_kv_caches)) or (args.kv_cache,)
+    decs = [d for d in dict.fromkeys(args.paired_decoders) if d != "fast" or fast] or ["full"]
+    return {f"{kv}/{d}": (kv, d) for d in decs for kv in kvs}
 
 
 def bench_state_only(args: BenchSpeedArgs, sim_id: str) -> dict:
@@ -436,8 +456,10 @@ def format_speed_table(result: dict) -> str:
     wm_id, device = result["wm_env"], result["device"]
     for row in result["wm"]:
         gpu = f", GPU {row['peak_gpu_mb']} MiB" if row.get("peak_gpu_mb") is not None else ""
+        mode = row.get("decoding", "autoregressive")
+        mode += f", {row['decoder']} decoder" if row.get("decoder") else ""
         lines.append(
-            f"| {wm_id} ({device}, {row.get('decoding', 'autoregressive')}) | {row['batch']} | "
+            f"| {wm_id} ({device}, {mode}) | {row['batch']} | "
             f"{row['steps_per_s']:.1f} | {row['peak_rss_mb']}{gpu} | {row['rss_added_mb']} |"
         )
     for name, row in result["sim"].items():
@@ -457,15 +479,15 @@ def format_speed_table(result: dict) -> str:
         p = result["paired"]
         per_round = "; ".join(
             f"Sim {r['sim_steps_per_s']:.1f}, WM "
-            + ", ".join(f"{kv} {b}: {v:.1f}" for kv, by_batch in r["wm_steps_per_s"].items()
+            + ", ".join(f"{c} {b}: {v:.1f}" for c, by_batch in r["wm_steps_per_s"].items()
                         for b, v in by_batch.items())
             for r in p["rounds"])
-        per_kv = ", ".join(
-            f"{kv} x{q['median_ratio']} (x{q['min_ratio']}-x{q['max_ratio']})"
-            for kv, q in p["by_kv_cache"].items())
+        per_config = ", ".join(
+            f"{c} x{q['median_ratio']} (x{q['min_ratio']}-x{q['max_ratio']})"
+            for c, q in p["by_config"].items())
         lines.append(
             f"Paired rounds (both twins back to back, steps/s): {per_round}. "
-            f"Median of the rounds' ratios by KV cache: {per_kv}."
+            f"Median of the rounds' ratios by KV cache/decoder: {per_config}."
         )
     if result.get("state_only"):
         so = result["state_only"]

@@ -20,6 +20,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("train", "dynamics"): ("wmgym.train.dynamics", "TrainDynamicsArgs", "train_dynamics_main"),
     ("train", "state-filter"): ("wmgym.train.state_filter", "TrainStateFilterArgs",
                                 "train_state_filter_main"),
+    ("train", "decoder"): ("wmgym.train.distill", "TrainDecoderArgs", "train_decoder_main"),
     ("eval",): ("wmgym.evaluation", "EvalArgs", "eval_main"),
     ("transfer",): ("wmgym.transfer", "TransferArgs", "transfer_main"),
     ("mbpo",): ("wmgym.mbpo_experiment", "MBPOArgs", "mbpo_main"),

@@ -89,6 +89,9 @@ class Imagination:
         kv_cache: Precision of the cached keys and values: ``float32``, ``bfloat16`` (half
             the memory each token's attention reads; the weights stay float32) or ``auto``
             (float32; see :func:`~wmgym.model.world_model.resolve_kv_cache`).
+        decoder: Frame decoder: ``full`` (the tokenizer's), ``fast`` (the checkpoint's
+            distilled one: about 3x cheaper per frame, slightly blurrier; reward, success and
+            state are not affected) or ``auto`` (fast when the checkpoint has one).
 
     """
 
@@ -104,6 +107,7 @@ class Imagination:
         decoding: str = "auto",
         success_needs_state: bool = True,
         kv_cache: str = "auto",
+        decoder: str = "auto",
     ) -> None:
         self.task = load_spec(spec) if isinstance(spec, str) else spec
         self.images = images
@@ -125,6 +129,8 @@ class Imagination:
         self.decoding = self.model.resolve_decoding(decoding)
         self.device = self.model.device
         self.kv_dtype = resolve_kv_cache(kv_cache)
+        self.decoder = self.checkpoint.resolve_decoder(decoder)
+        self._frame_decoder = self.checkpoint.frame_decoder(self.decoder)
         self.state: RolloutState | None = None
         self.obs: Obs | None = None  # current observation of every rollout, (N, ...)
         self.tokens: np.ndarray | None = None  # the last sampled frame tokens, (N, n)
@@ -287,6 +293,7 @@ class Imagination:
             top_k=self.top_k,
             decode=self.images,
             decoding=self.decoding,
+            decoder=self._frame_decoder,
         )
         space = self.observation_space.spaces
         state = out.state.to(torch.float32).cpu().numpy()
@@ -336,7 +343,8 @@ class Imagination:
         if self._stale[i]:  # state-only rollouts decode their images when rendered
             rows = np.flatnonzero(self._stale)
             idx = torch.as_tensor(rows, device=self.device)
-            frames = self.model.decode(self._last_tokens[idx], self.state, idx)
+            frames = self.model.decode(self._last_tokens[idx], self.state, idx,
+                                       decoder=self._frame_decoder)
             self._store_images(self._image_obs(frames), rows)
         return tile_frame(*(self._images[k][i] for k in IMAGE_KEYS), self.task.depth_range)
 

@@ -10,13 +10,15 @@ a checkpoint built for another resolution, depth range or task fails with the fi
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from wmgym.model import checkpoint as ckpt
+from wmgym.model.fast_decoder import has_fast_decoder, load_fast_decoder, resolve_decoder
+from wmgym.model.tokenizer import Decoder
 from wmgym.model.world_model import WorldModel, resolve_device
 from wmgym.spec import TaskSpec
 
@@ -34,9 +36,30 @@ class LoadedCheckpoint:
     start_obs: dict[str, np.ndarray]
     """Real start observations: ``{key: array (N, ...)}``."""
 
+    _decoders: dict[str, Decoder] = field(default_factory=dict, repr=False, compare=False)
+
     @property
     def num_start_obs(self) -> int:
         return len(next(iter(self.start_obs.values())))
+
+    def resolve_decoder(self, decoder: str) -> str:
+        """``full`` or ``fast``: what ``decoder`` (``auto``, ``full``, ``fast``) means here."""
+        return resolve_decoder(decoder, has_fast_decoder(self.path))
+
+    def frame_decoder(self, decoder: str) -> Decoder | None:
+        """The frame decoder ``decoder`` names; None stands for the tokenizer's own.
+
+        ``fast`` is the checkpoint's distilled decoder, loaded and verified on first use.
+
+        Raises:
+            CheckpointError: ``fast`` and the checkpoint has none, or a corrupt or stale one.
+        """
+        if self.resolve_decoder(decoder) == "full":
+            return None
+        with _LOCK:
+            if "fast" not in self._decoders:
+                self._decoders["fast"] = load_fast_decoder(self.path, self.model.device)
+            return self._decoders["fast"]
 
 
 _CACHE: dict[tuple[str, str], LoadedCheckpoint] = {}

@@ -59,6 +59,8 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
         render_mode: ``"rgb_array"`` (``render`` returns one frame per sub-env) or None.
         kv_cache: Precision of the cached keys and values (``float32``, ``bfloat16`` or
             ``auto``; see :class:`~wmgym.env.core.Imagination`).
+        decoder: ``full``, ``fast`` (the checkpoint's distilled frame decoder) or ``auto``
+            (fast when there is one; see :class:`~wmgym.env.core.Imagination`).
 
     """
 
@@ -83,6 +85,7 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
         success_needs_state: bool = True,
         render_mode: str | None = None,
         kv_cache: str = "auto",
+        decoder: str = "auto",
     ) -> None:
         self.task = load_spec(spec) if isinstance(spec, str) else spec
         check_render_mode(render_mode)
@@ -96,7 +99,7 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
         )
         self.metadata = {**self.metadata, "render_fps": self.task.control_freq}
         self.core = Imagination(self.task, num_envs, checkpoint, device, temperature, top_k,
-                                 images, decoding, success_needs_state, kv_cache)
+                                 images, decoding, success_needs_state, kv_cache, decoder)
         self.single_observation_space = self.core.observation_space
         self.single_action_space = self.core.action_space
         self.observation_space = batch_space(self.single_observation_space, num_envs)

@@ -55,6 +55,8 @@ class WorldModelEnv(gym.Env):
         render_mode: ``"rgb_array"`` (rgb | depth | mask of the current observation) or None.
         kv_cache: Precision of the cached keys and values (``float32``, ``bfloat16`` or
             ``auto``; see :class:`~wmgym.env.core.Imagination`).
+        decoder: ``full``, ``fast`` (the checkpoint's distilled frame decoder) or ``auto``
+            (fast when there is one; see :class:`~wmgym.env.core.Imagination`).
 
     """
 
@@ -73,6 +75,7 @@ class WorldModelEnv(gym.Env):
         success_needs_state: bool = True,
         render_mode: str | None = None,
         kv_cache: str = "auto",
+        decoder: str = "auto",
     ) -> None:
         self.task = load_spec(spec) if isinstance(spec, str) else spec
         check_render_mode(render_mode)
@@ -82,7 +85,7 @@ class WorldModelEnv(gym.Env):
         )
         self.metadata = {**self.metadata, "render_fps": self.task.control_freq}
         self.core = Imagination(self.task, 1, checkpoint, device, temperature, top_k,
-                                 images, decoding, success_needs_state, kv_cache)
+                                 images, decoding, success_needs_state, kv_cache, decoder)
         self.observation_space = self.core.observation_space
         self.action_space = self.core.action_space
 

@@ -51,11 +51,18 @@ class TokenizerConfig:
     w_mask: float = 0.2  # loss weight: mask BCE
     w_quant: float = 1.0  # loss weight: quantizer loss (VQ commitment; FSQ has none)
     w_future: float = 1.0  # weight of the future-frame terms relative to the context terms
+    decoder_subpixel: int = 1  # decoders stop at resolution / this; a sub-pixel conv upsamples
 
     def channels(self, res: int) -> int:
         """Feature channels at spatial resolution ``res``."""
         level = int(math.log2(self.resolution // res))
         return self.base_channels * self.channel_mult[level]
+
+
+def config_from_dict(config: dict) -> TokenizerConfig:
+    """A :class:`TokenizerConfig` from its ``asdict`` form (JSON lists back to tuples)."""
+    return TokenizerConfig(**{k: tuple(v) if isinstance(v, list) else v
+                              for k, v in config.items()})
 
 
 @dataclass
@@ -264,17 +271,19 @@ class Level(nn.Module):
     """Residual blocks at resolution ``res``, then cross-attention to the context.
 
     Only on the future path (``ctx_grid`` given) and if ``res`` is in ``cfg.xattn_resolutions``:
-    the level then attends to the context features of resolution ``max(res, ctx_grid)``.
+    the level then attends to the context features of resolution ``max(res, ctx_grid)``, which
+    have ``src.channels`` channels (``src``: the config of the encoder that made them).
     """
 
-    def __init__(self, cfg: TokenizerConfig, res: int, ctx_grid: int | None) -> None:
+    def __init__(self, cfg: TokenizerConfig, res: int, ctx_grid: int | None,
+                 src: TokenizerConfig | None = None) -> None:
         super().__init__()
         c = cfg.channels(res)
         self.blocks = nn.Sequential(*[ResBlock(c, c) for _ in range(cfg.num_res_blocks)])
         self.xattn, self.ctx_res = None, max(res, ctx_grid or 0)
         if ctx_grid is not None and res in cfg.xattn_resolutions:
-            self.xattn = CrossAttention(c, cfg.channels(self.ctx_res), res, self.ctx_res,
-                                        cfg.attn_head_dim)
+            self.xattn = CrossAttention(c, (src or cfg).channels(self.ctx_res), res,
+                                        self.ctx_res, cfg.attn_head_dim)
 
     def forward(self, h: Tensor, ctx: dict[int, Tensor] | None) -> Tensor:
         h = self.blocks(h)
@@ -305,17 +314,29 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Conv decoder ``resolution / downsample -> resolution`` emitting per-channel logits."""
+    """Conv decoder ``resolution / downsample -> resolution`` emitting per-channel logits.
 
-    def __init__(self, cfg: TokenizerConfig, downsample: int, ctx_grid: int | None = None) -> None:
+    ``src`` is the config of the tokenizer whose grid features and context features the decoder
+    reads (default ``cfg``): a smaller decoder (fewer ``base_channels``) can then decode another
+    tokenizer's tokens, as :mod:`wmgym.train.distill` trains one to.
+    """
+
+    def __init__(self, cfg: TokenizerConfig, downsample: int, ctx_grid: int | None = None,
+                 src: TokenizerConfig | None = None) -> None:
         super().__init__()
-        res = [cfg.resolution >> i for i in range(int(math.log2(downsample)), -1, -1)]
-        self.conv_in = nn.Conv2d(cfg.channels(res[0]), cfg.channels(res[0]), 3, padding=1)
-        self.levels = nn.ModuleList(Level(cfg, r, ctx_grid) for r in res)
+        sub = cfg.decoder_subpixel
+        top = cfg.resolution // sub
+        res = [top >> i for i in range(int(math.log2(downsample // sub)), -1, -1)]
+        self.conv_in = nn.Conv2d((src or cfg).channels(res[0]), cfg.channels(res[0]), 3,
+                                 padding=1)
+        self.levels = nn.ModuleList(Level(cfg, r, ctx_grid, src) for r in res)
         self.up = nn.ModuleList(nn.Conv2d(cfg.channels(r), cfg.channels(2 * r), 3, padding=1)
                                 for r in res[:-1])
-        c = cfg.channels(cfg.resolution)
-        self.head = nn.Sequential(_norm(c), nn.SiLU(), nn.Conv2d(c, cfg.in_channels, 3, padding=1))
+        c = cfg.channels(top)
+        self.head = nn.Sequential(_norm(c), nn.SiLU(),
+                                  nn.Conv2d(c, cfg.in_channels * sub * sub, 3, padding=1))
+        if sub > 1:
+            self.head.append(nn.PixelShuffle(sub))
 
     def forward(self, z: Tensor, ctx: dict[int, Tensor] | None = None) -> Tensor:
         """Quantized grid features ``(B, C, g, g)`` -> logits ``(B, 5, H, W)``."""
@@ -328,6 +349,29 @@ class Decoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------- tokenizer
+
+
+def reconstruction_loss(cfg: TokenizerConfig, logits: Tensor, target: Tensor, tag: str,
+                        metrics: dict[str, float]) -> Tensor:
+    """Weighted rgb L1 + SSIM, depth L1 and mask BCE of decoder ``logits`` against ``target``.
+
+    ``target`` holds frames in [0, 1] (a soft mask works: the BCE takes probabilities). Adds
+    rgb PSNR/SSIM, depth L1 and mask IoU under ``<name>_<tag>`` to ``metrics``.
+    """
+    pred = torch.sigmoid(logits[:, :4])
+    rgb, rgb_t = pred[:, RGB], target[:, RGB]
+    l1 = (rgb - rgb_t).abs().mean()
+    ssim_loss = 1 - ssim(rgb, rgb_t).mean()
+    depth_l1 = (pred[:, DEPTH] - target[:, DEPTH]).abs().mean()
+    bce = F.binary_cross_entropy_with_logits(logits[:, MASK], target[:, MASK])
+    with torch.no_grad():
+        metrics[f"psnr_{tag}"] = psnr(rgb, rgb_t).clamp_max(100.0).mean().item()
+        metrics[f"ssim_{tag}"] = 1 - ssim_loss.item()
+        metrics[f"depth_l1_{tag}"] = depth_l1.item()
+        iou = mask_iou(torch.sigmoid(logits[:, MASK]), target[:, MASK])
+        metrics[f"mask_iou_{tag}"] = iou.mean().item()
+    return (cfg.w_rgb_l1 * l1 + cfg.w_rgb_ssim * ssim_loss + cfg.w_depth * depth_l1
+            + cfg.w_mask * bce)
 
 
 class MMTokenizer(nn.Module):
@@ -392,32 +436,22 @@ class MMTokenizer(nn.Module):
         """
         return self._encode_future(frames, ctx_feats)[1]
 
-    def decode_future(self, tokens: Tensor, ctx_feats: list[Tensor]) -> Tensor:
+    def decode_future(self, tokens: Tensor, ctx_feats: list[Tensor],
+                      decoder: Decoder | None = None) -> Tensor:
         """Future tokens ``(B, 16)`` or ``(B, T, 16)`` -> frames ``(B[, T], 5, H, W)``.
 
         All ``T`` frames of a sample share its context features without copying them.
+        ``decoder`` replaces ``D_p`` (e.g. a distilled one built with ``src=self.cfg``).
         """
-        lead = tokens.shape[:-1]
-        zq = self.fut_quant.decode(tokens.reshape(-1, tokens.shape[-1]), self.future_grid)
-        x = torch.sigmoid(self.fut_decoder(zq, self._feat_dict(ctx_feats)))
-        return x.view(*lead, *x.shape[1:])
+        x = torch.sigmoid(self.future_logits(tokens.reshape(-1, tokens.shape[-1]), ctx_feats,
+                                             decoder))
+        return x.view(*tokens.shape[:-1], *x.shape[1:])
 
-    def _recon_loss(self, logits: Tensor, target: Tensor, tag: str, m: dict[str, float]) -> Tensor:
-        cfg = self.cfg
-        pred = torch.sigmoid(logits[:, :4])
-        rgb, rgb_t = pred[:, RGB], target[:, RGB]
-        l1 = (rgb - rgb_t).abs().mean()
-        ssim_loss = 1 - ssim(rgb, rgb_t).mean()
-        depth_l1 = (pred[:, DEPTH] - target[:, DEPTH]).abs().mean()
-        bce = F.binary_cross_entropy_with_logits(logits[:, MASK], target[:, MASK])
-        with torch.no_grad():
-            m[f"psnr_{tag}"] = psnr(rgb, rgb_t).clamp_max(100.0).mean().item()
-            m[f"ssim_{tag}"] = 1 - ssim_loss.item()
-            m[f"depth_l1_{tag}"] = depth_l1.item()
-            iou = mask_iou(torch.sigmoid(logits[:, MASK]), target[:, MASK])
-            m[f"mask_iou_{tag}"] = iou.mean().item()
-        return (cfg.w_rgb_l1 * l1 + cfg.w_rgb_ssim * ssim_loss + cfg.w_depth * depth_l1
-                + cfg.w_mask * bce)
+    def future_logits(self, tokens: Tensor, ctx_feats: list[Tensor],
+                      decoder: Decoder | None = None) -> Tensor:
+        """Future tokens ``(B, 16)`` -> the decoder's logits ``(B, 5, H, W)`` (for training)."""
+        zq = self.fut_quant.decode(tokens, self.future_grid)
+        return (decoder or self.fut_decoder)(zq, self._feat_dict(ctx_feats))
 
     def loss(self, ctx_frames: Tensor, fut_frames: Tensor) -> tuple[Tensor, dict[str, float]]:
         """Reconstruction loss of both paths.
@@ -433,10 +467,10 @@ class MMTokenizer(nn.Module):
         """
         cfg, m = self.cfg, {}
         zq_c, tok_c, feats, qloss_c = self._encode_context(ctx_frames)
-        loss_c = self._recon_loss(self.ctx_decoder(zq_c), ctx_frames, "ctx", m)
+        loss_c = reconstruction_loss(cfg, self.ctx_decoder(zq_c), ctx_frames, "ctx", m)
         zq_f, tok_f, qloss_f = self._encode_future(fut_frames, feats)
         logits_f = self.fut_decoder(zq_f, self._feat_dict(feats))
-        loss_f = self._recon_loss(logits_f, fut_frames.reshape(logits_f.shape), "fut", m)
+        loss_f = reconstruction_loss(cfg, logits_f, fut_frames.reshape(logits_f.shape), "fut", m)
         loss = loss_c + cfg.w_future * loss_f + cfg.w_quant * (qloss_c + qloss_f)
         with torch.no_grad():
             for tag, tok, size in (("ctx", tok_c, self.ctx_vocab_size),

@@ -18,7 +18,13 @@ import torch
 from torch import Tensor, nn
 
 from wmgym.model import checkpoint as ckpt
-from wmgym.model.tokenizer import ContextCode, MMTokenizer, TokenizerConfig
+from wmgym.model.tokenizer import (
+    ContextCode,
+    Decoder,
+    MMTokenizer,
+    TokenizerConfig,
+    config_from_dict,
+)
 from wmgym.model.transformer import DynamicsConfig, DynamicsTransformer, KVCache
 
 #: Frames decoded at once on CPU. The decoder's 64x64 activations of a whole batch-256 step
@@ -118,11 +124,7 @@ class WorldModel(nn.Module):
     @classmethod
     def from_config(cls, config: dict) -> WorldModel:
         """Builds an untrained model from a ``config()`` dict."""
-        tok = dict(config["tokenizer"])
-        for k, v in tok.items():
-            if isinstance(v, list):
-                tok[k] = tuple(v)
-        return cls(TokenizerConfig(**tok), DynamicsConfig(**config["dynamics"]),
+        return cls(config_from_dict(config["tokenizer"]), DynamicsConfig(**config["dynamics"]),
                    tuple(config["depth_range"]))
 
     @classmethod
@@ -213,15 +215,20 @@ class WorldModel(nn.Module):
         return state
 
     @torch.no_grad()
-    def decode(self, tokens: Tensor, state: RolloutState, index: Tensor | None = None) -> Tensor:
-        """Frame tokens ``(B, n)`` of rollouts ``index`` (default all) -> ``(B, 5, H, W)``."""
+    def decode(self, tokens: Tensor, state: RolloutState, index: Tensor | None = None,
+               decoder: Decoder | None = None) -> Tensor:
+        """Frame tokens ``(B, n)`` of rollouts ``index`` (default all) -> ``(B, 5, H, W)``.
+
+        ``decoder``: a distilled frame decoder (:mod:`wmgym.model.fast_decoder`) instead of the
+        tokenizer's own.
+        """
         feats = state.ctx.feats if index is None else [f[index] for f in state.ctx.feats]
         n = tokens.shape[0]
         if self.device.type != "cpu" or n <= CPU_DECODE_CHUNK:
-            return self.tokenizer.decode_future(tokens, feats)
+            return self.tokenizer.decode_future(tokens, feats, decoder)
         return torch.cat([
             self.tokenizer.decode_future(tokens[i : i + CPU_DECODE_CHUNK],
-                                         [f[i : i + CPU_DECODE_CHUNK] for f in feats])
+                                         [f[i : i + CPU_DECODE_CHUNK] for f in feats], decoder)
             for i in range(0, n, CPU_DECODE_CHUNK)
         ])
 
@@ -229,6 +236,7 @@ class WorldModel(nn.Module):
     def step(
         self, state: RolloutState, actions: Tensor, temperature: float = 1.0,
         top_k: int | None = None, decode: bool = True, decoding: str = "auto",
+        decoder: Decoder | None = None,
     ) -> tuple[StepOutput, RolloutState]:
         """Imagines one step of every rollout.
 
@@ -242,6 +250,7 @@ class WorldModel(nn.Module):
             decoding: How frame tokens are sampled: ``autoregressive``, ``parallel`` (the
                 parallel head, 2 passes per frame), or ``auto`` (parallel when the checkpoint
                 has the head).
+            decoder: A distilled frame decoder to decode with instead of the tokenizer's own.
 
         Returns:
             ``(StepOutput, state)``; the state is updated in place and returned for clarity.
@@ -251,7 +260,7 @@ class WorldModel(nn.Module):
             state.cache, actions, state.generators, temperature=temperature, top_k=top_k,
             decoding=decoding,
         )
-        frames = self.decode(sample.tokens, state) if decode else None
+        frames = self.decode(sample.tokens, state, decoder=decoder) if decode else None
         state.steps += 1
         out = StepOutput(
             frames=frames,

@@ -1,0 +1,113 @@
+"""The distilled frame decoder: `wmgym train decoder` on a tiny checkpoint, the envs with it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from wmgym.env import clear_cache
+from wmgym.env.testing import make_tiny_checkpoint
+from wmgym.model.checkpoint import CONFIG, WEIGHTS, CheckpointError, read_config
+from wmgym.model.fast_decoder import SUBDIR, has_fast_decoder, load_fast_decoder
+from wmgym.train.distill import TrainDecoderArgs, train_decoder
+
+DEVICE = "cpu"
+
+
+def distil(checkpoint, out, steps: int) -> dict:
+    """Distils the tiny checkpoint's decoder; returns the fast decoder's config."""
+    train_decoder(TrainDecoderArgs(
+        checkpoint=str(checkpoint), rollouts=6, horizon=4, heldout=2, steps=steps, batch=8,
+        base_channels=2, channel_mult=(1, 2, 2, 2, 2), policies=("pick", "random"),
+        lr=1e-2, warmup=5, out=str(out), device=DEVICE, log_every=10,
+    ))
+    return read_config(checkpoint / SUBDIR)
+
+
+@pytest.fixture(scope="module")
+def fast(tmp_path_factory):
+    """A tiny checkpoint with a fast decoder distilled for 60 steps."""
+    root = tmp_path_factory.mktemp("fast")
+    ckpt = make_tiny_checkpoint(root / "WM-Pick-v0")
+    distil(ckpt, root / "run", steps=60)
+    return ckpt
+
+
+def test_distillation_learns_the_teacher(fast, tmp_path):
+    # the same recipe with 1 step instead of 60: the trained student is measurably closer
+    # to the teacher on the held-out rollouts
+    short = make_tiny_checkpoint(tmp_path / "WM-Pick-v0")
+    barely = distil(short, tmp_path / "run", steps=1)["distill"]["heldout_vs_teacher"]
+    config = read_config(fast / SUBDIR)
+    trained = config["distill"]["heldout_vs_teacher"]
+    assert trained["psnr"] > barely["psnr"] + 2.0, (trained, barely)
+    assert config["teacher_sha256"] == read_config(fast)["sha256"]
+    assert config["tokenizer"]["decoder_subpixel"] == 2
+
+
+def test_envs_with_the_fast_decoder(fast):
+    # same tokens, so the same state, reward and success; other pixels, in the same spaces
+    full = gym.make("WM-Pick-v0", checkpoint=fast, device=DEVICE, decoder="full")
+    quick = gym.make("WM-Pick-v0", checkpoint=fast, device=DEVICE)  # auto: fast when present
+    assert quick.unwrapped.core.decoder == "fast" and full.unwrapped.core.decoder == "full"
+    check_env(quick.unwrapped, skip_render_check=True)
+    o1, _ = full.reset(seed=4)
+    o2, _ = quick.reset(seed=4)
+    np.testing.assert_array_equal(o1["rgb"], o2["rgb"])  # the real start frame
+    rng = np.random.default_rng(0)
+    differ = 0
+    for _ in range(6):
+        a = rng.uniform(-1, 1, 4).astype(np.float32)
+        s1, r1, t1, _, i1 = full.step(a)
+        s2, r2, t2, _, i2 = quick.step(a)
+        np.testing.assert_array_equal(s1["state"], s2["state"])
+        assert (r1, t1, i1) == (r2, t2, i2)
+        assert quick.observation_space.contains(s2)
+        differ += not np.array_equal(s1["rgb"], s2["rgb"])
+        if t1:
+            break
+    assert differ
+    envs = gym.make_vec("WM-Pick-v0", num_envs=3, vectorization_mode="vector_entry_point",
+                        checkpoint=fast, device=DEVICE, decoder="fast", render_mode="rgb_array")
+    obs, _ = envs.reset(seed=0)
+    for _ in range(3):
+        obs, *_ = envs.step(envs.action_space.sample())
+    assert envs.observation_space.contains(obs)
+    assert envs.render()[0].shape == (64, 3 * 64, 3)
+
+
+def test_decoder_option_errors(fast, tmp_path):
+    plain = make_tiny_checkpoint(tmp_path / "plain")
+    assert not has_fast_decoder(plain)
+    assert gym.make("WM-Pick-v0", checkpoint=plain).unwrapped.core.decoder == "full"
+    with pytest.raises(CheckpointError, match="wmgym train decoder"):
+        gym.make("WM-Pick-v0", checkpoint=plain, decoder="fast")
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        gym.make("WM-Pick-v0", checkpoint=fast, decoder="small")
+
+
+def test_stale_or_damaged_fast_decoder_names_the_files(fast, tmp_path):
+    stale = tmp_path / "stale"
+    shutil.copytree(fast, stale)
+    path = stale / SUBDIR / CONFIG
+    config = json.loads(path.read_text())
+    config["teacher_sha256"] = "0" * 64  # as if the world model was retrained since
+    path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="distilled from weights") as err:
+        load_fast_decoder(stale)
+    assert str(path) in str(err.value) and str(stale / WEIGHTS) in str(err.value)
+    clear_cache()
+    with pytest.raises(CheckpointError, match="distilled from weights"):
+        gym.make("WM-Pick-v0", checkpoint=stale)  # auto picks it and fails loudly
+    assert gym.make("WM-Pick-v0", checkpoint=stale, decoder="full").reset(seed=0)
+    broken = tmp_path / "broken"
+    shutil.copytree(fast, broken)
+    (broken / SUBDIR / WEIGHTS).write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match="sha256") as err:
+        load_fast_decoder(broken)
+    assert str(broken / SUBDIR / WEIGHTS) in str(err.value)
