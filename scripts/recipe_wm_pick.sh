@@ -49,12 +49,17 @@ $PY -m wmgym.cli train dynamics --init runs/wm_hov --data data/pick --extra-data
 $PY -m wmgym.cli train dynamics --init runs/wm_sin --data data/pick --extra-data data/pick \
     $ALL data/pick_miss --gap-embedding --state-input --steps 600 --lr 3e-4 --warmup 60 \
     --out runs/dynamics_sin2 --checkpoint checkpoints/WM-Pick-v0
+# a frame decoder about 3x cheaper, distilled from the model's own imagined frames; the envs
+# use it by default (decoder="auto"), and decoder="full" gives the tokenizer's own
+$PY -m wmgym.cli train decoder --checkpoint checkpoints/WM-Pick-v0 --out runs/fast_decoder
 $PY -m wmgym.cli eval --checkpoint checkpoints/WM-Pick-v0 --data data/pick --split heldout \
     --out out/eval
+$PY -m wmgym.cli eval --checkpoint checkpoints/WM-Pick-v0 --data data/pick --split heldout \
+    --decoder full --probe-starts 0 --out out/eval_full
 # the reference the quality regression test (tests/test_quality.py) holds later checkpoints to
 $PY -m wmgym.cli eval --checkpoint checkpoints/WM-Pick-v0 --data tests/data/heldout_pick \
     --split all --device cpu --probe-starts 2 --out out/eval_regression
 cp out/eval_regression/metrics.json checkpoints/WM-Pick-v0/regression.json
 $PY -m wmgym.cli card --checkpoint checkpoints/WM-Pick-v0 --eval out/eval/metrics.json \
     --data data/pick data/pick_explore data/pick_slow data/pick_hesitate data/pick_hover \
-    data/pick_miss --notes docs/card_notes.md
+    data/pick_miss --notes docs/card_notes.md --full-eval out/eval_full/metrics.json

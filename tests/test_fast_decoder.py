@@ -8,11 +8,12 @@ import shutil
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env
 
 from wmgym.env import clear_cache
 from wmgym.env.testing import make_tiny_checkpoint
-from wmgym.model.checkpoint import CONFIG, WEIGHTS, CheckpointError, read_config
+from wmgym.model.checkpoint import CONFIG, WEIGHTS, CheckpointError, load_start_obs, read_config
 from wmgym.model.fast_decoder import SUBDIR, has_fast_decoder, load_fast_decoder
 from wmgym.train.distill import TrainDecoderArgs, train_decoder
 
@@ -111,3 +112,18 @@ def test_stale_or_damaged_fast_decoder_names_the_files(fast, tmp_path):
     with pytest.raises(CheckpointError, match="sha256") as err:
         load_fast_decoder(broken)
     assert str(broken / SUBDIR / WEIGHTS) in str(err.value)
+
+
+def test_saving_new_weights_removes_the_stale_fast_decoder(fast, tmp_path):
+    from wmgym.model.world_model import WorldModel
+
+    copy = tmp_path / "copy"
+    shutil.copytree(fast, copy)
+    model, bank = WorldModel.load(copy), load_start_obs(copy)
+    model.save(copy, {"task": "Pick"}, bank)  # the same weights: the decoder still fits
+    assert has_fast_decoder(copy)
+    with torch.no_grad():
+        model.dynamics.slot.add_(1.0)  # "retrained"
+    model.save(copy, {"task": "Pick"}, bank)
+    assert not has_fast_decoder(copy)
+    assert gym.make("WM-Pick-v0", checkpoint=copy).unwrapped.core.decoder == "full"

@@ -35,6 +35,7 @@ def test_reference_was_measured_on_these_episodes(result):
     ref = json.loads(REFERENCE.read_text())
     assert ref["episodes"] == result["episodes"] and ref["steps"] == result["steps"]
     assert ref.get("decoding", "autoregressive") == result["decoding"]  # the env's default
+    assert ref.get("decoder", "full") == result["decoder"]  # fast when the checkpoint has one
 
 
 def test_tokenizer_reconstruction_holds(result):

@@ -13,6 +13,7 @@ from wmgym.evaluation import EvalArgs, evaluate, format_table
 from wmgym.model.checkpoint import read_config
 from wmgym.model.world_model import WorldModel
 from wmgym.train.data import load_episodes
+from wmgym.train.distill import TrainDecoderArgs, train_decoder
 from wmgym.train.dynamics import TrainDynamicsArgs, train_dynamics
 from wmgym.train.state_filter import (
     TrainStateFilterArgs,
@@ -99,7 +100,21 @@ def test_dynamics_exports_a_loadable_world_model(tiny_data, tiny_tokenizer, tmp_
                                 data=(str(tiny_data), str(tiny_data)),
                                 notes=str(tmp_path / "notes.md")))
     assert card.count(f"`{tiny_data}`: 3 episodes") == 2 and "| open loop h1 |" in card
-    assert card.endswith("## Measured elsewhere\nprobes\n")
+    assert card.endswith("## Measured elsewhere\nprobes\n") and "Fast decoder" not in card
+    # the recipe's last steps: a fast decoder, the evaluation with it and with the full one
+    train_decoder(TrainDecoderArgs(checkpoint=str(ckpt), rollouts=3, horizon=2, heldout=1,
+                                   steps=2, batch=2, base_channels=2, device="cpu",
+                                   out=str(tmp_path / "fd")))
+    for decoder in ("auto", "full"):
+        result = evaluate(EvalArgs(checkpoint=str(ckpt), data=str(tiny_data), split="all",
+                                   horizon=3, out=str(tmp_path / f"eval_{decoder}"),
+                                   device="cpu", probe_starts=0, decoder=decoder))
+        assert result["decoder"] == {"auto": "fast", "full": "full"}[decoder]
+    card = render_card(CardArgs(checkpoint=str(ckpt), data=(str(tiny_data),),
+                                eval=str(tmp_path / "eval_auto/metrics.json"),
+                                full_eval=str(tmp_path / "eval_full/metrics.json")))
+    assert "## Fast decoder (`fast_decoder/`" in card and "full / fast decoder" in card
+    assert "| rgb_psnr |" in card.split("## Fast decoder")[1]
 
 
 def test_token_cache_matches_fresh_tokens_and_rebuilds_when_stale(tiny_data, tiny_tokenizer,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from wmgym.data.dataset import read_metadata
 from wmgym.evaluation import format_table
 from wmgym.model.checkpoint import read_config
+from wmgym.model.fast_decoder import SUBDIR, has_fast_decoder
 from wmgym.results import machine
 
 
@@ -26,6 +28,9 @@ class CardArgs:
     """The script that produced it."""
     notes: str = ""
     """A Markdown file appended to the card: measured findings beyond ``wmgym eval``'s."""
+    full_eval: str = ""
+    """``wmgym eval --decoder full``'s metrics.json, shown beside ``eval`` when that one ran
+    with the fast decoder (empty: none)."""
 
 
 def render_card(args: CardArgs) -> str:
@@ -33,7 +38,7 @@ def render_card(args: CardArgs) -> str:
     config = read_config(args.checkpoint)
     metrics = json.loads(Path(args.eval).read_text())
     train = config.get("train", {})
-    n_params = sum(int(__import__("math").prod(s)) for s in config["shapes"].values())
+    n_params = sum(math.prod(s) for s in config["shapes"].values())
     chain = [train]  # fine-tuned (``train dynamics --init``): the runs it started from
     while chain[-1].get("base"):
         chain.append(chain[-1]["base"])
@@ -56,6 +61,7 @@ def render_card(args: CardArgs) -> str:
     eval_what = (f"{metrics['episodes']} {metrics['split']} episodes, {metrics['steps']} steps "
                  f"open loop from one real frame, temperature {metrics['args']['temperature']}")
     notes = "\n" + Path(args.notes).read_text() if args.notes else ""
+    fast = fast_decoder_section(args, metrics)
     return f"""# WM-Pick-v0 — model card
 
 Learned twin of `Sim-Pick-v0` (robosuite Lift, Panda, OSC_POSITION, 64×64 rgb + depth + mask).
@@ -74,12 +80,48 @@ Training time: {times}; on {where}.
 ## Evaluation (`wmgym eval`: {eval_what})
 {format_table(metrics)}
 
-## Limits
+{fast}## Limits
 - Trained on scripted/random policies only: states far from that data (e.g. an RL agent's
   unusual motions) are imagined less faithfully.
 - `state` and reward come from heads on the transformer, not from physics; check policies trained
   in imagination on `Sim-Pick-v0`.
 {notes}"""
+
+
+def fast_decoder_section(args: CardArgs, metrics: dict) -> str:
+    """The distilled frame decoder: its size, training, and its frames against the full one's."""
+    if not has_fast_decoder(args.checkpoint):
+        return ""
+    config = read_config(Path(args.checkpoint) / SUBDIR)
+    d = config["distill"]
+    a, vs = d["args"], d["heldout_vs_teacher"]
+    n_params = sum(math.prod(s) for s in config["shapes"].values())
+    text = f"""## Fast decoder (`{SUBDIR}/`, `wmgym train decoder`)
+{n_params / 1e3:.0f}k parameters ({config['tokenizer']['base_channels']} base channels, sub-pixel
+×{config['tokenizer']['decoder_subpixel']}), distilled from the full decoder's frames of
+{a['rollouts']} imagined rollouts × {a['horizon']} steps ({d['imagine_seconds'] / 60:.1f} min to
+imagine and decode them, {d['train_seconds'] / 60:.1f} min for {a['steps']} steps). On
+{a['heldout']} held-out rollouts it draws the full decoder's frames at rgb PSNR
+{vs['psnr']:.1f} dB, depth L1 {vs['depth_l1']:.4f}, mask IoU {vs['mask_iou']:.3f}. The envs use it
+by default (`decoder="auto"`); reward, success and state do not depend on it.
+"""
+    if args.full_eval and metrics.get("decoder") == "fast":
+        full = json.loads(Path(args.full_eval).read_text())
+        rows = []
+        for key in ("rgb_psnr", "rgb_ssim", "depth_absrel", "mask_iou"):
+            ol_f, ol_s = full["open_loop"][key], metrics["open_loop"][key]
+            rows.append(
+                f"| {key} | {full['tokenizer'][key]:.3f} / {metrics['tokenizer'][key]:.3f} | "
+                + " | ".join(f"{ol_f[h]:.3f} / {ol_s[h]:.3f}"
+                             for h in ("h1", "h15", "mean") if h in ol_f) + " |")
+        text += f"""
+Against the real frames, full / fast decoder (the evaluation above, same seeds):
+
+| metric | tokenizer | open loop h1 | open loop h15 | open loop mean |
+|---|---|---|---|---|
+{chr(10).join(rows)}
+"""
+    return text + "\n"
 
 
 def data_section(path: str) -> str:

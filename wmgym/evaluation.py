@@ -32,7 +32,9 @@ import torch
 from torch import Tensor
 
 from wmgym.model.checkpoint import read_config
+from wmgym.model.fast_decoder import has_fast_decoder, load_fast_decoder, resolve_decoder
 from wmgym.model.frames import DEPTH, MASK, RGB, psnr, ssim
+from wmgym.model.tokenizer import Decoder
 from wmgym.model.world_model import WorldModel, resolve_device, resolve_kv_cache
 from wmgym.spec import CUBE_POS, EEF_POS, load_spec
 from wmgym.viz import save_figure
@@ -72,6 +74,9 @@ class EvalArgs:
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
     probe_starts: int = 8
     """Real starts of the action and grasp probes (runs robosuite; 0 = skip them)."""
+    decoder: str = "auto"
+    """Frame decoder: ``full``, ``fast`` (the checkpoint's distilled one) or ``auto`` (as
+    ``WM-<Task>-v0`` picks it: fast when the checkpoint has one)."""
 
 
 def frame_metrics(pred: Tensor, true: Tensor, depth_range) -> dict[str, Tensor]:
@@ -109,12 +114,16 @@ def _stack_episodes(episodes, depth_range, horizon: int):
 
 
 @torch.no_grad()
-def tokenizer_upper_bound(wm: WorldModel, frames: Tensor) -> dict[str, Tensor]:
-    """Reconstruct every frame 1..T through the tokenizer with frame 0 as context."""
+def tokenizer_upper_bound(wm: WorldModel, frames: Tensor,
+                          decoder: Decoder | None = None) -> dict[str, Tensor]:
+    """Reconstruct every frame 1..T through the tokenizer with frame 0 as context.
+
+    ``decoder``: decode the future frames with it instead of the tokenizer's own.
+    """
     b, t1 = frames.shape[:2]
     code = wm.tokenizer.encode_context(frames[:, 0].to(wm.device))
     recon = wm.tokenizer.decode_future(
-        wm.tokenizer.encode_future(frames[:, 1:].to(wm.device), code.feats), code.feats
+        wm.tokenizer.encode_future(frames[:, 1:].to(wm.device), code.feats), code.feats, decoder
     )
     m = frame_metrics(recon.flatten(0, 1).cpu(), frames[:, 1:].flatten(0, 1), wm.depth_range)
     ctx = wm.tokenizer.decode_context(code.tokens)
@@ -126,10 +135,12 @@ def tokenizer_upper_bound(wm: WorldModel, frames: Tensor) -> dict[str, Tensor]:
 @torch.no_grad()
 def open_loop(wm: WorldModel, frames: Tensor, actions: Tensor, seed: int, temperature: float,
               top_k: int | None, keep_frames: bool = False, decoding: str = "auto",
-              start_state: np.ndarray | None = None, kv_cache: str = "auto"):
+              start_state: np.ndarray | None = None, kv_cache: str = "auto",
+              decoder: Decoder | None = None):
     """Imagine ``T`` steps from frame 0 under ``actions`` (B, T, 4); per-step outputs.
 
-    ``start_state (B, state_dim)``, frame 0's real state, starts a state filter's chain.
+    ``start_state (B, state_dim)``, frame 0's real state, starts a state filter's chain;
+    ``decoder`` decodes the frames instead of the tokenizer's own.
     """
     b, t = actions.shape[:2]
     gens = [torch.Generator(device=wm.device).manual_seed(seed * 100_003 + i) for i in range(b)]
@@ -139,7 +150,7 @@ def open_loop(wm: WorldModel, frames: Tensor, actions: Tensor, seed: int, temper
     out = {"reward": [], "success": [], "state": [], "metrics": [], "frames": []}
     for k in range(t):
         step, state = wm.step(state, actions[:, k], temperature=temperature, top_k=top_k,
-                              decoding=decoding)
+                              decoding=decoding, decoder=decoder)
         pred = step.frames.float().cpu()
         out["metrics"].append(frame_metrics(pred, frames[:, k + 1], wm.depth_range))
         out["reward"].append(step.reward.cpu())
@@ -175,15 +186,19 @@ def evaluate(args: EvalArgs) -> dict:
     )
     state = states[:, 1:]
     top_k = args.top_k or None
+    decoder_name = resolve_decoder(args.decoder, has_fast_decoder(args.checkpoint))
+    decoder = load_fast_decoder(args.checkpoint, wm.device) if decoder_name == "fast" else None
     start = time.perf_counter()
-    upper = tokenizer_upper_bound(wm, frames)
+    upper = tokenizer_upper_bound(wm, frames, decoder)
     real, r_pred, s_pred, st_pred, imagined = open_loop(
         wm, frames, actions, args.seed, args.temperature, top_k, keep_frames=True,
         decoding=args.decoding, start_state=states[:, 0], kv_cache=args.kv_cache,
+        decoder=decoder,
     )
     perm = np.roll(np.arange(len(episodes)), 1)  # every episode gets another one's actions
     other, *_ = open_loop(wm, frames, actions[perm], args.seed, args.temperature, top_k,
-                          decoding=args.decoding, start_state=states[:, 0], kv_cache=args.kv_cache)
+                          decoding=args.decoding, start_state=states[:, 0], kv_cache=args.kv_cache,
+                          decoder=decoder)
     seconds = time.perf_counter() - start
 
     result: dict = {
@@ -191,6 +206,7 @@ def evaluate(args: EvalArgs) -> dict:
         "episodes": len(episodes), "steps": length, "args": asdict(args),
         "decoding": wm.resolve_decoding(args.decoding),
         "kv_cache": str(resolve_kv_cache(args.kv_cache)).removeprefix("torch."),
+        "decoder": decoder_name,
         "seconds": round(seconds, 1),
         "tokenizer": {k: float(v.mean()) for k, v in upper.items()},
         "open_loop": {k: _per_horizon(v.numpy(), length) for k, v in real.items()},

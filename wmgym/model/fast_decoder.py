@@ -17,6 +17,7 @@ fails to load with both file names rather than decoding another model's tokens.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -66,6 +67,26 @@ def save_fast_decoder(checkpoint: str | Path, decoder: Decoder, cfg: TokenizerCo
 def has_fast_decoder(checkpoint: str | Path) -> bool:
     """Whether ``checkpoint`` ships a fast decoder."""
     return (Path(checkpoint) / SUBDIR / ckpt.CONFIG).exists()
+
+
+def remove_stale_fast_decoder(checkpoint: str | Path) -> bool:
+    """Deletes ``checkpoint``'s fast decoder if it was distilled from other weights.
+
+    Returns:
+        Whether one was removed.
+    """
+    directory = Path(checkpoint) / SUBDIR
+    if not has_fast_decoder(checkpoint):
+        return False
+    try:
+        teacher = ckpt.read_config(directory).get("teacher_sha256")
+    except ckpt.CheckpointError:  # unreadable: of no use to any model
+        teacher = None
+    if teacher == ckpt.read_config(checkpoint)["sha256"]:
+        return False
+    shutil.rmtree(directory)
+    print(f"removed {directory}: it was distilled from the weights just replaced")
+    return True
 
 
 def load_fast_decoder(checkpoint: str | Path, device: str | torch.device = "cpu") -> Decoder:

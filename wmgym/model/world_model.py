@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from wmgym.model import checkpoint as ckpt
+from wmgym.model.fast_decoder import remove_stale_fast_decoder
 from wmgym.model.tokenizer import (
     ContextCode,
     Decoder,
@@ -116,10 +117,16 @@ class WorldModel(nn.Module):
         }
 
     def save(self, directory: str | Path, extra: dict | None = None, start_obs=None) -> Path:
-        """Saves a verified checkpoint directory (see ``checkpoint.py``)."""
-        return ckpt.save_checkpoint(
+        """Saves a verified checkpoint directory (see ``checkpoint.py``).
+
+        A fast decoder in ``directory`` distilled from the weights this replaces is removed:
+        it decodes the old model's tokens (``wmgym train decoder`` makes a new one).
+        """
+        out = ckpt.save_checkpoint(
             directory, self.state_dict(), {**self.config(), **(extra or {})}, start_obs
         )
+        remove_stale_fast_decoder(out)
+        return out
 
     @classmethod
     def from_config(cls, config: dict) -> WorldModel:
