@@ -115,7 +115,8 @@ by default (`decoder="auto"`); reward, success and state do not depend on it.
                 + " | ".join(f"{ol_f[h]:.3f} / {ol_s[h]:.3f}"
                              for h in ("h1", "h15", "mean") if h in ol_f) + " |")
         text += f"""
-Against the real frames, full / fast decoder (the evaluation above, same seeds):
+Against the real frames of {metrics['episodes']} episodes of `{metrics['data']}` (split
+`{metrics['split']}`, {metrics['steps']} steps open loop, same seeds), full / fast decoder:
 
 | metric | tokenizer | open loop h1 | open loop h15 | open loop mean |
 |---|---|---|---|---|
