@@ -135,3 +135,24 @@ def _tiny_model(task: TaskSpec, max_frames: int, success_bias: float,
         dyn.aux_head.bias[0] = 0.3  # reward symexp(0.3 + noise), clamped to [0, 1] by the model
         dyn.aux_head.bias[1] = success_bias
     return model
+
+
+def step_in_lockstep(env_a, env_b, steps: int, seed: int = 0) -> list[tuple[dict, dict]]:
+    """Steps two single envs with the same seeded random actions until one episode ends.
+
+    Checks that both imagine the same state, reward, termination and info at every step (two
+    variants of one model that must agree on everything but the pixels), and returns the
+    observation pairs for the caller to compare the rest.
+    """
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for _ in range(steps):
+        a = rng.uniform(-1, 1, 4).astype(np.float32)
+        s1, r1, t1, _, i1 = env_a.step(a)
+        s2, r2, t2, _, i2 = env_b.step(a)
+        np.testing.assert_array_equal(s1["state"], s2["state"])
+        assert (r1, t1, i1) == (r2, t2, i2)
+        pairs.append((s1, s2))
+        if t1:
+            break
+    return pairs
