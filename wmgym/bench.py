@@ -318,12 +318,18 @@ def bench_paired(args: BenchSpeedArgs, sim_id: str) -> dict | None:
     return {"rounds": rounds, "by_config": by_config, "best_config": best, **by_config[best]}
 
 
+def _checkpoint(args: BenchSpeedArgs) -> str | Path:
+    """The checkpoint the bench times: ``--checkpoint``, else the task spec's."""
+    from wmgym.spec import load_spec
+
+    return args.checkpoint or load_spec(args.task).checkpoint
+
+
 def _paired_configs(args: BenchSpeedArgs) -> dict[str, tuple[str, str]]:
     """``"<kv cache>/<decoder>"`` -> (kv cache, decoder) for the paired rounds."""
     from wmgym.model.fast_decoder import has_fast_decoder
-    from wmgym.spec import load_spec
 
-    fast = has_fast_decoder(args.checkpoint or load_spec(args.task).checkpoint)
+    fast = has_fast_decoder(_checkpoint(args))
     kvs = tuple(dict.fromkeys(args.paired_kv_caches)) or (args.kv_cache,)
     decs = [d for d in dict.fromkeys(args.paired_decoders) if d != "fast" or fast] or ["full"]
     return {f"{kv}/{d}": (kv, d) for d in decs for kv in kvs}
@@ -389,11 +395,10 @@ def memory_floors(args: BenchSpeedArgs, sim_steps_per_s: float
     from wmgym.model.transformer import DynamicsConfig
     from wmgym.model.world_model import resolve_device
     from wmgym.roofline import attention_kernels, memory_floor, read_bandwidth_gb_s
-    from wmgym.spec import load_spec
 
     if resolve_device(args.device).type != "cpu":
         return None
-    config = read_config(args.checkpoint or load_spec(args.task).checkpoint)
+    config = read_config(_checkpoint(args))
     cfg, bandwidth = DynamicsConfig(**config["dynamics"]), read_bandwidth_gb_s()
     kvs = tuple(dict.fromkeys(args.paired_kv_caches or ("float32",)))
     floors = [memory_floor(cfg, mode, sim_steps_per_s, bandwidth, kv)
@@ -413,10 +418,7 @@ def _batch_sizes(args: BenchSpeedArgs) -> list[int]:
 
 def _decodings(args: BenchSpeedArgs) -> list[str]:
     """The requested decoding modes the checkpoint supports."""
-    from wmgym.spec import load_spec
-
-    spec = load_spec(args.task)
-    has_head = bool(read_config(args.checkpoint or spec.checkpoint)["dynamics"].get(
+    has_head = bool(read_config(_checkpoint(args))["dynamics"].get(
         "parallel_head"))
     return [m for m in args.decodings if m != "parallel" or has_head]
 
@@ -531,7 +533,7 @@ def bench_speed_main(args: BenchSpeedArgs) -> dict:
         "benchmark": "speed",
         "wm_env": spec.wm_id,
         "sim_env": spec.sim_id,
-        "checkpoint": str(Path(args.checkpoint or spec.checkpoint).resolve()),
+        "checkpoint": str(Path(_checkpoint(args)).resolve()),
         "device": str(resolve_device(args.device)),
         "machine": machine(),
         "args": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(args).items()},

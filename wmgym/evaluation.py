@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from wmgym.model.checkpoint import read_config
-from wmgym.model.fast_decoder import has_fast_decoder, load_fast_decoder, resolve_decoder
+from wmgym.model.fast_decoder import open_decoder
 from wmgym.model.frames import DEPTH, MASK, RGB, psnr, ssim
 from wmgym.model.tokenizer import Decoder
 from wmgym.model.world_model import WorldModel, resolve_device, resolve_kv_cache
@@ -186,8 +186,7 @@ def evaluate(args: EvalArgs) -> dict:
     )
     state = states[:, 1:]
     top_k = args.top_k or None
-    decoder_name = resolve_decoder(args.decoder, has_fast_decoder(args.checkpoint))
-    decoder = load_fast_decoder(args.checkpoint, wm.device) if decoder_name == "fast" else None
+    decoder_name, decoder = open_decoder(args.checkpoint, args.decoder, wm.device)
     start = time.perf_counter()
     upper = tokenizer_upper_bound(wm, frames, decoder)
     real, r_pred, s_pred, st_pred, imagined = open_loop(

@@ -51,8 +51,13 @@ def build_fast_decoder(
     """
     cfg = replace(teacher, base_channels=base_channels, channel_mult=tuple(channel_mult),
                   decoder_subpixel=subpixel)
+    return cfg, _decoder(cfg, teacher)
+
+
+def _decoder(cfg: TokenizerConfig, teacher: TokenizerConfig) -> Decoder:
+    """A decoder of config ``cfg`` for the future tokens of a tokenizer of config ``teacher``."""
     grid = teacher.resolution // teacher.ctx_downsample
-    return cfg, Decoder(cfg, teacher.future_downsample, grid, src=teacher)
+    return Decoder(cfg, teacher.future_downsample, grid, src=teacher)
 
 
 def save_fast_decoder(checkpoint: str | Path, decoder: Decoder, cfg: TokenizerConfig,
@@ -112,9 +117,7 @@ def load_fast_decoder(checkpoint: str | Path, device: str | torch.device = "cpu"
             "replaced since); distill it again with `wmgym train decoder`"
         )
     try:
-        cfg, teacher = (config_from_dict(c["tokenizer"]) for c in (config, parent))
-        decoder = Decoder(cfg, teacher.future_downsample,
-                          teacher.resolution // teacher.ctx_downsample, src=teacher)
+        decoder = _decoder(*(config_from_dict(c["tokenizer"]) for c in (config, parent)))
     except (KeyError, TypeError) as e:
         raise ckpt.CheckpointError(
             f"{directory / ckpt.CONFIG}: decoder config does not fit this version of wmgym ({e})"
@@ -122,6 +125,13 @@ def load_fast_decoder(checkpoint: str | Path, device: str | torch.device = "cpu"
     tensors = ckpt.load_weights(directory, config)
     ckpt.load_state_dict_strict(decoder, tensors, directory / ckpt.WEIGHTS)
     return decoder.to(device).eval().requires_grad_(False)
+
+
+def open_decoder(checkpoint: str | Path, decoder: str,
+                 device: str | torch.device = "cpu") -> tuple[str, Decoder | None]:
+    """``(full|fast, the fast decoder or None)`` for the ``decoder`` option of ``checkpoint``."""
+    name = resolve_decoder(decoder, has_fast_decoder(checkpoint))
+    return name, load_fast_decoder(checkpoint, device) if name == "fast" else None
 
 
 def resolve_decoder(decoder: str, available: bool) -> str:
