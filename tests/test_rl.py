@@ -14,6 +14,7 @@ import torch
 from stable_baselines3 import SAC
 
 from wmgym.env.sb3 import make_sb3_env
+from wmgym.imagined_warmup import IMAGINED_SEED_OFFSET, imagine_warmup
 from wmgym.mbpo import (
     MBPO,
     ContextBank,
@@ -153,6 +154,46 @@ def test_warmup_policy_acts_until_learning_starts(tmp_path):
     assert not np.allclose(buf.actions[30:34, 0], 0.0)  # then SAC acts (and learns)
     agent.save(tmp_path / "sac.zip")
     assert SAC.load(tmp_path / "sac.zip").observation_space.spaces.keys() == {"state"}
+    env.close()
+
+
+def test_imagined_warmup_replaces_the_real_one(ckpt):
+    """Demonstrations from the warm-up policy in imagination; all real steps are the agent's."""
+    name = "pick:noise=0.3"
+    env = _real_state_env(seed=3)
+    agent = make_sac(env, name, learning_starts=500, bc_steps=3, demo_ratio=0.5,
+                     standardize_state=True, seed=7, device="cpu")
+    stats = imagine_warmup(agent, steps=203, num_envs=2, checkpoint=str(ckpt), device="cpu",
+                           seed=1)
+    buf = agent.replay_buffer
+    assert stats["steps"] == 203 and stats["episodes"] == 2 and buf.pos == 203
+    assert agent.learning_starts == 0 and agent._demo_rows == buf.demo_rows == 203
+    states, actions = buf.observations["state"][:203, 0], buf.actions[:203, 0]
+    dones = buf.dones[:203, 0].astype(bool)
+    assert np.flatnonzero(dones).tolist() == [198, 199]  # both 100-step episodes ran out
+    assert buf.timeouts[[198, 199], 0].all()  # a time limit, not a terminal state
+    # within an episode the next observation is the same env's next one (rows alternate envs);
+    # at its end it is the episode's own last one, not the next episode's first
+    np.testing.assert_allclose(buf.next_observations["state"][:196, 0], states[2:198])
+    assert not np.allclose(buf.next_observations["state"][198, 0], states[200])
+    base = agent.warmup_seed + IMAGINED_SEED_OFFSET
+    for e in range(2):  # each env's actions are its policy copy's, reseeded when it ended
+        policy = make_policy(name)
+        policy.reset(seed=base + e)
+        expected = []
+        for t in range(e, 203, 2):
+            expected.append(policy({"state": states[t]}))
+            if dones[t]:
+                policy.reset(seed=base + 2 + e)
+        np.testing.assert_allclose(actions[e::2], np.stack(expected), atol=1e-6)
+    agent.learn(5)
+    assert agent.num_timesteps == 5 and buf.pos == 208 and agent._demo_rows == 203
+    assert agent.bc_loss is not None  # the first update cloned the imagined demonstrations
+    assert agent.actor.features_extractor.fitted
+    with pytest.raises(ValueError, match="before the agent's first step"):
+        imagine_warmup(agent, checkpoint=str(ckpt), device="cpu")
+    with pytest.raises(ValueError, match="warm-up policy"):
+        imagine_warmup(make_sac(env, seed=0, device="cpu"), checkpoint=str(ckpt))
     env.close()
 
 
@@ -332,6 +373,28 @@ def test_mbpo_experiment_reports_crossings(ckpt, tmp_path):
                                   "plot": None}))
     assert [(r["method"], r["seed"]) for r in again["runs"]] == [
         ("mbpo", 0), ("sac", 0), ("sac", 1)]
+
+
+def test_mbpo_experiment_with_the_imagined_warmup(ckpt, tmp_path):
+    """MBPO and the ablation imagine their warm-up; plain SAC still spends it in the real twin."""
+    args = MBPOArgs(
+        steps=30, learning_starts=20, warmup_policy="pick:noise=0.1", eval_every=30,
+        curve_episodes=1, checkpoint=str(ckpt), imagined_warmup=True,
+        methods=("mbpo", "sac_imagined", "sac"),
+        mbpo=MBPOConfig(every=10, rollouts=4, horizon=2, max_uncertainty=None), device="cpu",
+        out=tmp_path / "runs", result=tmp_path / "mbpo.json", plot=tmp_path / "mbpo.png",
+        progress=False,
+    )
+    result = mbpo_main(args)
+    runs = {r["method"]: r for r in result["runs"]}
+    assert {m: r["warmup"] for m, r in runs.items()} == {
+        "mbpo": "imagined", "sac_imagined": "imagined", "sac": "real"}
+    for method in ("mbpo", "sac_imagined"):
+        assert runs[method]["imagined_warmup"]["steps"] == 20
+        assert runs[method]["real_steps"] == 30
+    assert runs["mbpo"]["imagined_steps"] > 0 and "imagined_steps" not in runs["sac_imagined"]
+    assert {"speedup_50", "speedup_50_sac_imagined"} <= result["summary"].keys()
+    assert (tmp_path / "mbpo.png").exists()
 
 
 def test_steps_to_and_summary():

@@ -5,6 +5,11 @@ env (``Sim-<Task>-v0``, state only, episodes not ended on success); the MBPO one
 imagined branches (:mod:`wmgym.mbpo`). Every ``--eval-every`` real steps both are evaluated in
 the real twin on fixed seeds. Written: the result JSON (``--result``) and the learning-curve plot
 (``--plot``).
+
+With ``--imagined-warmup`` the model also stands in for the warm-up: the MBPO agent's
+``learning_starts`` demonstrations are imagined (:mod:`wmgym.imagined_warmup`) and every real step
+is its own, while plain SAC still spends its warm-up in the real twin. The method
+``sac_imagined`` is the ablation: the imagined warm-up without branches.
 """
 
 from __future__ import annotations
@@ -20,13 +25,17 @@ import torch
 from stable_baselines3.common.callbacks import CallbackList
 
 from wmgym.env.sb3 import make_sb3_env
+from wmgym.imagined_warmup import imagine_warmup
 from wmgym.mbpo import MBPO, MBPOConfig, make_real_env
 from wmgym.results import checkpoint_id, machine, matching_result, write_result
 from wmgym.rl import CurveCallback, RealEvaluator, RLArgs, steps_to
 from wmgym.spec import TaskSpec, load_spec
 from wmgym.viz import save_figure
 
-Method = Literal["mbpo", "sac"]
+Method = Literal["mbpo", "sac", "sac_imagined"]
+
+LABELS = {"mbpo": "SAC + MBPO (WM-Pick-v0 branches)", "sac": "SAC",
+          "sac_imagined": "SAC, imagined warm-up, no branches"}
 
 #: Success levels whose first crossing is reported.
 THRESHOLDS = (0.5, 0.8)
@@ -41,7 +50,10 @@ class MBPOArgs(RLArgs):
     seeds: tuple[int, ...] = (0,)
     """One run of each method per seed."""
     methods: tuple[Method, ...] = ("mbpo", "sac")
-    """Which agents to train."""
+    """Which agents to train (``sac_imagined``: SAC with the imagined warm-up, no branches)."""
+    imagined_warmup: bool = False
+    """MBPO's warm-up demonstrations are imagined in WM-<Task>-v0 (same policy, same count), so
+    all its real steps are its own; plain SAC's stay real."""
     updates_per_step: int = 2
     """SAC gradient steps per real step (both methods)."""
     eval_every: int = 1_000
@@ -77,6 +89,11 @@ def run_one(args: MBPOArgs, spec: TaskSpec, method: Method, seed: int,
     agent = args.make_sac(env, seed=seed, device="cpu", verbose=0,
                           gradient_steps=args.updates_per_step,
                           tensorboard_log=str(args.out / "tb"))
+    imagined = method == "sac_imagined" or (method == "mbpo" and args.imagined_warmup)
+    warmup = None
+    if imagined:
+        warmup = imagine_warmup(agent, checkpoint=args.checkpoint, device=args.device,
+                                task=args.task, seed=seed, progress=args.progress)
     start = time.perf_counter()
     agent.learn(args.steps, callback=CallbackList([curve, *callbacks]),
                 tb_log_name=f"{method}_seed{seed}")
@@ -88,17 +105,21 @@ def run_one(args: MBPOArgs, spec: TaskSpec, method: Method, seed: int,
         "real_steps": int(agent.num_timesteps),
         "train_seconds": wall,
         "curve": curve.curve,
+        "warmup": "imagined" if imagined else "real",
         **{f"steps_to_{int(t * 100)}": steps_to(curve.curve, t) for t in THRESHOLDS},
     }
-    if mbpo is not None:
+    if warmup is not None:
+        record["imagined_warmup"] = warmup
+    if mbpo is not None or imagined:
         record["checkpoint"] = checkpoint_id(args.checkpoint or spec.checkpoint)
+    if mbpo is not None:
         record["imagined_steps"] = mbpo.imagined_steps
         record["branches_cut_short"] = mbpo.cut_short
     return record
 
 
 def summarize(runs: list[dict[str, Any]], steps: int) -> dict[str, Any]:
-    """Median real steps to each threshold per method, and SAC's over MBPO's.
+    """Median real steps to each threshold per method, and SAC's over the others'.
 
     A run that never got there counts as more than the budget.
     """
@@ -112,13 +133,15 @@ def summarize(runs: list[dict[str, Any]], steps: int) -> dict[str, Any]:
             median = float(np.median(values))
             out[method][key] = median if np.isfinite(median) else None
             out[method][f"{key}_reached"] = f"{sum(np.isfinite(values))}/{len(values)}"
-    if {"mbpo", "sac"} <= out.keys():
-        for t in THRESHOLDS:
-            key = f"steps_to_{int(t * 100)}"
-            m, s = out["mbpo"][key], out["sac"][key]
-            out[f"speedup_{int(t * 100)}"] = (
-                s / m if m and s else (f"> {steps / m:.2f}" if m and s is None else None)
-            )
+    for method in ("mbpo", "sac_imagined"):
+        if {method, "sac"} <= out.keys():
+            suffix = "" if method == "mbpo" else f"_{method}"
+            for t in THRESHOLDS:
+                key = f"steps_to_{int(t * 100)}"
+                m, s = out[method][key], out["sac"][key]
+                out[f"speedup_{int(t * 100)}{suffix}"] = (
+                    s / m if m and s else (f"> {steps / m:.2f}" if m and s is None else None)
+                )
     return out
 
 
@@ -130,7 +153,7 @@ def plot_mbpo(result: dict[str, Any], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    colors = {"mbpo": "tab:blue", "sac": "tab:orange"}
+    colors = {"mbpo": "tab:blue", "sac": "tab:orange", "sac_imagined": "tab:green"}
     for ax, key in zip(axes, ("real_success", "real_return")):
         for method in colors:
             runs = [r for r in result["runs"] if r["method"] == method]
@@ -142,7 +165,9 @@ def plot_mbpo(result: dict[str, Any], path: str | Path) -> Path:
             n = min(len(r["curve"]) for r in runs)
             steps = [p["step"] for p in runs[0]["curve"][:n]]
             mean = np.mean([[p[key] for p in r["curve"][:n]] for r in runs], axis=0)
-            label = "SAC + MBPO (WM-Pick-v0 branches)" if method == "mbpo" else "SAC"
+            label = LABELS[method]
+            if method == "mbpo" and runs[0].get("warmup") == "imagined":
+                label += ", imagined warm-up"
             ax.plot(steps, mean, "o-", color=colors[method], ms=3,
                     label=f"{label}, {len(runs)} seed(s)")
         ax.set(xlabel="real environment steps")

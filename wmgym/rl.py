@@ -470,6 +470,36 @@ class WarmupSAC(TunedSAC):
             self.warmup[i].reset(seed=self.warmup_seed + self._warmup_episodes)
             self._warmup_episodes += 1
 
+    def add_demonstrations(self, obs: dict[str, np.ndarray], actions: np.ndarray,
+                           new_obs: dict[str, np.ndarray], rewards: np.ndarray,
+                           dones: np.ndarray, infos: list[dict[str, Any]], n: int | None = None
+                           ) -> None:
+        """Writes warm-up transitions made elsewhere (e.g. imagined) as demonstrations.
+
+        One SB3 ``VecEnv`` step of any number of sub-envs (a leading batch axis; ``new_obs`` is
+        the next episode's first observation where ``dones``, the last one is in
+        ``infos[i]["terminal_observation"]``); only its first ``n`` sub-envs if given. They are
+        cloned, kept at ``demo_ratio`` of every batch and standardised over like the agent's own
+        warm-up. Call before the agent learns; its own env must have one sub-env.
+
+        Raises:
+            ValueError: The agent's replay buffer is filled by more than one sub-env.
+        """
+        buffer = getattr(self.replay_buffer, "real", self.replay_buffer)
+        if buffer.n_envs != 1:
+            raise ValueError(f"add_demonstrations needs an agent with 1 env, not {buffer.n_envs}")
+        n = len(actions) if n is None else n
+        scaled = self.policy.scale_action(np.asarray(actions, dtype=np.float32))
+        for i in range(n):
+            last = infos[i].get("terminal_observation") if dones[i] else None
+            nxt = {k: v[i] for k, v in new_obs.items()} if last is None else last
+            buffer.add({k: v[i : i + 1] for k, v in obs.items()},
+                       {k: np.asarray(nxt[k])[None] for k in obs}, scaled[i : i + 1],
+                       np.asarray(rewards[i : i + 1]), np.asarray(dones[i : i + 1]), [infos[i]])
+        self._demo_rows += n
+        if isinstance(buffer, DemoReplayBuffer):
+            buffer.demo_rows = self._demo_rows
+
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "warmup", "bc_optimizer"]
 
