@@ -395,6 +395,11 @@ def test_mbpo_experiment_with_the_imagined_warmup(ckpt, tmp_path):
     assert runs["mbpo"]["imagined_steps"] > 0 and "imagined_steps" not in runs["sac_imagined"]
     assert {"speedup_50", "speedup_50_sac_imagined"} <= result["summary"].keys()
     assert (tmp_path / "mbpo.png").exists()
+    # a later call with a real warm-up does not mix its MBPO runs with these
+    again = mbpo_main(MBPOArgs(**{**args.__dict__, "imagined_warmup": False, "seeds": (1,),
+                                  "methods": ("sac",), "plot": None}))
+    assert [(r["method"], r["seed"]) for r in again["runs"]] == [
+        ("sac_imagined", 0), ("sac", 0), ("sac", 1)]
 
 
 def test_steps_to_and_summary():

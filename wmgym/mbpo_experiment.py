@@ -183,11 +183,16 @@ def plot_mbpo(result: dict[str, Any], path: str | Path) -> Path:
 
 
 def _previous_runs(args: MBPOArgs) -> list[dict[str, Any]]:
-    """Runs in ``--result`` from an earlier call with the same budget and SAC settings."""
+    """Runs in ``--result`` from an earlier call with the same budget and SAC settings.
+
+    MBPO runs count only with the same kind of warm-up (real or imagined).
+    """
     keys = ("task", "steps", "updates_per_step", "eval_every", "curve_episodes",
             *RLArgs.AGENT_SETTINGS)
-    return matching_result(args.result, {f"config.{k}": getattr(args, k) for k in keys}).get(
+    runs = matching_result(args.result, {f"config.{k}": getattr(args, k) for k in keys}).get(
         "runs", [])
+    mbpo_warmup = "imagined" if args.imagined_warmup else "real"
+    return [r for r in runs if r["method"] != "mbpo" or r.get("warmup", "real") == mbpo_warmup]
 
 
 def mbpo_main(args: MBPOArgs) -> dict[str, Any]:
