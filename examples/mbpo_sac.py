@@ -1,23 +1,28 @@
-"""SAC in the real task, its replay buffer augmented with imagined branches (MBPO).
+"""SAC in the real task: its warm-up imagined, its replay augmented with imagined branches (MBPO).
 
-    python examples/mbpo_sac.py --steps 10000            # the shipped WM-Pick-v0
+    python examples/mbpo_sac.py                          # the shipped WM-Pick-v0, 6,000 real steps
+    python examples/mbpo_sac.py --real-warmup            # demonstrations spent in robosuite instead
     python examples/mbpo_sac.py --steps 300 --checkpoint path/to/checkpoint
 
-The agent is ``wmgym.rl.PICK_RECIPE`` with a 2,000-step warm-up, as measured in
-``benchmarks/mbpo_recipe.json``: its warm-up steps are a scripted pick, cloned into the actor and
-kept in every batch, with standardised state features. ``wmgym mbpo`` runs the full comparison
-against plain SAC (several seeds, real steps to 50% and 80% success, plot).
+The agent is ``wmgym.rl.PICK_RECIPE`` with a 2,000-step warm-up and 10 updates per real step, as
+measured in ``benchmarks/mbpo_imagined_warmup.json``: its warm-up is a scripted pick, cloned into
+the actor and kept in every batch, with standardised state features. Here the world model
+imagines those demonstrations, so every real step is the agent's own. ``wmgym mbpo`` runs the
+full comparison against plain SAC (several seeds, real steps to 50% and 80% success, plot).
 """
 
 import argparse
 
+from wmgym.imagined_warmup import imagine_warmup
 from wmgym.mbpo import MBPO, make_real_env
 from wmgym.rl import PICK_RECIPE, make_sac
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10_000)
+    parser.add_argument("--steps", type=int, default=6_000, help="real steps")
     parser.add_argument("--checkpoint", default=None, help="default: the shipped WM-Pick-v0")
+    parser.add_argument("--real-warmup", action="store_true",
+                        help="spend the warm-up demonstrations in robosuite, not in imagination")
     cli = parser.parse_args()
 
     # the real env (state only for the agent); every 2nd observation is kept with its camera
@@ -25,7 +30,10 @@ if __name__ == "__main__":
     env, bank = make_real_env("Sim-Pick-v0", seed=0, stride=2)
     warmup = min(2000, cli.steps // 3)
     recipe = {**PICK_RECIPE, "bc_steps": warmup, "learning_starts": warmup}
-    agent = make_sac(env, **recipe, gradient_steps=2, seed=0)
+    agent = make_sac(env, **recipe, gradient_steps=10, seed=0)
+    if not cli.real_warmup:  # the scripted pick acts in WM-Pick-v0; learning starts at once
+        demos = imagine_warmup(agent, checkpoint=cli.checkpoint, progress=True)
+        print(f"{demos['steps']} imagined demonstration steps, {demos['episodes']} episodes")
     mbpo = MBPO(bank, every=250, rollouts=256, horizon=3, real_ratio=0.5,
                 checkpoint=cli.checkpoint)
     agent.learn(cli.steps, callback=mbpo, progress_bar=True)
