@@ -7,9 +7,9 @@
 The agent is ``wmgym.rl.PICK_RECIPE`` with a 2,000-step warm-up, 10 updates per real step and
 a fixed entropy coefficient, as measured in ``benchmarks/mbpo_fixed_alpha.json``: its warm-up is
 a scripted pick, cloned into the actor and kept in every batch, with standardised state
-features. Here the world model
-imagines those demonstrations, so every real step is the agent's own. ``wmgym mbpo`` runs the
-full comparison against plain SAC (several seeds, real steps to 50% and 80% success, plot).
+features. Here the world model imagines those demonstrations, so every real step is the agent's
+own. ``wmgym mbpo`` runs the full comparison against plain SAC (several seeds, real steps to 50%
+and 80% success, plot).
 """
 
 import argparse

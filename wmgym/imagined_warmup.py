@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from wmgym.env.sb3 import make_sb3_env
 from wmgym.policies import make_policy
-from wmgym.rl import WarmupSAC
+from wmgym.rl import WarmupSAC, act_each
 from wmgym.spec import load_spec
 
 #: Warm-up policy copies in the imagination get seeds from here on (the real warm-up's start at
@@ -92,8 +92,7 @@ def imagine_warmup(agent: WarmupSAC, steps: int | None = None, num_envs: int = 1
     bar = tqdm(total=steps, desc="imagined warm-up", disable=not progress)
     try:
         while added < steps:
-            actions = np.stack([p({k: v[i] for k, v in obs.items()})
-                                for i, p in enumerate(policies)]).astype(np.float32)
+            actions = act_each(policies, obs).astype(np.float32)
             new_obs, rewards, dones, infos = env.step(actions)
             n = min(num_envs, steps - added)
             agent.add_demonstrations(obs, actions, new_obs, rewards, dones, infos, n)

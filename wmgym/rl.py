@@ -455,17 +455,14 @@ class WarmupSAC(TunedSAC):
         if not self._demonstrating:
             return super()._sample_action(learning_starts, action_noise, n_envs)
         obs = self._last_obs
-        action = np.stack([p({k: v[i] for k, v in obs.items()}) for i, p in enumerate(self.warmup)])
+        action = act_each(self.warmup, obs)
         return action, self.policy.scale_action(action)
 
     def _store_transition(self, replay_buffer: Any, buffer_action: np.ndarray, new_obs: Any,
                           reward: np.ndarray, dones: np.ndarray, infos: list[dict[str, Any]]
                           ) -> None:
         super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
-        self._demo_rows += self._demonstrating
-        buffer = getattr(replay_buffer, "real", replay_buffer)  # under MBPO's MixedReplayBuffer
-        if isinstance(buffer, DemoReplayBuffer):
-            buffer.demo_rows = self._demo_rows
+        self._count_demonstrations(int(self._demonstrating))
         for i in np.flatnonzero(dones):
             self.warmup[i].reset(seed=self.warmup_seed + self._warmup_episodes)
             self._warmup_episodes += 1
@@ -485,7 +482,7 @@ class WarmupSAC(TunedSAC):
         Raises:
             ValueError: The agent's replay buffer is filled by more than one sub-env.
         """
-        buffer = getattr(self.replay_buffer, "real", self.replay_buffer)
+        buffer = self._real_buffer
         if buffer.n_envs != 1:
             raise ValueError(f"add_demonstrations needs an agent with 1 env, not {buffer.n_envs}")
         n = len(actions) if n is None else n
@@ -496,12 +493,26 @@ class WarmupSAC(TunedSAC):
             buffer.add({k: v[i : i + 1] for k, v in obs.items()},
                        {k: np.asarray(nxt[k])[None] for k in obs}, scaled[i : i + 1],
                        np.asarray(rewards[i : i + 1]), np.asarray(dones[i : i + 1]), [infos[i]])
+        self._count_demonstrations(n)
+
+    @property
+    def _real_buffer(self) -> Any:
+        """The replay buffer of real (and demonstrated) transitions, under MBPO's mixing too."""
+        return getattr(self.replay_buffer, "real", self.replay_buffer)
+
+    def _count_demonstrations(self, n: int) -> None:
+        """``n`` more demonstration rows; a :class:`DemoReplayBuffer` learns where they end."""
         self._demo_rows += n
-        if isinstance(buffer, DemoReplayBuffer):
-            buffer.demo_rows = self._demo_rows
+        if isinstance(self._real_buffer, DemoReplayBuffer):
+            self._real_buffer.demo_rows = self._demo_rows
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "warmup", "bc_optimizer"]
+
+
+def act_each(policies: list[Policy], obs: dict[str, np.ndarray]) -> np.ndarray:
+    """Actions ``(N, A)`` of ``N`` policies, policy ``i`` on sub-env ``i`` of batched ``obs``."""
+    return np.stack([p({k: v[i] for k, v in obs.items()}) for i, p in enumerate(policies)])
 
 
 def ent_coef_value(text: str) -> str | float:
