@@ -1,11 +1,11 @@
 """SAC in the real task: its warm-up imagined, its replay augmented with imagined branches (MBPO).
 
     python examples/mbpo_sac.py                          # the shipped WM-Pick-v0, 4,000 real steps
-    python examples/mbpo_sac.py --real-warmup            # demonstrations spent in robosuite instead
-    python examples/mbpo_sac.py --steps 300 --checkpoint path/to/checkpoint
+    python examples/mbpo_sac.py --real-warmup --steps 8000   # demonstrations spent in robosuite
+    python examples/mbpo_sac.py --steps 300 --warmup 100 --checkpoint path/to/checkpoint
 
-The agent is ``wmgym.rl.PICK_RECIPE`` with a 2,000-step warm-up, 10 updates per real step and
-a fixed entropy coefficient, as measured in ``benchmarks/mbpo_fixed_alpha.json``: its warm-up is
+The agent is ``wmgym.rl.PICK_RECIPE`` (5,000 warm-up steps) with 10 updates per real step and
+a fixed entropy coefficient, as measured in ``benchmarks/mbpo_warmup5k.json``: its warm-up is
 a scripted pick, cloned into the actor and kept in every batch, with standardised state
 features. Here the world model imagines those demonstrations, so every real step is the agent's
 own. ``wmgym mbpo`` runs the full comparison against plain SAC (several seeds, real steps to 50%
@@ -24,14 +24,18 @@ if __name__ == "__main__":
     parser.add_argument("--checkpoint", default=None, help="default: the shipped WM-Pick-v0")
     parser.add_argument("--real-warmup", action="store_true",
                         help="spend the warm-up demonstrations in robosuite, not in imagination")
+    parser.add_argument("--warmup", type=int, default=PICK_RECIPE["learning_starts"],
+                        help="warm-up steps: demonstrations, cloned for as many gradient steps")
     cli = parser.parse_args()
+    if cli.real_warmup and cli.warmup >= cli.steps:
+        parser.error(f"a real warm-up of {cli.warmup} steps leaves nothing of --steps {cli.steps}")
 
     # the real env (state only for the agent); every 2nd observation is kept with its camera
     # images, as a start for imagined branches
     env, bank = make_real_env("Sim-Pick-v0", seed=0, stride=2)
-    warmup = min(2000, cli.steps // 3)
     # a fixed entropy coefficient: tuned, it runs away against the cloning (README, MBPO)
-    recipe = {**PICK_RECIPE, "bc_steps": warmup, "learning_starts": warmup, "ent_coef": 0.05}
+    recipe = {**PICK_RECIPE, "bc_steps": cli.warmup, "learning_starts": cli.warmup,
+              "ent_coef": 0.05}
     agent = make_sac(env, **recipe, gradient_steps=10, seed=0)
     if not cli.real_warmup:  # the scripted pick acts in WM-Pick-v0; learning starts at once
         demos = imagine_warmup(agent, checkpoint=cli.checkpoint, progress=True)

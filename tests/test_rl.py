@@ -417,8 +417,7 @@ def test_examples_run(ckpt, tmp_path, script):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl"}
     cmd = [sys.executable, str(REPO / "examples" / script), "--steps", "60",
            "--checkpoint", str(ckpt)]
-    if script == "train_in_imagination.py":
-        cmd += ["--episodes", "1"]
+    cmd += ["--episodes", "1"] if script == "train_in_imagination.py" else ["--warmup", "20"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
