@@ -86,9 +86,9 @@ def stats(seed: int, n: int = 5000) -> dict:
         step = np.asarray(rb.next_observations["state"][:n]).reshape(n, -1) - state
         action = np.asarray(rb.actions[:n]).reshape(n, -1)
         out[kind] = {
-            "state_std": dict(zip(STATE_FIELDS, state.std(0).round(4).tolist())),
-            "step_std": dict(zip(STATE_FIELDS, step.std(0).round(4).tolist())),
-            "action_mean": action.mean(0).round(3).tolist(),
+            "state_std": dict(zip(STATE_FIELDS, state.std(0, dtype=np.float64).round(4).tolist())),
+            "step_std": dict(zip(STATE_FIELDS, step.std(0, dtype=np.float64).round(4).tolist())),
+            "action_mean": action.mean(0, dtype=np.float64).round(3).tolist(),
             "reward_mean": round(float(np.asarray(rb.rewards[:n]).mean()), 3),
         }
         env.close()
