@@ -58,16 +58,21 @@ def make_agent(learning_starts: int, bc_steps: int, seed: int):  # noqa: ANN201
 def clone(kind: str, n: int, bc_steps: int, seed: int, noise: float = 0.0) -> dict:
     """Real success of the clone of ``n`` imagined or real demonstrations."""
     start = time.perf_counter()
-    if kind == "imagined":
-        agent, _ = make_agent(2000, bc_steps, seed)
+    if kind == "imagined":  # imagine_warmup sets learning_starts to 0; 2,000 is only a placeholder
+        agent, env = make_agent(2000, bc_steps, seed)
         warmup = imagine_warmup(agent, steps=n, seed=seed, device="cpu")
         agent.learn(1)
     else:
-        agent, _ = make_agent(n, bc_steps, seed)
+        agent, env = make_agent(n, bc_steps, seed)
         warmup = None
         agent.learn(n + 1, callback=PerturbDemos(n, noise, seed) if noise else None)
     seconds = time.perf_counter() - start
-    real = RealEvaluator(load_spec("pick"))(agent, EVAL_EPISODES)
+    env.close()
+    evaluate = RealEvaluator(load_spec("pick"))
+    try:
+        real = evaluate(agent, EVAL_EPISODES)
+    finally:
+        evaluate.close()
     return {"kind": kind, "n": n, "bc": bc_steps, "seed": seed, "noise": noise,
             "warmup": warmup, "seconds": seconds, "real": real}
 
