@@ -253,9 +253,11 @@ def test_cached_attention_matches_pytorch_attention_with_the_same_mask():
                           F.scaled_dot_product_attention(q, k, v), atol=1e-6)
 
 
-def test_kv_cache_matches_full_forward():
+@pytest.mark.parametrize("kv_heads", [None, 1])
+def test_kv_cache_matches_full_forward(kv_heads):
+    # None: a key/value head per query head; 1: both query heads share one (multi-query)
     torch.manual_seed(0)
-    cfg = tiny_dynamics_config()
+    cfg = tiny_dynamics_config(n_kv_head=kv_heads)
     model = DynamicsTransformer(cfg).eval()
     randomize_actions(model)
     batch = dynamics_batch(cfg, 3, cfg.max_frames, seed=1)
@@ -293,14 +295,14 @@ def rollout(model, cache, n_frames, actions, gens=None, last=None):
     return torch.stack(tokens, 1), logits, frame
 
 
-@pytest.mark.parametrize("gap", [False, True])
-def test_sliding_window_exact_for_one_layer(gap):
+@pytest.mark.parametrize(("gap", "kv_heads"), [(False, None), (True, None), (True, 1)])
+def test_sliding_window_exact_for_one_layer(gap, kv_heads):
     # with one layer the cached keys/values depend only on (token, position), so after any
     # number of window shifts the cache must equal a fresh forward over ctx + the last window;
     # with a gap embedding, frames imagined after the window slid carry it, as training clips
     # that do not start right after their context do
     torch.manual_seed(0)
-    cfg = tiny_dynamics_config(n_layer=1, gap_embedding=gap)
+    cfg = tiny_dynamics_config(n_layer=1, gap_embedding=gap, n_kv_head=kv_heads)
     model = DynamicsTransformer(cfg).eval()
     randomize_actions(model)
     b, k, w = 2, 3 * cfg.max_frames + 1, cfg.max_frames

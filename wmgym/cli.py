@@ -21,6 +21,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("train", "state-filter"): ("wmgym.train.state_filter", "TrainStateFilterArgs",
                                 "train_state_filter_main"),
     ("train", "decoder"): ("wmgym.train.distill", "TrainDecoderArgs", "train_decoder_main"),
+    ("train", "fast-dynamics"): ("wmgym.train.fast_dynamics", "TrainFastDynamicsArgs",
+                                 "train_fast_dynamics_main"),
     ("eval",): ("wmgym.evaluation", "EvalArgs", "eval_main"),
     ("transfer",): ("wmgym.transfer", "TransferArgs", "transfer_main"),
     ("mbpo",): ("wmgym.mbpo_experiment", "MBPOArgs", "mbpo_main"),

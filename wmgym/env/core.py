@@ -92,6 +92,10 @@ class Imagination:
         decoder: Frame decoder: ``full`` (the tokenizer's), ``fast`` (the checkpoint's
             distilled one: about 3x cheaper per frame, slightly blurrier; reward, success and
             state are not affected) or ``auto`` (fast when the checkpoint has one).
+        dynamics: Transformer: ``full`` (the checkpoint's), ``fast`` (its distilled one with
+            a single key/value head: cheaper passes; every token, reward, success and state
+            comes from it) or ``auto`` (full: the one every training result was measured
+            with; see :mod:`wmgym.model.fast_dynamics`).
 
     """
 
@@ -108,6 +112,7 @@ class Imagination:
         success_needs_state: bool = True,
         kv_cache: str = "auto",
         decoder: str = "auto",
+        dynamics: str = "auto",
     ) -> None:
         self.task = load_spec(spec) if isinstance(spec, str) else spec
         self.images = images
@@ -125,7 +130,8 @@ class Imagination:
         self.observation_space = self.task.observation_space(images=images)
         self.action_space = self.task.action_space()
         self.checkpoint = load_checkpoint(checkpoint or self.task.checkpoint, self.task, device)
-        self.model = self.checkpoint.model
+        self.dynamics = self.checkpoint.resolve_dynamics(dynamics)
+        self.model = self.checkpoint.world_model(self.dynamics)
         self.decoding = self.model.resolve_decoding(decoding)
         self.device = self.model.device
         self.kv_dtype = resolve_kv_cache(kv_cache)

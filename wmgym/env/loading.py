@@ -18,6 +18,7 @@ import torch
 
 from wmgym.model import checkpoint as ckpt
 from wmgym.model.fast_decoder import has_fast_decoder, load_fast_decoder, resolve_decoder
+from wmgym.model.fast_dynamics import has_fast_dynamics, load_fast_dynamics, resolve_dynamics
 from wmgym.model.tokenizer import Decoder
 from wmgym.model.world_model import WorldModel, resolve_device
 from wmgym.spec import TaskSpec
@@ -37,6 +38,7 @@ class LoadedCheckpoint:
     """Real start observations: ``{key: array (N, ...)}``."""
 
     _decoders: dict[str, Decoder] = field(default_factory=dict, repr=False, compare=False)
+    _models: dict[str, WorldModel] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_start_obs(self) -> int:
@@ -60,6 +62,27 @@ class LoadedCheckpoint:
             if "fast" not in self._decoders:
                 self._decoders["fast"] = load_fast_decoder(self.path, self.model.device)
             return self._decoders["fast"]
+
+
+    def resolve_dynamics(self, dynamics: str) -> str:
+        """``full`` or ``fast``: what ``dynamics`` (``auto``, ``full``, ``fast``) means here."""
+        return resolve_dynamics(dynamics, has_fast_dynamics(self.path))
+
+    def world_model(self, dynamics: str) -> WorldModel:
+        """The model to imagine with: ``model``, or with ``fast`` its fast transformer.
+
+        The fast one shares ``model``'s tokenizer; it is loaded and verified on first use.
+
+        Raises:
+            CheckpointError: ``fast`` and the checkpoint has none, or a corrupt or stale one.
+        """
+        if self.resolve_dynamics(dynamics) == "full":
+            return self.model
+        with _LOCK:
+            if "fast" not in self._models:
+                student = load_fast_dynamics(self.path, self.model.device)
+                self._models["fast"] = self.model.with_dynamics(student)
+            return self._models["fast"]
 
 
 _CACHE: dict[tuple[str, str], LoadedCheckpoint] = {}

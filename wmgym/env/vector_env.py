@@ -61,6 +61,9 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
             ``auto``; see :class:`~wmgym.env.core.Imagination`).
         decoder: ``full``, ``fast`` (the checkpoint's distilled frame decoder) or ``auto``
             (fast when there is one; see :class:`~wmgym.env.core.Imagination`).
+        dynamics: ``full`` (the checkpoint's transformer), ``fast`` (its distilled one with
+            one key/value head: faster) or ``auto`` (full; see
+            :class:`~wmgym.env.core.Imagination`).
 
     """
 
@@ -86,6 +89,7 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
         render_mode: str | None = None,
         kv_cache: str = "auto",
         decoder: str = "auto",
+        dynamics: str = "auto",
     ) -> None:
         self.task = load_spec(spec) if isinstance(spec, str) else spec
         check_render_mode(render_mode)
@@ -99,7 +103,8 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
         )
         self.metadata = {**self.metadata, "render_fps": self.task.control_freq}
         self.core = Imagination(self.task, num_envs, checkpoint, device, temperature, top_k,
-                                 images, decoding, success_needs_state, kv_cache, decoder)
+                                 images, decoding, success_needs_state, kv_cache, decoder,
+                                 dynamics=dynamics)
         self.single_observation_space = self.core.observation_space
         self.single_action_space = self.core.action_space
         self.observation_space = batch_space(self.single_observation_space, num_envs)

@@ -57,6 +57,9 @@ class WorldModelEnv(gym.Env):
             ``auto``; see :class:`~wmgym.env.core.Imagination`).
         decoder: ``full``, ``fast`` (the checkpoint's distilled frame decoder) or ``auto``
             (fast when there is one; see :class:`~wmgym.env.core.Imagination`).
+        dynamics: ``full`` (the checkpoint's transformer), ``fast`` (its distilled one with
+            one key/value head: faster) or ``auto`` (full; see
+            :class:`~wmgym.env.core.Imagination`).
 
     """
 
@@ -76,6 +79,7 @@ class WorldModelEnv(gym.Env):
         render_mode: str | None = None,
         kv_cache: str = "auto",
         decoder: str = "auto",
+        dynamics: str = "auto",
     ) -> None:
         self.task = load_spec(spec) if isinstance(spec, str) else spec
         check_render_mode(render_mode)
@@ -85,7 +89,8 @@ class WorldModelEnv(gym.Env):
         )
         self.metadata = {**self.metadata, "render_fps": self.task.control_freq}
         self.core = Imagination(self.task, 1, checkpoint, device, temperature, top_k,
-                                 images, decoding, success_needs_state, kv_cache, decoder)
+                                 images, decoding, success_needs_state, kv_cache, decoder,
+                                 dynamics=dynamics)
         self.observation_space = self.core.observation_space
         self.action_space = self.core.action_space
 

@@ -7,23 +7,19 @@ same frame tokens and context features as the full one (``src=`` the tokenizer's
 trained to reproduce its frames (:mod:`wmgym.train.distill`). The transformer, the heads and so
 reward, success and state are untouched: only the pixels an agent sees change.
 
-It lives beside the weights it was distilled from, as a checkpoint directory of its own::
-
-    checkpoints/WM-Pick-v0/fast_decoder/{model.safetensors, config.json}
-
-and its ``config.json`` records the sha256 of the parent's weights: a parent retrained since
-fails to load with both file names rather than decoding another model's tokens.
+It lives beside the weights it was distilled from, bound to them
+(:mod:`wmgym.model.companion`): ``checkpoints/WM-Pick-v0/fast_decoder/``.
 """
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
 from wmgym.model import checkpoint as ckpt
+from wmgym.model.companion import Companion, resolve_choice
 from wmgym.model.tokenizer import Decoder, TokenizerConfig, config_from_dict
 
 #: Sub-directory of a world-model checkpoint that holds its fast decoder.
@@ -31,6 +27,8 @@ SUBDIR = "fast_decoder"
 
 #: What the envs' ``decoder=`` option accepts.
 DECODERS = ("auto", "full", "fast")
+
+FAST_DECODER = Companion(SUBDIR, "fast decoder", "wmgym train decoder", "decoder='full'")
 
 
 def build_fast_decoder(
@@ -63,35 +61,13 @@ def _decoder(cfg: TokenizerConfig, teacher: TokenizerConfig) -> Decoder:
 def save_fast_decoder(checkpoint: str | Path, decoder: Decoder, cfg: TokenizerConfig,
                       extra: dict | None = None) -> Path:
     """Writes ``decoder`` into ``checkpoint/fast_decoder``, bound to the checkpoint's weights."""
-    parent = ckpt.read_config(checkpoint)
-    return ckpt.save_checkpoint(Path(checkpoint) / SUBDIR, decoder.state_dict(), {
-        "tokenizer": asdict(cfg), "teacher_sha256": parent["sha256"], **(extra or {}),
-    })
+    return FAST_DECODER.save(checkpoint, decoder.state_dict(),
+                             {"tokenizer": asdict(cfg), **(extra or {})})
 
 
 def has_fast_decoder(checkpoint: str | Path) -> bool:
     """Whether ``checkpoint`` ships a fast decoder."""
-    return (Path(checkpoint) / SUBDIR / ckpt.CONFIG).exists()
-
-
-def remove_stale_fast_decoder(checkpoint: str | Path) -> bool:
-    """Deletes ``checkpoint``'s fast decoder if it was distilled from other weights.
-
-    Returns:
-        Whether one was removed.
-    """
-    directory = Path(checkpoint) / SUBDIR
-    if not has_fast_decoder(checkpoint):
-        return False
-    try:
-        teacher = ckpt.read_config(directory).get("teacher_sha256")
-    except ckpt.CheckpointError:  # unreadable: of no use to any model
-        teacher = None
-    if teacher == ckpt.read_config(checkpoint)["sha256"]:
-        return False
-    shutil.rmtree(directory)
-    print(f"removed {directory}: it was distilled from the weights just replaced")
-    return True
+    return FAST_DECODER.exists(checkpoint)
 
 
 def load_fast_decoder(checkpoint: str | Path, device: str | torch.device = "cpu") -> Decoder:
@@ -101,29 +77,12 @@ def load_fast_decoder(checkpoint: str | Path, device: str | torch.device = "cpu"
         CheckpointError: It is missing, corrupt, or was distilled from other weights than
             ``checkpoint``'s; the message names the files.
     """
-    checkpoint = Path(checkpoint)
-    directory = checkpoint / SUBDIR
-    if not has_fast_decoder(checkpoint):
-        raise ckpt.CheckpointError(
-            f"{directory}: no fast decoder in this checkpoint; distill one with "
-            f"`wmgym train decoder --checkpoint {checkpoint}` or use decoder='full'"
-        )
-    parent, config = ckpt.read_config(checkpoint), ckpt.read_config(directory)
-    teacher_sha = config.get("teacher_sha256", "")
-    if teacher_sha != parent["sha256"]:
-        raise ckpt.CheckpointError(
-            f"{directory / ckpt.CONFIG}: distilled from weights with sha256 {teacher_sha[:16]}…, "
-            f"but {checkpoint / ckpt.WEIGHTS} has {parent['sha256'][:16]}… (the world model was "
-            "replaced since); distill it again with `wmgym train decoder`"
-        )
+    config, parent, tensors = FAST_DECODER.read(checkpoint)
     try:
         decoder = _decoder(*(config_from_dict(c["tokenizer"]) for c in (config, parent)))
     except (KeyError, TypeError) as e:
-        raise ckpt.CheckpointError(
-            f"{directory / ckpt.CONFIG}: decoder config does not fit this version of wmgym ({e})"
-        ) from e
-    tensors = ckpt.load_weights(directory, config)
-    ckpt.load_state_dict_strict(decoder, tensors, directory / ckpt.WEIGHTS)
+        raise FAST_DECODER.build_error(checkpoint, e) from e
+    ckpt.load_state_dict_strict(decoder, tensors, FAST_DECODER.directory(checkpoint) / ckpt.WEIGHTS)
     return decoder.to(device).eval().requires_grad_(False)
 
 
@@ -140,8 +99,4 @@ def resolve_decoder(decoder: str, available: bool) -> str:
     Raises:
         ValueError: An unknown name.
     """
-    if decoder not in DECODERS:
-        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
-    if decoder == "auto":
-        return "fast" if available else "full"
-    return decoder
+    return resolve_choice("decoder", decoder, available)

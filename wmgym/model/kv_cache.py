@@ -65,17 +65,26 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, out: Tensor | None = None) -
 
 
 def cached_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
-    """Attention of ``q (B, H, t, hd)`` over the whole ring ``k, v (B, H, C, hd)``.
+    """Attention of ``q (B, H, t, hd)`` over the whole ring ``k, v (B, G, C, hd)``.
 
-    ``bias`` (broadcastable to ``(B, H, t, C)``, float32, ``0`` or ``-inf``) hides what a query
-    may not see. Two batched matmuls over contiguous buffers in the cache's dtype; the scores
-    are softmaxed in float32. (On CPUs without AMX, PyTorch's fused kernel is several times
-    slower for bfloat16 single-token queries than these two matmuls; see the speed bench.)
+    ``G`` key/value heads each serve ``H / G`` consecutive query heads (grouped-query
+    attention; ``G = H`` is plain multi-head): a group's queries are stacked into one matmul,
+    so its keys and values are read once. ``bias`` (broadcastable to ``(B, 1, t, C)``, float32,
+    ``0`` or ``-inf``) hides what a query may not see. Two batched matmuls over contiguous
+    buffers in the cache's dtype; the scores are softmaxed in float32. (On CPUs without AMX,
+    PyTorch's fused kernel is several times slower for bfloat16 single-token queries than
+    these two matmuls; see the speed bench.)
     """
-    scores = torch.matmul(q.to(k.dtype) * q.shape[-1] ** -0.5, k.transpose(-1, -2)).float()
+    b, h, t, hd = q.shape
+    g = k.shape[1]
+    q = q.reshape(b, g, (h // g) * t, hd)  # (B, G, H/G * t, hd): group-major, then token
+    scores = torch.matmul(q.to(k.dtype) * hd**-0.5, k.transpose(-1, -2)).float()
     if bias is not None:
+        if g != h:  # the same bias for every query head of a group
+            bias = bias.unsqueeze(2).expand(*bias.shape[:2], h // g, *bias.shape[2:])
+            bias = bias.reshape(*bias.shape[:2], (h // g) * t, bias.shape[-1])
         scores = scores + bias
-    return torch.matmul(scores.softmax(-1).to(v.dtype), v)
+    return torch.matmul(scores.softmax(-1).to(v.dtype), v).view(b, h, t, hd)
 
 
 class KVCache:
@@ -97,7 +106,7 @@ class KVCache:
     Args:
         n_layer: Transformer blocks.
         batch_size: Rollouts.
-        n_head: Attention heads.
+        n_head: Key/value heads.
         max_len: The longest a row's content gets (context plus a full window of blocks): the
             ring's capacity.
         head_dim: Channels per head.
@@ -108,12 +117,13 @@ class KVCache:
         memory_len: See above (0: none).
         state_dim: See above (0: none).
         kv_dtype: dtype of ``k`` and ``v`` (``None``: ``dtype``).
+        memory_dim: Width of ``memory`` (``None``: ``n_head * head_dim``).
     """
 
     def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int,
                  device: torch.device | str, dtype: torch.dtype, n_ctx: int, block: int,
                  memory_len: int = 0, state_dim: int = 0,
-                 kv_dtype: torch.dtype | None = None) -> None:
+                 kv_dtype: torch.dtype | None = None, memory_dim: int | None = None) -> None:
         if not 0 < n_ctx <= max_len or block < 1:
             raise ValueError(f"bad cache layout: n_ctx={n_ctx}, block={block}, max_len={max_len}")
         self.capacity = max_len
@@ -133,8 +143,9 @@ class KVCache:
         self.start_min = 0  # min(start), on the host
         self.uniform = True  # all rows start at start_min: one mask serves the batch
         self.noise: Tensor | None = None  # per-frame sampling noise buffer, made on first use
-        self.memory = (torch.zeros(batch_size, memory_len, n_head * head_dim, device=device,
-                                   dtype=dtype) if memory_len else None)
+        width = memory_dim or n_head * head_dim
+        self.memory = (torch.zeros(batch_size, memory_len, width, device=device, dtype=dtype)
+                       if memory_len else None)
         self.has_prev = torch.zeros(batch_size, dtype=torch.bool, device=device)
         self.state = torch.zeros(batch_size, state_dim, device=device)
         self.delta = torch.zeros_like(self.state)

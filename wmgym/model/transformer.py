@@ -51,6 +51,9 @@ class DynamicsConfig:
     d_model: int = 256  # residual stream width
     n_layer: int = 4  # transformer blocks
     n_head: int = 4  # attention heads
+    # Key/value heads (grouped-query attention): each serves n_head // n_kv_head query heads.
+    # None: one per query head. Fewer shrink what every cached pass reads by the same factor.
+    n_kv_head: int | None = None
     action_dim: int = 4  # action size
     state_dim: int = 8  # privileged state size
     dropout: float = 0.0  # dropout on attention weights and residual branches
@@ -83,6 +86,16 @@ class DynamicsConfig:
     state_input: bool = False
     state_noise: float = 0.1  # std of the noise on the training state input (normalised units)
     state_dropout: float = 0.1  # share of training clips given no state input (as in a restart)
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads (``n_kv_head``, or ``n_head`` when unset)."""
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    @property
+    def head_dim(self) -> int:
+        """Channels per attention head."""
+        return self.d_model // self.n_head
 
     @property
     def max_seq_len(self) -> int:
@@ -136,8 +149,9 @@ class Attention(nn.Module):
 
     def __init__(self, cfg: DynamicsConfig) -> None:
         super().__init__()
-        self.n_head, self.head_dim = cfg.n_head, cfg.d_model // cfg.n_head
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.n_head, self.n_kv, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.d_model, (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim,
+                             bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
 
@@ -151,12 +165,14 @@ class Attention(nn.Module):
         are ``(t, hd/2)``.
         """
         b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        heads = self.qkv(x).view(b, t, self.n_head + 2 * self.n_kv, self.head_dim)
+        q, k, v = heads.transpose(1, 2).split([self.n_head, self.n_kv, self.n_kv], dim=1)
         q = apply_rope(q, cos, sin)
         if cache is None:
             p = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, apply_rope(k, cos, sin), v, dropout_p=p,
-                                               is_causal=t > 1)
+                                               is_causal=t > 1,
+                                               enable_gqa=self.n_kv != self.n_head)
         else:
             y = cached_attention(q, *cache.append(layer, k, v, cos, sin), mask)
         return self.proj(y.to(x.dtype).transpose(1, 2).reshape(b, t, d))
@@ -302,6 +318,8 @@ class DynamicsTransformer(nn.Module):
     def __init__(self, cfg: DynamicsConfig) -> None:
         super().__init__()
         assert cfg.d_model % cfg.n_head == 0 and (cfg.d_model // cfg.n_head) % 2 == 0
+        if not 0 < cfg.kv_heads <= cfg.n_head or cfg.n_head % cfg.kv_heads:
+            raise ValueError(f"n_kv_head={cfg.n_kv_head} must divide n_head={cfg.n_head}")
         self.cfg = cfg
         d, n = cfg.d_model, cfg.n_frame_tokens
         self.ctx_emb = nn.Embedding(cfg.ctx_vocab_size, d)
@@ -320,10 +338,10 @@ class DynamicsTransformer(nn.Module):
         self.state_proj = nn.Linear(cfg.state_dim, d) if cfg.state_input else None
         self.register_buffer("state_mean", torch.zeros(cfg.state_dim))
         self.register_buffer("state_std", torch.ones(cfg.state_dim))
-        cos, sin = rope_tables(cfg.max_seq_len, d // cfg.n_head, cfg.rope_theta)
+        cos, sin = rope_tables(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.register_buffer("rope_inv_freq", rope_inv_freq(d // cfg.n_head, cfg.rope_theta),
+        self.register_buffer("rope_inv_freq", rope_inv_freq(cfg.head_dim, cfg.rope_theta),
                              persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
@@ -524,9 +542,10 @@ class DynamicsTransformer(nn.Module):
         """
         cfg, p = self.cfg, self.lm_head.weight
         memory_len = cfg.n_ctx_tokens + cfg.n_frame_tokens if self.head is not None else 0
-        return KVCache(cfg.n_layer, batch_size, cfg.n_head, cfg.max_seq_len,
-                       cfg.d_model // cfg.n_head, p.device, p.dtype, n_ctx=cfg.n_ctx_tokens,
+        return KVCache(cfg.n_layer, batch_size, cfg.kv_heads, cfg.max_seq_len, cfg.head_dim,
+                       p.device, p.dtype, n_ctx=cfg.n_ctx_tokens,
                        block=cfg.n_frame_tokens + 1, memory_len=memory_len,
+                       memory_dim=cfg.d_model,
                        state_dim=cfg.state_dim if self._tracks_state else 0, kv_dtype=kv_dtype)
 
     @property
@@ -566,10 +585,11 @@ class DynamicsTransformer(nn.Module):
         nc = self.cfg.n_ctx_tokens
         if index is not None:  # prefill apart, then place each context right before ``end``
             rows = index.nonzero().squeeze(1) if index.dtype == torch.bool else index
-            tmp = KVCache(self.cfg.n_layer, len(rows), self.cfg.n_head, nc, cache.k.shape[-1],
-                          cache.k.device, cache.ctx_k.dtype, n_ctx=nc, block=1,
+            tmp = KVCache(self.cfg.n_layer, len(rows), self.cfg.kv_heads, nc,
+                          cache.k.shape[-1], cache.k.device, cache.ctx_k.dtype, n_ctx=nc,
+                          block=1,
                           memory_len=0 if cache.memory is None else cache.memory.shape[1],
-                          kv_dtype=cache.k.dtype)
+                          memory_dim=self.cfg.d_model, kv_dtype=cache.k.dtype)
             self.prefill(tmp, ctx_tokens)
             cache.ctx_k[:, rows], cache.ctx_v[:, rows] = tmp.ctx_k, tmp.ctx_v
             cache.start[rows] = cache.end - nc

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from wmgym.model import checkpoint as ckpt
-from wmgym.model.fast_decoder import remove_stale_fast_decoder
+from wmgym.model.fast_decoder import FAST_DECODER
+from wmgym.model.fast_dynamics import FAST_DYNAMICS
 from wmgym.model.tokenizer import (
     ContextCode,
     Decoder,
@@ -119,14 +120,28 @@ class WorldModel(nn.Module):
     def save(self, directory: str | Path, extra: dict | None = None, start_obs=None) -> Path:
         """Saves a verified checkpoint directory (see ``checkpoint.py``).
 
-        A fast decoder in ``directory`` distilled from the weights this replaces is removed:
-        it decodes the old model's tokens (``wmgym train decoder`` makes a new one).
+        A fast decoder or fast transformer in ``directory`` distilled from the weights this
+        replaces is removed: it reproduces the old model (``wmgym train decoder`` and ``wmgym
+        train fast-dynamics`` make new ones).
         """
         out = ckpt.save_checkpoint(
             directory, self.state_dict(), {**self.config(), **(extra or {})}, start_obs
         )
-        remove_stale_fast_decoder(out)
+        for companion in (FAST_DECODER, FAST_DYNAMICS):
+            companion.remove_if_stale(out)
         return out
+
+    def with_dynamics(self, dynamics: DynamicsTransformer) -> WorldModel:
+        """A world model that shares this one's tokenizer and imagines with ``dynamics``.
+
+        ``dynamics`` must read and write this tokenizer's tokens (a fast transformer
+        distilled from this model's).
+        """
+        model = WorldModel.__new__(WorldModel)
+        nn.Module.__init__(model)
+        model.tokenizer, model.dynamics, model.depth_range = self.tokenizer, dynamics, \
+            self.depth_range
+        return model
 
     @classmethod
     def from_config(cls, config: dict) -> WorldModel:

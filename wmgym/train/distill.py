@@ -21,27 +21,19 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
 from wmgym.env.core import Imagination
 from wmgym.model.fast_decoder import build_fast_decoder, save_fast_decoder
-from wmgym.model.frames import DEPTH, MASK, RGB, mask_iou, obs_to_frames, psnr
+from wmgym.model.frames import DEPTH, MASK, RGB, mask_iou, psnr
 from wmgym.model.tokenizer import Decoder, MMTokenizer, reconstruction_loss
 from wmgym.model.world_model import resolve_device
-from wmgym.policies import make_policy
 from wmgym.results import machine
-from wmgym.spec import IMAGE_KEYS, load_spec
+from wmgym.spec import load_spec
 from wmgym.train import common
-
-#: Policies that act the distillation rollouts, one per rollout in turn (``make_policy`` names).
-POLICIES = (
-    "pick", "pick:error=0.02", "pick:error=0.04,noise=0.2", "pick:noise=0.3",
-    "pick:explore=0.1", "pick:hesitate=1", "pick:hover=1", "pick:gain=0.35,pause=0.05",
-    "pick:drop_prob=1", "pick:give_up_prob=1", "random", "random:repeat=4",
-)
+from wmgym.train.imagined import POLICIES, imagine
 
 
 @dataclass
@@ -100,32 +92,6 @@ class DistillSet:
 
 
 @torch.no_grad()
-def imagine_tokens(core: Imagination, policies: tuple[str, ...], horizon: int,
-                   seed: int) -> tuple[Tensor, Tensor]:
-    """Runs ``core``'s rollouts for ``horizon`` steps, acted by ``policies`` in turn.
-
-    Returns:
-        ``(context frames (R, 5, H, W), frame tokens (R, T, n))``.
-    """
-    rng = np.random.default_rng(seed)
-    starts = [core.draw_start(rng) for _ in range(core.num_envs)]
-    core.reset(starts)
-    actors = [make_policy(policies[i % len(policies)]) for i in range(core.num_envs)]
-    for i, actor in enumerate(actors):
-        actor.reset(seed=seed * 100_003 + i)
-    low, high = core.action_space.low, core.action_space.high
-    tokens = []
-    for _ in tqdm(range(horizon), desc="imagine"):
-        obs = core.obs
-        actions = np.stack([a({k: v[i] for k, v in obs.items()}) for i, a in enumerate(actors)])
-        core.step(np.clip(actions, low, high).astype(np.float32))
-        tokens.append(torch.as_tensor(core.tokens))
-    rgb, depth, mask = (torch.as_tensor(np.stack([s.context[k] for s in starts]))
-                        for k in IMAGE_KEYS)
-    return obs_to_frames(rgb, depth, mask, core.task.depth_range), torch.stack(tokens, 1)
-
-
-@torch.no_grad()
 def teacher_frames(tok: MMTokenizer, feats: list[Tensor], tokens: Tensor,
                    chunk: int = 32) -> Tensor:
     """Every ``tokens (R, T, n)`` frame decoded by ``tok``'s own decoder, float16 on the CPU."""
@@ -144,8 +110,8 @@ def teacher_frames(tok: MMTokenizer, feats: list[Tensor], tokens: Tensor,
 def build_distill_set(args: TrainDecoderArgs, device: torch.device) -> DistillSet:
     """Imagines the rollouts and decodes their frames with the teacher (steps 1 and 2)."""
     core = Imagination(args.task, args.rollouts, args.checkpoint, device, images=False)
-    frames, tokens = imagine_tokens(core, args.policies, args.horizon, args.seed)
-    frames = frames.to(device)
+    rollouts = imagine(core, args.policies, args.horizon, args.seed)
+    frames, tokens = rollouts.frames.to(device), rollouts.tokens
     tok = core.model.tokenizer
     with torch.no_grad():
         feats = [f.cpu() for f in tok.encode_context(frames).feats]

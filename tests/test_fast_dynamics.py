@@ -1,0 +1,186 @@
+"""The distilled fast transformer: grouped-query attention, `wmgym train fast-dynamics` on a
+tiny checkpoint, and the envs with it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from gymnasium.utils.env_checker import check_env
+from safetensors.torch import load_file
+
+from wmgym.env import clear_cache
+from wmgym.env.testing import make_tiny_checkpoint
+from wmgym.model.checkpoint import CONFIG, WEIGHTS, CheckpointError, load_start_obs, read_config
+from wmgym.model.fast_dynamics import (
+    SUBDIR,
+    has_fast_dynamics,
+    init_student,
+    load_fast_dynamics,
+)
+from wmgym.model.kv_cache import cached_attention
+from wmgym.model.transformer import DynamicsTransformer
+from wmgym.model.world_model import WorldModel
+from wmgym.train.fast_dynamics import TrainFastDynamicsArgs, distill_loss, train_fast_dynamics
+
+DEVICE = "cpu"
+
+
+def distil(checkpoint, out, steps: int) -> dict:
+    """Distils the tiny checkpoint's transformer; returns the student's config."""
+    train_fast_dynamics(TrainFastDynamicsArgs(
+        checkpoint=str(checkpoint), rollouts=8, horizon=6, heldout=2, steps=steps, batch=4,
+        policies=("pick", "random"), lr=3e-4, warmup=5, eval_windows=8, out=str(out),
+        device=DEVICE, log_every=10,
+    ))
+    return read_config(checkpoint / SUBDIR)
+
+
+@pytest.fixture(scope="module")
+def fast(tmp_path_factory):
+    """A tiny checkpoint with a fast transformer distilled for 60 steps."""
+    root = tmp_path_factory.mktemp("fast_dynamics")
+    ckpt = make_tiny_checkpoint(root / "WM-Pick-v0")
+    distil(ckpt, root / "run", steps=60)
+    return ckpt
+
+
+def test_grouped_query_attention_matches_pytorch():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 4, 2, 8, generator=g)
+    k, v = torch.randn(2, 3, 2, 10, 8, generator=g)  # 2 key/value heads for 4 query heads
+    seen = torch.rand(3, 1, 2, 10, generator=g) > 0.4
+    seen[..., 0] = True
+    bias = torch.zeros(seen.shape).masked_fill_(~seen, float("-inf"))
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=seen, enable_gqa=True)
+    assert torch.allclose(cached_attention(q, k, v, bias), ref, atol=1e-6)
+    ref = F.scaled_dot_product_attention(q, k[:, :1], v[:, :1], enable_gqa=True)
+    assert torch.allclose(cached_attention(q, k[:, :1], v[:, :1], None), ref, atol=1e-6)
+
+
+def test_student_starts_as_the_teacher_with_heads_averaged(fast):
+    teacher = WorldModel.load(fast).dynamics
+    same = init_student(teacher, kv_heads=teacher.cfg.n_head)  # nothing to average
+    student = init_student(teacher, kv_heads=1)
+    assert student.cfg.kv_heads == 1 and student.cfg.dropout == 0.0
+    assert student.blocks[0].attn.qkv.weight.shape[0] == (teacher.cfg.n_head + 2) * \
+        teacher.cfg.head_dim
+    b, t = 2, teacher.cfg.max_frames
+    gen = torch.Generator().manual_seed(1)
+    batch = {"ctx_tokens": torch.randint(0, teacher.cfg.ctx_vocab_size,
+                                         (b, teacher.cfg.n_ctx_tokens), generator=gen),
+             "frame_tokens": torch.randint(0, teacher.cfg.vocab_size,
+                                           (b, t, teacher.cfg.n_frame_tokens), generator=gen),
+             "actions": torch.rand(b, t, 4, generator=gen) * 2 - 1,
+             "gap": torch.tensor([0.0, 1.0]),
+             "prev_state": torch.rand(b, t, teacher.cfg.state_dim, generator=gen)}
+    zero, m = distill_loss(same.eval(), teacher, batch)
+    assert zero.item() < 1e-4 and m["token_agree"] == 1.0
+    loss, _ = distill_loss(student.eval(), teacher, batch)
+    assert loss.item() > 1e-3  # one key/value head is another model until trained
+
+
+def test_fast_cache_matches_its_training_pass(fast):
+    model = load_fast_dynamics(fast)
+    cfg = model.cfg
+    gen = torch.Generator().manual_seed(2)
+    ctx = torch.randint(0, cfg.ctx_vocab_size, (2, cfg.n_ctx_tokens), generator=gen)
+    tokens = torch.randint(0, cfg.vocab_size, (2, cfg.max_frames, cfg.n_frame_tokens),
+                           generator=gen)
+    actions = torch.rand(2, cfg.max_frames, 4, generator=gen) * 2 - 1
+    states = torch.rand(2, cfg.max_frames, cfg.state_dim, generator=gen)
+    with torch.no_grad():
+        full = model(ctx, tokens, actions, prev_state=states)
+    cache = model.new_cache(2)
+    assert cache.k.shape[2] == 1  # one key/value head: a quarter of the teacher's cache
+    model.prefill(cache, ctx)
+    model.set_state(cache, states[:, 0])
+    for t in range(cfg.max_frames):
+        if t:
+            model.set_state(cache, states[:, t])
+        logits, frame = model.teacher_force_frame(cache, actions[:, t], tokens[:, t])
+        assert torch.allclose(logits, full.logits[:, t], atol=1e-4)
+        assert torch.allclose(frame.state, full.state[:, t], atol=1e-4)
+
+
+def test_distillation_learns_the_teacher(fast):
+    # measured on this tiny checkpoint: token KL 0.0068 -> 0.0005, state error 0.010 -> 0.0005
+    config = read_config(fast / SUBDIR)
+    report = config["distill"]
+    init, trained = report["heldout_vs_teacher_at_init"], report["heldout_vs_teacher"]
+    assert trained["token_kl"] < 0.5 * init["token_kl"], (init, trained)
+    assert trained["state_mse"] < 0.5 * init["state_mse"], (init, trained)
+    assert trained["token_agree"] > init["token_agree"], (init, trained)
+    assert config["teacher_sha256"] == read_config(fast)["sha256"]
+    assert config["dynamics"]["n_kv_head"] == 1
+    stored = load_file(str(fast / SUBDIR / WEIGHTS))  # parameters in float16, buffers not
+    assert stored["blocks.0.attn.qkv.weight"].dtype == torch.float16
+    assert stored["state_mean"].dtype == torch.float32
+    assert (fast.parent / "run" / "rollouts.safetensors").exists()  # kept for a rerun
+
+
+def test_envs_with_the_fast_transformer(fast):
+    full = gym.make("WM-Pick-v0", checkpoint=fast, device=DEVICE)  # auto: the full one
+    quick = gym.make("WM-Pick-v0", checkpoint=fast, device=DEVICE, dynamics="fast")
+    assert full.unwrapped.core.dynamics == "full" and quick.unwrapped.core.dynamics == "fast"
+    assert quick.unwrapped.core.model.tokenizer is full.unwrapped.core.model.tokenizer
+    check_env(quick.unwrapped, skip_render_check=True)
+    o1, _ = full.reset(seed=4)
+    o2, _ = quick.reset(seed=4)
+    np.testing.assert_array_equal(o1["rgb"], o2["rgb"])  # the real start frame
+    rng = np.random.default_rng(0)
+    for _ in range(6):  # another transformer: near the teacher's states, not equal to them
+        a = rng.uniform(-1, 1, 4).astype(np.float32)
+        s1, s2 = full.step(a)[0], quick.step(a)[0]
+        assert quick.observation_space.contains(s2)
+        assert np.abs(s1["state"] - s2["state"]).max() < 0.05  # measured: 0.002 at step 1
+    envs = gym.make_vec("WM-Pick-v0", num_envs=3, vectorization_mode="vector_entry_point",
+                        checkpoint=fast, device=DEVICE, dynamics="fast", images=False)
+    obs, _ = envs.reset(seed=0)
+    for _ in range(20):  # past the window: the cache drops frames
+        obs, reward, *_ = envs.step(envs.action_space.sample())
+    assert envs.observation_space.contains(obs) and np.isfinite(reward).all()
+
+
+def test_dynamics_option_errors(fast, tmp_path):
+    plain = make_tiny_checkpoint(tmp_path / "plain")
+    assert not has_fast_dynamics(plain)
+    with pytest.raises(CheckpointError, match="wmgym train fast-dynamics"):
+        gym.make("WM-Pick-v0", checkpoint=plain, dynamics="fast")
+    with pytest.raises(ValueError, match="dynamics must be one of"):
+        gym.make("WM-Pick-v0", checkpoint=fast, dynamics="small")
+    with pytest.raises(ValueError, match="n_kv_head"):
+        DynamicsTransformer(load_fast_dynamics(fast).cfg.__class__(n_head=4, n_kv_head=3))
+
+
+def test_stale_or_damaged_fast_transformer_names_the_files(fast, tmp_path):
+    stale = tmp_path / "stale"
+    shutil.copytree(fast, stale)
+    path = stale / SUBDIR / CONFIG
+    config = json.loads(path.read_text())
+    config["teacher_sha256"] = "0" * 64  # as if the world model was retrained since
+    path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="distilled from weights") as err:
+        load_fast_dynamics(stale)
+    assert str(path) in str(err.value) and str(stale / WEIGHTS) in str(err.value)
+    clear_cache()
+    with pytest.raises(CheckpointError, match="distilled from weights"):
+        gym.make("WM-Pick-v0", checkpoint=stale, dynamics="fast")
+    broken = tmp_path / "broken"
+    shutil.copytree(fast, broken)
+    (broken / SUBDIR / WEIGHTS).write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match="sha256") as err:
+        load_fast_dynamics(broken)
+    assert str(broken / SUBDIR / WEIGHTS) in str(err.value)
+    copy = tmp_path / "copy"
+    shutil.copytree(fast, copy)
+    model, bank = WorldModel.load(copy), load_start_obs(copy)
+    with torch.no_grad():
+        model.dynamics.slot.add_(1.0)  # "retrained"
+    model.save(copy, {"task": "Pick"}, bank)
+    assert not has_fast_dynamics(copy)

@@ -1,0 +1,235 @@
+"""``wmgym train fast-dynamics``: distil a checkpoint's transformer into a fast one.
+
+The student (:mod:`wmgym.model.fast_dynamics`) is the teacher with one key/value head per
+layer, started from the teacher's weights with the heads averaged. It learns to do what the
+teacher does on the inputs imagination gives it, so it needs no dataset, only the checkpoint:
+
+1. imagine ``rollouts`` episodes of ``horizon`` steps with the teacher (no frames decoded), each
+   acted by one of ``policies``, keeping the context tokens, every frame's tokens, the actions
+   and the state each slot was given (:mod:`wmgym.train.imagined`);
+2. cut windows of ``max_frames`` frames from them (the first window of a rollout with
+   probability ``first_window``, else one after the window has slid: the gap flag set), and
+   fit the student's token distributions to the teacher's on the same window (KL divergence)
+   and its heads to the teacher's heads (reward and state: squared error; success: KL
+   divergence of the two probabilities);
+3. report both against the teacher on held-out rollouts, before and after.
+
+The result is written into ``<checkpoint>/fast_dynamics``, bound to the checkpoint's weights;
+whether it imagines as well as the teacher is for ``wmgym sweep --dynamics fast`` to say.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from wmgym.model.fast_dynamics import init_student, save_fast_dynamics
+from wmgym.model.transformer import DynamicsTransformer
+from wmgym.model.world_model import resolve_device
+from wmgym.results import machine
+from wmgym.spec import load_spec
+from wmgym.train import common
+from wmgym.train.imagined import (
+    POLICIES,
+    ImaginedRollouts,
+    imagine_many,
+    load_rollouts,
+    save_rollouts,
+)
+
+
+@dataclass
+class TrainFastDynamicsArgs:
+    """Options of ``wmgym train fast-dynamics``."""
+
+    checkpoint: str = "checkpoints/WM-Pick-v0"
+    """World-model checkpoint whose transformer is distilled; the student is written to
+    ``<checkpoint>/fast_dynamics``."""
+    task: str = "pick"
+    """Task spec of the checkpoint."""
+    rollouts: int = 1024
+    """Imagined rollouts to distil on (made once, kept in ``<out>/rollouts.safetensors``)."""
+    horizon: int = 100
+    """Steps per rollout."""
+    policies: tuple[str, ...] = POLICIES
+    """Policies acting the rollouts (``pick[:k=v,...]``, ``random[:repeat=n]``), in turn."""
+    heldout: int = 64
+    """Rollouts kept out of training to measure the student against the teacher."""
+    kv_heads: int = 1
+    """Key/value heads of the student (must divide the teacher's ``n_head``)."""
+    steps: int = 1000
+    """Optimizer steps."""
+    batch: int = 16
+    """Windows per optimizer step."""
+    lr: float = 3e-4
+    """Peak learning rate (AdamW), cosine-decayed to 10%."""
+    warmup: int = 50
+    """Warm-up steps."""
+    first_window: float = 0.25
+    """Share of windows that start right after the context (the rest start later)."""
+    eval_windows: int = 256
+    """Held-out windows the report averages over."""
+    seed: int = 0
+    """Seed of the rollouts, the windows and the batches."""
+    device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
+    out: str = "runs/fast_dynamics"
+    """Run directory: TensorBoard scalars and the imagined rollouts."""
+    log_every: int = 25
+    """Steps between TensorBoard scalars."""
+
+
+def windows(data: ImaginedRollouts, rows: Tensor, starts: Tensor, length: int
+            ) -> dict[str, Tensor]:
+    """Windows of ``length`` frames of rollouts ``rows`` from steps ``starts``, as inputs.
+
+    Returns ``ctx_tokens, frame_tokens, actions, gap, prev_state`` for
+    :meth:`~wmgym.model.transformer.DynamicsTransformer.forward`.
+    """
+    steps = starts[:, None] + torch.arange(length)
+    r = rows[:, None]
+    return {"ctx_tokens": data.ctx_tokens[rows], "frame_tokens": data.tokens[r, steps],
+            "actions": data.actions[r, steps], "gap": (starts > 0).float(),
+            "prev_state": data.states[r, steps]}
+
+
+def draw_starts(n: int, horizon: int, length: int, first_window: float,
+                gen: torch.Generator) -> Tensor:
+    """Window starts: 0 with probability ``first_window``, else uniform in ``[1, T - length]``."""
+    later = torch.randint(1, max(2, horizon - length + 1), (n,), generator=gen)
+    first = torch.rand(n, generator=gen) < first_window
+    return torch.where(first, torch.zeros_like(later), later)
+
+
+def _outputs(model: DynamicsTransformer, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Token logits ``(B, T, n, V)`` and raw head outputs ``(B, T, 2 + state_dim)``."""
+    _, h = model._hidden(batch["ctx_tokens"], batch["frame_tokens"], batch["actions"],
+                         batch["gap"], batch["prev_state"])
+    n = batch["frame_tokens"].shape[-1]
+    return model.lm_head(h[:, :, :n]), model.aux_head(h[:, :, n])
+
+
+def _bernoulli_kl(p_logit: Tensor, q_logit: Tensor) -> Tensor:
+    """Mean KL(p || q) of Bernoulli variables given by their logits."""
+    p = torch.sigmoid(p_logit)
+    return (F.binary_cross_entropy_with_logits(q_logit, p)
+            - F.binary_cross_entropy_with_logits(p_logit, p))
+
+
+def distill_loss(student: DynamicsTransformer, teacher: DynamicsTransformer,
+                 batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+    """The student's distance to the teacher on one batch of windows, and metrics.
+
+    Token KL(teacher || student) per token + reward (symlog) and normalised state squared
+    errors + the success head's KL (Bernoulli, from the logits): zero when they agree.
+    """
+    with torch.no_grad():
+        t_logits, t_aux = _outputs(teacher, batch)
+        t_logp = t_logits.float().log_softmax(-1)
+    s_logits, s_aux = _outputs(student, batch)
+    s_logp = s_logits.float().log_softmax(-1)
+    terms = {
+        "token_kl": (t_logp.exp() * (t_logp - s_logp)).sum(-1).mean(),
+        "reward_mse": (s_aux[..., 0] - t_aux[..., 0]).pow(2).mean(),
+        "success_kl": _bernoulli_kl(t_aux[..., 1], s_aux[..., 1]),
+        "state_mse": (s_aux[..., 2:] - t_aux[..., 2:]).pow(2).mean(),
+    }
+    loss = sum(terms.values())
+    with torch.no_grad():
+        m = {k: v.item() for k, v in terms.items()}
+        m["token_agree"] = (s_logits.argmax(-1) == t_logits.argmax(-1)).float().mean().item()
+        m["success_agree"] = ((s_aux[..., 1] > 0) == (t_aux[..., 1] > 0)).float().mean().item()
+    return loss, m
+
+
+@torch.no_grad()
+def compare(student: DynamicsTransformer, teacher: DynamicsTransformer, data: ImaginedRollouts,
+            rows: Tensor, starts: Tensor, length: int, device: torch.device,
+            chunk: int = 16) -> dict[str, float]:
+    """:func:`distill_loss`'s metrics averaged over fixed held-out windows."""
+    student.eval()
+    sums: dict[str, float] = {}
+    for lo in range(0, len(rows), chunk):
+        batch = windows(data, rows[lo: lo + chunk], starts[lo: lo + chunk], length)
+        _, m = distill_loss(student, teacher, {k: v.to(device) for k, v in batch.items()})
+        for k, v in m.items():
+            sums[k] = sums.get(k, 0.0) + v * len(batch["gap"])
+    return {k: v / len(rows) for k, v in sums.items()}
+
+
+def rollouts_for(args: TrainFastDynamicsArgs, device: torch.device) -> ImaginedRollouts:
+    """``<out>/rollouts.safetensors`` if it exists, else imagined now and kept there."""
+    path = Path(args.out) / "rollouts.safetensors"
+    if path.exists():
+        data = load_rollouts(path)
+        if len(data) >= args.rollouts and data.tokens.shape[1] >= args.horizon:
+            print(f"reusing {args.rollouts} of the {len(data)} imagined rollouts in {path}")
+            return ImaginedRollouts(*(getattr(data, f)[: args.rollouts] for f in (
+                "frames", "ctx_tokens")), data.tokens[: args.rollouts, : args.horizon],
+                data.actions[: args.rollouts, : args.horizon],
+                data.states[: args.rollouts, : args.horizon + 1])
+    data = imagine_many(args.task, args.checkpoint, args.rollouts, args.horizon, args.policies,
+                        args.seed, device)
+    save_rollouts(data, path)
+    return data
+
+
+def train_fast_dynamics(args: TrainFastDynamicsArgs) -> Path:
+    """Distils the checkpoint's transformer; returns the fast transformer's directory."""
+    from wmgym.env.loading import load_checkpoint
+
+    if not 0 < args.heldout < args.rollouts:
+        raise ValueError(f"heldout must be in (0, rollouts={args.rollouts}), got {args.heldout}")
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    start = time.perf_counter()
+    data = rollouts_for(args, device)
+    imagine_seconds = time.perf_counter() - start
+    teacher = load_checkpoint(args.checkpoint, load_spec(args.task), device).model.dynamics
+    length = min(teacher.cfg.max_frames, args.horizon)
+    student = init_student(teacher, args.kv_heads)
+    gen = torch.Generator().manual_seed(args.seed)
+    n_train = args.rollouts - args.heldout
+    held_rows = torch.randint(n_train, args.rollouts, (args.eval_windows,), generator=gen)
+    held_starts = draw_starts(args.eval_windows, args.horizon, length, args.first_window, gen)
+    before = compare(student, teacher, data, held_rows, held_starts, length, device)
+    print(f"student at init (key/value heads averaged) vs teacher, held out: {before}")
+    opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0,
+                            betas=(0.9, 0.95))
+    log = common.Logger(Path(args.out) / "tb", True)
+    bar = tqdm(range(args.steps), desc="distil")
+    train_start = time.perf_counter()
+    for step in bar:
+        rows = torch.randint(0, n_train, (args.batch,), generator=gen)
+        starts = draw_starts(args.batch, args.horizon, length, args.first_window, gen)
+        batch = {k: v.to(device) for k, v in windows(data, rows, starts, length).items()}
+        student.train()
+        loss, m = distill_loss(student, teacher, batch)
+        common.optimizer_step(student, opt, loss,
+                              common.lr_at(step, args.steps, args.lr, args.warmup))
+        if step % args.log_every == 0 or step == args.steps - 1:
+            m["loss"], m["lr"] = loss.item(), opt.param_groups[0]["lr"]
+            log.scalars(step, m)
+            bar.set_postfix(kl=f"{m['token_kl']:.3f}", agree=f"{m['token_agree']:.3f}")
+    train_seconds = time.perf_counter() - train_start
+    after = compare(student, teacher, data, held_rows, held_starts, length, device)
+    log.scalars(args.steps, after, prefix="heldout")
+    log.close()
+    print(f"student vs teacher, held out: {after}")
+    out = save_fast_dynamics(args.checkpoint, student.eval(), {"distill": {
+        "args": asdict(args), "heldout_vs_teacher_at_init": before,
+        "heldout_vs_teacher": after, "imagine_seconds": round(imagine_seconds, 1),
+        "train_seconds": round(train_seconds, 1), "machine": machine(),
+    }})
+    print(f"fast transformer -> {out} ({time.perf_counter() - start:.0f} s)")
+    return out
+
+
+def train_fast_dynamics_main(args: TrainFastDynamicsArgs) -> None:
+    train_fast_dynamics(args)
