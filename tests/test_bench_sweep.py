@@ -25,6 +25,7 @@ from wmgym.policies import RandomPolicy, ScriptedPick, reads_images
 from wmgym.profiling import time_breakdown
 from wmgym.spec import load_spec
 from wmgym.train.distill import TrainDecoderArgs, train_decoder
+from wmgym.train.fast_dynamics import TrainFastDynamicsArgs, train_fast_dynamics
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -248,6 +249,9 @@ def test_bench_speed_writes_json(tmp_path):
     train_decoder(TrainDecoderArgs(checkpoint=str(tiny), rollouts=3, horizon=2, heldout=1,
                                    steps=2, batch=2, base_channels=2, out=str(tmp_path / "fd"),
                                    device="cpu"))
+    train_fast_dynamics(TrainFastDynamicsArgs(checkpoint=str(tiny), rollouts=3, horizon=2,
+                                              heldout=1, steps=2, batch=2, eval_windows=2,
+                                              out=str(tmp_path / "fdyn"), device="cpu"))
     args = BenchSpeedArgs(
         checkpoint=str(tiny),
         batch_sizes=(1, 4),
@@ -292,6 +296,7 @@ def test_bench_speed_writes_json(tmp_path):
     assert so["wm"][0]["steps_per_s"] > 0 and so["vs_single_process"] > 0
     paired = result["paired"]  # JSON keys: the batch sizes as strings
     configs = ["float32/full", "bfloat16/full", "float32/fast", "bfloat16/fast"]
+    configs += [f"{c}/fast-dynamics" for c in configs]  # and all of it with the fast transformer
     for r in paired["rounds"]:
         assert list(r["wm_steps_per_s"]) == configs
         for c in configs:
@@ -307,7 +312,11 @@ def test_bench_speed_writes_json(tmp_path):
     table = format_speed_table(result)
     assert "Median of the rounds' ratios by KV cache/decoder: float32/full" in table
     assert "autoregressive, fast decoder) | 4 |" in table  # auto: the distilled decoder
-    floors = {(f["decoding"], f["kv_cache"]): f for f in result["memory_floor"]}
+    floors = {(f["decoding"], f["kv_cache"]): f for f in result["memory_floor"]
+              if f["dynamics"] == "full"}
+    fast = {(f["decoding"], f["kv_cache"]): f for f in result["memory_floor"]
+            if f["dynamics"] == "fast"}  # one key/value head of the tiny model's two
+    assert all(2 * fast[k]["kv_bytes_per_step"] == floors[k]["kv_bytes_per_step"] for k in fast)
     assert (floors[("autoregressive", "float32")]["kv_bytes_per_step"]
             == 2 * floors[("autoregressive", "bfloat16")]["kv_bytes_per_step"])
     # the counting itself: test_model's memory-floor test

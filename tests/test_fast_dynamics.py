@@ -184,3 +184,19 @@ def test_stale_or_damaged_fast_transformer_names_the_files(fast, tmp_path):
         model.dynamics.slot.add_(1.0)  # "retrained"
     model.save(copy, {"task": "Pick"}, bank)
     assert not has_fast_dynamics(copy)
+
+
+def test_resume_continues_the_shipped_student(fast, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(fast, copy)
+    first = read_config(copy / SUBDIR)["distill"]
+    train_fast_dynamics(TrainFastDynamicsArgs(
+        checkpoint=str(copy), rollouts=8, horizon=6, heldout=2, steps=3, batch=4,
+        policies=("pick", "random"), eval_windows=8, out=str(tmp_path / "run"),
+        device=DEVICE, resume=True,
+    ))
+    again = read_config(copy / SUBDIR)["distill"]
+    assert again["resumed_from"] == first
+    # it starts where the first run ended, not from the teacher's averaged heads
+    start = again["heldout_vs_teacher_at_init"]["token_kl"]
+    assert start < first["heldout_vs_teacher_at_init"]["token_kl"]

@@ -90,6 +90,12 @@ class BenchSpeedArgs:
     paired_decoders: tuple[str, ...] = ("full", "fast")
     """Frame decoders the paired rounds time with every KV-cache precision (``fast`` only
     when the checkpoint has one)."""
+    dynamics: str = "auto"
+    """Transformer of every timed run but the paired rounds' (``auto``: the full one,
+    ``full``, ``fast``: the checkpoint's distilled one)."""
+    paired_dynamics: tuple[str, ...] = ("full", "fast")
+    """Transformers the paired rounds time with every precision and decoder (``fast`` only
+    when the checkpoint has one)."""
     profile_batch: int = 64
     """Batch size of the profiled run (0 = no profile)."""
     profile_steps: int = 20
@@ -157,6 +163,7 @@ def _make_wm(args: BenchSpeedArgs, num_envs: int, **kwargs: Any):
     spec = load_spec(args.task)
     kwargs.setdefault("kv_cache", args.kv_cache)
     kwargs.setdefault("decoder", args.decoder)
+    kwargs.setdefault("dynamics", args.dynamics)
     return gym.make_vec(
         spec.wm_id,
         num_envs=num_envs,
@@ -186,6 +193,7 @@ def bench_wm_batch(args: BenchSpeedArgs, batch: int, decoding: str = "auto",
     row = {
         "decoding": envs.unwrapped.core.decoding,
         "decoder": envs.unwrapped.core.decoder if images else None,
+        "dynamics": envs.unwrapped.core.dynamics,
         "batch": batch,
         "steps_per_s": round(sps, 1),
         "ms_per_vector_step": round(1000 * batch / sps, 3),
@@ -281,7 +289,8 @@ def bench_paired(args: BenchSpeedArgs, sim_id: str) -> dict | None:
 
     A shared host's load drifts over the minutes a benchmark takes, so a ratio of two
     timings taken minutes apart moves with it. Each round here times the real twin and then
-    every configuration (KV-cache precision / frame decoder) and batch size of the learned one,
+    every configuration (KV-cache precision / frame decoder / transformer) and batch size of
+    the learned one,
     with the envs made once; the ratio is taken within each round and the rounds' median is
     reported with their spread, per configuration.
     """
@@ -289,8 +298,9 @@ def bench_paired(args: BenchSpeedArgs, sim_id: str) -> dict | None:
         return None
     sim = make_env(sim_id, images=True, terminate_on_success=False)
     configs = _paired_configs(args)
-    wms = {(c, b): _make_wm(args, b, terminate_on_success=False, kv_cache=kv, decoder=dec)
-           for c, (kv, dec) in configs.items() for b in args.paired_batches}
+    wms = {(c, b): _make_wm(args, b, terminate_on_success=False, kv_cache=kv, decoder=dec,
+                            dynamics=dyn)
+           for c, (kv, dec, dyn) in configs.items() for b in args.paired_batches}
     rounds = []
     for r in range(args.paired_rounds):
         seed = args.seed + r
@@ -325,14 +335,19 @@ def _checkpoint(args: BenchSpeedArgs) -> str | Path:
     return args.checkpoint or load_spec(args.task).checkpoint
 
 
-def _paired_configs(args: BenchSpeedArgs) -> dict[str, tuple[str, str]]:
-    """``"<kv cache>/<decoder>"`` -> (kv cache, decoder) for the paired rounds."""
+def _paired_configs(args: BenchSpeedArgs) -> dict[str, tuple[str, str, str]]:
+    """``"<kv cache>/<decoder>[/fast-dynamics]"`` -> (kv cache, decoder, dynamics)."""
     from wmgym.model.fast_decoder import has_fast_decoder
+    from wmgym.model.fast_dynamics import has_fast_dynamics
 
-    fast = has_fast_decoder(_checkpoint(args))
+    checkpoint = _checkpoint(args)
+    have = {"fast": has_fast_decoder(checkpoint)}
     kvs = tuple(dict.fromkeys(args.paired_kv_caches)) or (args.kv_cache,)
-    decs = [d for d in dict.fromkeys(args.paired_decoders) if d != "fast" or fast] or ["full"]
-    return {f"{kv}/{d}": (kv, d) for d in decs for kv in kvs}
+    decs = [d for d in dict.fromkeys(args.paired_decoders) if d != "fast" or have["fast"]]
+    dyns = [d for d in dict.fromkeys(args.paired_dynamics)
+            if d != "fast" or has_fast_dynamics(checkpoint)]
+    return {f"{kv}/{d}" + ("/fast-dynamics" if y == "fast" else ""): (kv, d, y)
+            for y in dyns or ["full"] for d in decs or ["full"] for kv in kvs}
 
 
 def bench_state_only(args: BenchSpeedArgs, sim_id: str) -> dict:
@@ -392,17 +407,22 @@ def memory_floors(args: BenchSpeedArgs, sim_steps_per_s: float
     :func:`~wmgym.roofline.attention_kernels` at the largest batch size; None on CUDA, where
     this CPU bandwidth probe says nothing.
     """
+    from wmgym.model.fast_dynamics import FAST_DYNAMICS, has_fast_dynamics
     from wmgym.model.transformer import DynamicsConfig
     from wmgym.model.world_model import resolve_device
     from wmgym.roofline import attention_kernels, memory_floor, read_bandwidth_gb_s
 
     if resolve_device(args.device).type != "cpu":
         return None
-    config = read_config(_checkpoint(args))
-    cfg, bandwidth = DynamicsConfig(**config["dynamics"]), read_bandwidth_gb_s()
+    checkpoint = _checkpoint(args)
+    cfg, bandwidth = DynamicsConfig(**read_config(checkpoint)["dynamics"]), read_bandwidth_gb_s()
+    cfgs = {"full": cfg}
+    if has_fast_dynamics(checkpoint):
+        cfgs["fast"] = DynamicsConfig(**read_config(FAST_DYNAMICS.directory(checkpoint))[
+            "dynamics"])
     kvs = tuple(dict.fromkeys(args.paired_kv_caches or ("float32",)))
-    floors = [memory_floor(cfg, mode, sim_steps_per_s, bandwidth, kv)
-              for mode in _decodings(args) for kv in kvs]
+    floors = [{**memory_floor(c, mode, sim_steps_per_s, bandwidth, kv), "dynamics": name}
+              for name, c in cfgs.items() for mode in _decodings(args) for kv in kvs]
     kernels = attention_kernels(cfg, max(_batch_sizes(args)), kvs, bandwidth)
     return floors, kernels
 
@@ -460,6 +480,7 @@ def format_speed_table(result: dict) -> str:
         gpu = f", GPU {row['peak_gpu_mb']} MiB" if row.get("peak_gpu_mb") is not None else ""
         mode = row.get("decoding", "autoregressive")
         mode += f", {row['decoder']} decoder" if row.get("decoder") else ""
+        mode += ", fast transformer" if row.get("dynamics") == "fast" else ""
         lines.append(
             f"| {wm_id} ({device}, {mode}) | {row['batch']} | "
             f"{row['steps_per_s']:.1f} | {row['peak_rss_mb']}{gpu} | {row['rss_added_mb']} |"
@@ -501,7 +522,8 @@ def format_speed_table(result: dict) -> str:
         )
     for floor in result.get("memory_floor") or []:
         lines.append(
-            f"Memory floor ({floor['decoding']}, {floor['kv_cache']} cache): "
+            f"Memory floor ({floor['decoding']}, {floor['kv_cache']} cache, "
+            f"{floor.get('dynamics', 'full')} transformer): "
             f"{floor['kv_mb_per_step']} MB of cached keys "
             f"and values read per imagined step, at {floor['read_gb_s']} GB/s "
             f"{floor['floor_ms_per_step']} ms: at most {floor['max_steps_per_s']} steps/s, "

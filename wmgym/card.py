@@ -11,6 +11,7 @@ from wmgym.data.dataset import read_metadata
 from wmgym.evaluation import format_table
 from wmgym.model.checkpoint import read_config
 from wmgym.model.fast_decoder import SUBDIR, has_fast_decoder
+from wmgym.model.fast_dynamics import FAST_DYNAMICS
 from wmgym.results import machine
 
 
@@ -31,6 +32,9 @@ class CardArgs:
     full_eval: str = ""
     """``wmgym eval --decoder full``'s metrics.json, shown beside ``eval`` when that one ran
     with the fast decoder (empty: none)."""
+    fast_sweep: str = ""
+    """``wmgym sweep --dynamics fast``'s sweep.json, shown in the fast transformer's section
+    (empty: none)."""
 
 
 def render_card(args: CardArgs) -> str:
@@ -61,7 +65,7 @@ def render_card(args: CardArgs) -> str:
     eval_what = (f"{metrics['episodes']} {metrics['split']} episodes, {metrics['steps']} steps "
                  f"open loop from one real frame, temperature {metrics['args']['temperature']}")
     notes = "\n" + Path(args.notes).read_text() if args.notes else ""
-    fast = fast_decoder_section(args, metrics)
+    fast = fast_decoder_section(args, metrics) + fast_dynamics_section(args)
     return f"""# WM-Pick-v0 — model card
 
 Learned twin of `Sim-Pick-v0` (robosuite Lift, Panda, OSC_POSITION, 64×64 rgb + depth + mask).
@@ -121,6 +125,49 @@ Against the real frames of {metrics['episodes']} episodes of `{metrics['data']}`
 | metric | tokenizer | open loop h1 | open loop h15 | open loop mean |
 |---|---|---|---|---|
 {chr(10).join(rows)}
+"""
+    return text + "\n"
+
+
+def fast_dynamics_section(args: CardArgs) -> str:
+    """The distilled transformer: its shape, training, closeness to the teacher, its sweep."""
+    if not FAST_DYNAMICS.exists(args.checkpoint):
+        return ""
+    config = read_config(FAST_DYNAMICS.directory(args.checkpoint))
+    runs = [config["distill"]]
+    while "resumed_from" in runs[-1]:
+        runs.append(runs[-1]["resumed_from"])
+    first, last = runs[-1], runs[0]
+    a, dyn = first["args"], config["dynamics"]
+    steps = " + ".join(str(r["args"]["steps"]) for r in reversed(runs))
+    minutes = sum(r["train_seconds"] for r in runs) / 60
+
+    def closeness(m: dict) -> str:
+        return (f"token KL {m['token_kl']:.3f} nats, argmax agreement {m['token_agree']:.3f}, "
+                f"state error {m['state_mse']:.4f} (normalised², mean), success agreement "
+                f"{m['success_agree']:.3f}")
+
+    n_params = sum(math.prod(s) for s in config["shapes"].values())
+    ratio = dyn["n_head"] // dyn["n_kv_head"]
+    seconds = first.get("imagine_seconds")
+    imagined = "time not recorded" if seconds is None else f"{seconds / 60:.1f} min to imagine"
+    text = f"""## Fast transformer (`{FAST_DYNAMICS.subdir}/`, `wmgym train fast-dynamics`)
+{n_params / 1e6:.2f}M parameters: the transformer with {dyn['n_head']} query heads sharing
+{dyn['n_kv_head']} key/value head per layer, so every pass reads {ratio}× fewer cached bytes.
+Started from the transformer's weights with the key/value heads averaged, then distilled on
+{a['rollouts']} rollouts × {a['horizon']} steps the transformer imagined itself
+({imagined}) for {steps} steps of {a['batch']} windows
+({minutes:.1f} min). On {a['heldout']} held-out rollouts, against the transformer: at the start
+{closeness(first['heldout_vs_teacher_at_init'])}; after {closeness(last['heldout_vs_teacher'])}.
+Parameters stored in float16. Used only when asked for (`dynamics="fast"`).
+"""
+    if args.fast_sweep:
+        sweep = json.loads(Path(args.fast_sweep).read_text())
+        m = sweep["metrics"]["success"]
+        text += f"""
+`wmgym sweep` with it ({len(sweep['policies'])} policies × {sweep['episodes']} seeds, real
+episodes shared): success Pearson {m['pearson']:.2f}, Spearman {m['spearman']:.2f}, MMRV
+{m['mmrv']:.3f}, mean |gap| {m['mean_abs_gap']:.3f}.
 """
     return text + "\n"
 

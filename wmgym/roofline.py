@@ -37,7 +37,9 @@ def kv_positions_per_step(cfg: DynamicsConfig, decoding: str = "autoregressive")
 def kv_bytes_per_step(cfg: DynamicsConfig, decoding: str = "autoregressive",
                       bytes_per_value: int = 4) -> int:
     """Bytes of cached keys and values one imagined step reads, over all layers and passes."""
-    per_position = cfg.n_layer * 2 * cfg.d_model * bytes_per_value  # K and V of every layer
+    # K and V of every layer: kv_heads heads of head_dim channels (grouped-query attention
+    # shares one key/value head between several query heads)
+    per_position = cfg.n_layer * 2 * cfg.kv_heads * cfg.head_dim * bytes_per_value
     return kv_positions_per_step(cfg, decoding) * per_position
 
 

@@ -76,6 +76,9 @@ class SweepArgs:
     kv_cache: str = "auto"
     """Precision of the world model's cached keys and values: ``auto``, ``float32`` or
     ``bfloat16``."""
+    dynamics: str = "auto"
+    """World-model transformer: ``auto`` (the full one), ``full`` or ``fast`` (the checkpoint's
+    distilled one with a single key/value head)."""
     images: Literal["auto", "always"] = "auto"
     """Camera observations: ``auto`` leaves them out of both twins when every policy declares
     (``observation_keys``) that it reads ``state`` only. The episodes are the same, faster: Sim
@@ -326,7 +329,7 @@ def _imagine_all(
     """Every job as one imagined episode, ``max_batch`` sub-envs per vector env at most."""
     env_kwargs: dict[str, Any] = {"device": args.device, "temperature": args.temperature,
                                   "decoding": args.decoding, "images": images,
-                                  "kv_cache": args.kv_cache}
+                                  "kv_cache": args.kv_cache, "dynamics": args.dynamics}
     if args.checkpoint:
         env_kwargs["checkpoint"] = args.checkpoint
     size = max(args.max_batch, 1)
@@ -408,6 +411,7 @@ def run_sweep(
         "temperature": args.temperature,
         "decoding": args.decoding,
         "kv_cache": args.kv_cache,
+        "dynamics": args.dynamics,
         "images": images,
         "policies": per_policy,
         "metrics": metrics,

@@ -29,7 +29,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from wmgym.model.fast_dynamics import init_student, save_fast_dynamics
+from wmgym.model.checkpoint import read_config
+from wmgym.model.fast_dynamics import (
+    FAST_DYNAMICS,
+    init_student,
+    load_fast_dynamics,
+    save_fast_dynamics,
+)
 from wmgym.model.transformer import DynamicsTransformer
 from wmgym.model.world_model import resolve_device
 from wmgym.results import machine
@@ -75,6 +81,9 @@ class TrainFastDynamicsArgs:
     """Share of windows that start right after the context (the rest start later)."""
     eval_windows: int = 256
     """Held-out windows the report averages over."""
+    resume: bool = False
+    """Continue training the checkpoint's fast transformer instead of starting from the
+    teacher's weights (its previous report is kept under ``resumed_from``)."""
     seed: int = 0
     """Seed of the rollouts, the windows and the batches."""
     device: str = "auto"
@@ -101,9 +110,14 @@ def windows(data: ImaginedRollouts, rows: Tensor, starts: Tensor, length: int
 
 def draw_starts(n: int, horizon: int, length: int, first_window: float,
                 gen: torch.Generator) -> Tensor:
-    """Window starts: 0 with probability ``first_window``, else uniform in ``[1, T - length]``."""
+    """Window starts: 0 with probability ``first_window``, else uniform in ``[1, T - length]``.
+
+    All 0 when the rollouts are no longer than a window.
+    """
     later = torch.randint(1, max(2, horizon - length + 1), (n,), generator=gen)
     first = torch.rand(n, generator=gen) < first_window
+    if horizon - length < 1:
+        return torch.zeros_like(later)
     return torch.where(first, torch.zeros_like(later), later)
 
 
@@ -163,21 +177,26 @@ def compare(student: DynamicsTransformer, teacher: DynamicsTransformer, data: Im
     return {k: v / len(rows) for k, v in sums.items()}
 
 
-def rollouts_for(args: TrainFastDynamicsArgs, device: torch.device) -> ImaginedRollouts:
-    """``<out>/rollouts.safetensors`` if it exists, else imagined now and kept there."""
+def rollouts_for(args: TrainFastDynamicsArgs, device: torch.device
+                 ) -> tuple[ImaginedRollouts, float | None]:
+    """``<out>/rollouts.safetensors`` if it holds enough, else imagined now and kept there.
+
+    Returns the rollouts and the seconds it took to imagine them (when recorded).
+    """
     path = Path(args.out) / "rollouts.safetensors"
     if path.exists():
-        data = load_rollouts(path)
-        if len(data) >= args.rollouts and data.tokens.shape[1] >= args.horizon:
-            print(f"reusing {args.rollouts} of the {len(data)} imagined rollouts in {path}")
-            return ImaginedRollouts(*(getattr(data, f)[: args.rollouts] for f in (
-                "frames", "ctx_tokens")), data.tokens[: args.rollouts, : args.horizon],
-                data.actions[: args.rollouts, : args.horizon],
-                data.states[: args.rollouts, : args.horizon + 1])
+        data, seconds = load_rollouts(path)
+        n, t = args.rollouts, args.horizon
+        if len(data) >= n and data.tokens.shape[1] >= t:
+            print(f"reusing {n} of the {len(data)} imagined rollouts in {path}")
+            return ImaginedRollouts(data.frames[:n], data.ctx_tokens[:n], data.tokens[:n, :t],
+                                    data.actions[:n, :t], data.states[:n, : t + 1]), seconds
+    start = time.perf_counter()
     data = imagine_many(args.task, args.checkpoint, args.rollouts, args.horizon, args.policies,
                         args.seed, device)
-    save_rollouts(data, path)
-    return data
+    seconds = time.perf_counter() - start
+    save_rollouts(data, path, seconds)
+    return data, seconds
 
 
 def train_fast_dynamics(args: TrainFastDynamicsArgs) -> Path:
@@ -189,17 +208,21 @@ def train_fast_dynamics(args: TrainFastDynamicsArgs) -> Path:
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     start = time.perf_counter()
-    data = rollouts_for(args, device)
-    imagine_seconds = time.perf_counter() - start
+    data, imagine_seconds = rollouts_for(args, device)
     teacher = load_checkpoint(args.checkpoint, load_spec(args.task), device).model.dynamics
     length = min(teacher.cfg.max_frames, args.horizon)
-    student = init_student(teacher, args.kv_heads)
+    previous = None
+    if args.resume:
+        previous = read_config(FAST_DYNAMICS.directory(args.checkpoint))["distill"]
+        student = load_fast_dynamics(args.checkpoint, device).requires_grad_(True)
+    else:
+        student = init_student(teacher, args.kv_heads)
     gen = torch.Generator().manual_seed(args.seed)
     n_train = args.rollouts - args.heldout
     held_rows = torch.randint(n_train, args.rollouts, (args.eval_windows,), generator=gen)
     held_starts = draw_starts(args.eval_windows, args.horizon, length, args.first_window, gen)
     before = compare(student, teacher, data, held_rows, held_starts, length, device)
-    print(f"student at init (key/value heads averaged) vs teacher, held out: {before}")
+    print(f"student at {'resume' if args.resume else 'init'} vs teacher, held out: {before}")
     opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0,
                             betas=(0.9, 0.95))
     log = common.Logger(Path(args.out) / "tb", True)
@@ -224,8 +247,10 @@ def train_fast_dynamics(args: TrainFastDynamicsArgs) -> Path:
     print(f"student vs teacher, held out: {after}")
     out = save_fast_dynamics(args.checkpoint, student.eval(), {"distill": {
         "args": asdict(args), "heldout_vs_teacher_at_init": before,
-        "heldout_vs_teacher": after, "imagine_seconds": round(imagine_seconds, 1),
+        "heldout_vs_teacher": after,
+        "imagine_seconds": None if imagine_seconds is None else round(imagine_seconds, 1),
         "train_seconds": round(train_seconds, 1), "machine": machine(),
+        **({"resumed_from": previous} if previous else {}),
     }})
     print(f"fast transformer -> {out} ({time.perf_counter() - start:.0f} s)")
     return out

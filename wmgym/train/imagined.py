@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm
@@ -95,23 +96,30 @@ def imagine(core: Imagination, policies: tuple[str, ...], horizon: int,
 FIELDS = ("frames", "ctx_tokens", "tokens", "actions", "states")
 
 
-def save_rollouts(rollouts: ImaginedRollouts, path: str | Path) -> Path:
-    """Writes ``rollouts`` to a safetensors file atomically (tokens as int16)."""
+def save_rollouts(rollouts: ImaginedRollouts, path: str | Path,
+                  seconds: float | None = None) -> Path:
+    """Writes ``rollouts`` to a safetensors file atomically (tokens as int16).
+
+    ``seconds``, the time it took to imagine them, is kept in the file's metadata.
+    """
     tensors = {f: getattr(rollouts, f) for f in FIELDS}
     for f in ("ctx_tokens", "tokens"):
         tensors[f] = tensors[f].to(torch.int16)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {} if seconds is None else {"imagine_seconds": f"{seconds:.1f}"}
     atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()},
-                                             str(tmp)))
+                                             str(tmp), metadata=meta))
     return path
 
 
-def load_rollouts(path: str | Path) -> ImaginedRollouts:
-    """Reads a file of :func:`save_rollouts`."""
+def load_rollouts(path: str | Path) -> tuple[ImaginedRollouts, float | None]:
+    """Reads a file of :func:`save_rollouts`: the rollouts and the seconds they took."""
     t = load_file(str(path))
+    with safe_open(str(path), "pt") as f:
+        seconds = (f.metadata() or {}).get("imagine_seconds")
     return ImaginedRollouts(t["frames"], t["ctx_tokens"].long(), t["tokens"].long(),
-                            t["actions"], t["states"])
+                            t["actions"], t["states"]), None if seconds is None else float(seconds)
 
 
 def imagine_many(task: str, checkpoint: str | Path, rollouts: int, horizon: int,
