@@ -7,12 +7,16 @@ predicted state moves, so the Gymnasium layer is exercised for real.
 
 from __future__ import annotations
 
+import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wmgym.model.checkpoint import CONFIG, WEIGHTS, CheckpointError
 from wmgym.model.tokenizer import MMTokenizer, TokenizerConfig
 from wmgym.model.transformer import DynamicsConfig
 from wmgym.model.world_model import WorldModel
@@ -156,3 +160,36 @@ def step_in_lockstep(env_a, env_b, steps: int, seed: int = 0) -> list[tuple[dict
         if t1:
             break
     return pairs
+
+
+def _load_error(load: Callable[[Path], object], path: Path) -> str:
+    try:
+        load(path)
+    except CheckpointError as e:
+        return str(e)
+    raise AssertionError(f"{path} loaded, but it should have failed")
+
+
+def check_companion_errors(load: Callable[[Path], object], checkpoint: Path, subdir: str,
+                           tmp: Path) -> Path:
+    """A stale and a damaged copy of ``checkpoint``'s part in ``subdir`` fail to ``load``.
+
+    The stale one (its parent "retrained": another ``teacher_sha256``) must name its config
+    and the parent's weights, the damaged one (weights overwritten) its weights file. Returns
+    the stale copy, for the caller's env-level checks.
+    """
+    stale = tmp / "stale"
+    shutil.copytree(checkpoint, stale)
+    path = stale / subdir / CONFIG
+    config = json.loads(path.read_text())
+    config["teacher_sha256"] = "0" * 64
+    path.write_text(json.dumps(config))
+    msg = _load_error(load, stale)
+    assert "distilled from weights" in msg and str(path) in msg, msg
+    assert str(stale / WEIGHTS) in msg, msg
+    broken = tmp / "broken"
+    shutil.copytree(checkpoint, broken)
+    (broken / subdir / WEIGHTS).write_bytes(b"not safetensors")
+    msg = _load_error(load, broken)
+    assert "sha256" in msg and str(broken / subdir / WEIGHTS) in msg, msg
+    return stale
