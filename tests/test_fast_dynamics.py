@@ -171,17 +171,26 @@ def test_stale_or_damaged_fast_transformer_names_the_files(fast, tmp_path):
     assert not has_fast_dynamics(copy)
 
 
-def test_resume_continues_the_shipped_student(fast, tmp_path):
+def test_resume_continues_the_shipped_student(fast, tmp_path, capsys):
     copy = tmp_path / "copy"
     shutil.copytree(fast, copy)
     first = read_config(copy / SUBDIR)["distill"]
-    train_fast_dynamics(TrainFastDynamicsArgs(
-        checkpoint=str(copy), rollouts=8, horizon=6, heldout=2, steps=3, batch=4,
-        policies=("pick", "random"), eval_windows=8, out=str(tmp_path / "run"),
-        device=DEVICE, resume=True,
-    ))
+    run = tmp_path / "run"
+    shutil.copytree(fast.parent / "run", run)
+
+    def resume(seed: int) -> None:
+        train_fast_dynamics(TrainFastDynamicsArgs(
+            checkpoint=str(copy), rollouts=8, horizon=6, heldout=2, steps=3, batch=4,
+            policies=("pick", "random"), eval_windows=8, out=str(run), device=DEVICE,
+            resume=True, seed=seed,
+        ))
+
+    resume(seed=1)  # other rollouts than the kept ones: imagined anew
+    assert "imagining anew" in capsys.readouterr().out
+    resume(seed=1)  # the same teacher, policies and seed: reused
+    assert "reusing 8 of the 8" in capsys.readouterr().out
     again = read_config(copy / SUBDIR)["distill"]
-    assert again["resumed_from"] == first
+    assert again["resumed_from"]["resumed_from"] == first
     # it starts where the first run ended, not from the teacher's averaged heads
     start = again["heldout_vs_teacher_at_init"]["token_kl"]
     assert start < first["heldout_vs_teacher_at_init"]["token_kl"]

@@ -341,9 +341,9 @@ def _paired_configs(args: BenchSpeedArgs) -> dict[str, tuple[str, str, str]]:
     from wmgym.model.fast_dynamics import has_fast_dynamics
 
     checkpoint = _checkpoint(args)
-    have = {"fast": has_fast_decoder(checkpoint)}
     kvs = tuple(dict.fromkeys(args.paired_kv_caches)) or (args.kv_cache,)
-    decs = [d for d in dict.fromkeys(args.paired_decoders) if d != "fast" or have["fast"]]
+    decs = [d for d in dict.fromkeys(args.paired_decoders)
+            if d != "fast" or has_fast_decoder(checkpoint)]
     dyns = [d for d in dict.fromkeys(args.paired_dynamics)
             if d != "fast" or has_fast_dynamics(checkpoint)]
     return {f"{kv}/{d}" + ("/fast-dynamics" if y == "fast" else ""): (kv, d, y)

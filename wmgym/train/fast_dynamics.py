@@ -20,6 +20,7 @@ whether it imagines as well as the teacher is for ``wmgym sweep --dynamics fast`
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -178,24 +179,30 @@ def compare(student: DynamicsTransformer, teacher: DynamicsTransformer, data: Im
 
 
 def rollouts_for(args: TrainFastDynamicsArgs, device: torch.device
-                 ) -> tuple[ImaginedRollouts, float | None]:
-    """``<out>/rollouts.safetensors`` if it holds enough, else imagined now and kept there.
+                 ) -> tuple[ImaginedRollouts, float]:
+    """``<out>/rollouts.safetensors`` if it was imagined alike, else imagined now and kept there.
 
-    Returns the rollouts and the seconds it took to imagine them (when recorded).
+    Alike: by the same weights (sha256), policies and seed, with enough rollouts and steps.
+    Returns the rollouts and the seconds it took to imagine them.
     """
     path = Path(args.out) / "rollouts.safetensors"
+    made_by = {"teacher_sha256": read_config(args.checkpoint)["sha256"],
+               "policies": json.dumps(list(args.policies)), "seed": str(args.seed)}
     if path.exists():
-        data, seconds = load_rollouts(path)
+        data, meta = load_rollouts(path)
         n, t = args.rollouts, args.horizon
-        if len(data) >= n and data.tokens.shape[1] >= t:
+        alike = all(meta.get(k) == v for k, v in made_by.items())
+        if alike and len(data) >= n and data.tokens.shape[1] >= t:
             print(f"reusing {n} of the {len(data)} imagined rollouts in {path}")
-            return ImaginedRollouts(data.frames[:n], data.ctx_tokens[:n], data.tokens[:n, :t],
-                                    data.actions[:n, :t], data.states[:n, : t + 1]), seconds
+            return (ImaginedRollouts(data.frames[:n], data.ctx_tokens[:n], data.tokens[:n, :t],
+                                     data.actions[:n, :t], data.states[:n, : t + 1]),
+                    float(meta["imagine_seconds"]))
+        print(f"{path} was imagined otherwise or holds too few rollouts: imagining anew")
     start = time.perf_counter()
     data = imagine_many(args.task, args.checkpoint, args.rollouts, args.horizon, args.policies,
                         args.seed, device)
     seconds = time.perf_counter() - start
-    save_rollouts(data, path, seconds)
+    save_rollouts(data, path, {**made_by, "imagine_seconds": f"{seconds:.1f}"})
     return data, seconds
 
 
@@ -248,7 +255,7 @@ def train_fast_dynamics(args: TrainFastDynamicsArgs) -> Path:
     out = save_fast_dynamics(args.checkpoint, student.eval(), {"distill": {
         "args": asdict(args), "heldout_vs_teacher_at_init": before,
         "heldout_vs_teacher": after,
-        "imagine_seconds": None if imagine_seconds is None else round(imagine_seconds, 1),
+        "imagine_seconds": round(imagine_seconds, 1),
         "train_seconds": round(train_seconds, 1), "machine": machine(),
         **({"resumed_from": previous} if previous else {}),
     }})

@@ -97,29 +97,28 @@ FIELDS = ("frames", "ctx_tokens", "tokens", "actions", "states")
 
 
 def save_rollouts(rollouts: ImaginedRollouts, path: str | Path,
-                  seconds: float | None = None) -> Path:
+                  meta: dict[str, str] | None = None) -> Path:
     """Writes ``rollouts`` to a safetensors file atomically (tokens as int16).
 
-    ``seconds``, the time it took to imagine them, is kept in the file's metadata.
+    ``meta`` (strings: how and from what they were imagined) is kept in the file's metadata.
     """
     tensors = {f: getattr(rollouts, f) for f in FIELDS}
     for f in ("ctx_tokens", "tokens"):
         tensors[f] = tensors[f].to(torch.int16)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {} if seconds is None else {"imagine_seconds": f"{seconds:.1f}"}
     atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()},
-                                             str(tmp), metadata=meta))
+                                             str(tmp), metadata=meta or {}))
     return path
 
 
-def load_rollouts(path: str | Path) -> tuple[ImaginedRollouts, float | None]:
-    """Reads a file of :func:`save_rollouts`: the rollouts and the seconds they took."""
+def load_rollouts(path: str | Path) -> tuple[ImaginedRollouts, dict[str, str]]:
+    """Reads a file of :func:`save_rollouts`: the rollouts and their metadata."""
     t = load_file(str(path))
     with safe_open(str(path), "pt") as f:
-        seconds = (f.metadata() or {}).get("imagine_seconds")
+        meta = dict(f.metadata() or {})
     return ImaginedRollouts(t["frames"], t["ctx_tokens"].long(), t["tokens"].long(),
-                            t["actions"], t["states"]), None if seconds is None else float(seconds)
+                            t["actions"], t["states"]), meta
 
 
 def imagine_many(task: str, checkpoint: str | Path, rollouts: int, horizon: int,
