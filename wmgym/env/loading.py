@@ -63,7 +63,6 @@ class LoadedCheckpoint:
                 self._decoders["fast"] = load_fast_decoder(self.path, self.model.device)
             return self._decoders["fast"]
 
-
     def resolve_dynamics(self, dynamics: str) -> str:
         """``full`` or ``fast``: what ``dynamics`` (``auto``, ``full``, ``fast``) means here."""
         return resolve_dynamics(dynamics, has_fast_dynamics(self.path))
