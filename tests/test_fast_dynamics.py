@@ -3,6 +3,7 @@ tiny checkpoint, and the envs with it."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import gymnasium as gym
@@ -194,3 +195,18 @@ def test_resume_continues_the_shipped_student(fast, tmp_path, capsys):
     # it starts where the first run ended, not from the teacher's averaged heads
     start = again["heldout_vs_teacher_at_init"]["token_kl"]
     assert start < first["heldout_vs_teacher_at_init"]["token_kl"]
+
+
+def test_card_section_reads_the_recorded_report(fast, tmp_path):
+    from wmgym.card import CardArgs, fast_dynamics_section
+
+    report = read_config(fast / SUBDIR)["distill"]
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps({"policies": [{}, {}], "episodes": 3, "metrics": {"success": {
+        "pearson": 0.91, "spearman": 0.92, "mmrv": 0.017, "mean_abs_gap": 0.144}}}))
+    text = fast_dynamics_section(CardArgs(checkpoint=str(fast), fast_sweep=str(sweep)))
+    assert "sharing\n1 key/value head" in text and "2× fewer cached bytes" in text
+    trained = report["heldout_vs_teacher"]["token_kl"]
+    assert f"after token KL {trained:.3f}" in text
+    assert "Pearson 0.91, Spearman 0.92" in text and "mean |gap| 0.144" in text
+    assert fast_dynamics_section(CardArgs(checkpoint=str(tmp_path))) == ""  # none: no section

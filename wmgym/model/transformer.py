@@ -463,10 +463,22 @@ class DynamicsTransformer(nn.Module):
             :class:`DynamicsOutput`.
 
         """
-        _, h = self._hidden(ctx_tokens, frame_tokens, actions, gap, prev_state)
+        _, _, logits, aux = self.raw_outputs(ctx_tokens, frame_tokens, actions, gap, prev_state)
+        return DynamicsOutput(logits, *self._decode_aux(aux))
+
+    def raw_outputs(self, ctx_tokens: Tensor, frame_tokens: Tensor, actions: Tensor,
+                    gap: Tensor | None = None, prev_state: Tensor | None = None
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """A teacher-forced pass (arguments as :meth:`forward`), before the heads' decoding.
+
+        Returns:
+            ``(context hidden (B, Nc, d), frame hidden (B, T, n + 1, d), token logits
+            (B, T, n, V), head outputs (B, T, 2 + state_dim))``; the head outputs are reward
+            in symlog space, the success logit and the normalised state.
+        """
+        ctx_h, h = self._hidden(ctx_tokens, frame_tokens, actions, gap, prev_state)
         n = frame_tokens.shape[-1]
-        return DynamicsOutput(self.lm_head(h[:, :, :n]),
-                              *self._decode_aux(self.aux_head(h[:, :, n])))
+        return ctx_h, h, self.lm_head(h[:, :, :n]), self.aux_head(h[:, :, n])
 
     def loss(self, ctx_tokens: Tensor, frame_tokens: Tensor, actions: Tensor, reward: Tensor,
              success: Tensor, state: Tensor, valid: Tensor | None = None,
@@ -492,9 +504,9 @@ class DynamicsTransformer(nn.Module):
             ``(scalar loss, metrics)``.
 
         """
-        cfg, n = self.cfg, frame_tokens.shape[-1]
-        ctx_h, h = self._hidden(ctx_tokens, frame_tokens, actions, gap, prev_state)
-        logits, aux = self.lm_head(h[:, :, :n]), self.aux_head(h[:, :, n])
+        cfg = self.cfg
+        ctx_h, h, logits, aux = self.raw_outputs(ctx_tokens, frame_tokens, actions, gap,
+                                                 prev_state)
         w = torch.ones_like(reward) if valid is None else valid.to(reward.dtype)
         denom = w.sum().clamp_min(1.0)
 

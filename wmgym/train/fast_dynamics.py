@@ -122,14 +122,6 @@ def draw_starts(n: int, horizon: int, length: int, first_window: float,
     return torch.where(first, torch.zeros_like(later), later)
 
 
-def _outputs(model: DynamicsTransformer, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """Token logits ``(B, T, n, V)`` and raw head outputs ``(B, T, 2 + state_dim)``."""
-    _, h = model._hidden(batch["ctx_tokens"], batch["frame_tokens"], batch["actions"],
-                         batch["gap"], batch["prev_state"])
-    n = batch["frame_tokens"].shape[-1]
-    return model.lm_head(h[:, :, :n]), model.aux_head(h[:, :, n])
-
-
 def _bernoulli_kl(p_logit: Tensor, q_logit: Tensor) -> Tensor:
     """Mean KL(p || q) of Bernoulli variables given by their logits."""
     p = torch.sigmoid(p_logit)
@@ -145,9 +137,9 @@ def distill_loss(student: DynamicsTransformer, teacher: DynamicsTransformer,
     errors + the success head's KL (Bernoulli, from the logits): zero when they agree.
     """
     with torch.no_grad():
-        t_logits, t_aux = _outputs(teacher, batch)
+        _, _, t_logits, t_aux = teacher.raw_outputs(**batch)
         t_logp = t_logits.float().log_softmax(-1)
-    s_logits, s_aux = _outputs(student, batch)
+    _, _, s_logits, s_aux = student.raw_outputs(**batch)
     s_logp = s_logits.float().log_softmax(-1)
     terms = {
         "token_kl": (t_logp.exp() * (t_logp - s_logp)).sum(-1).mean(),
@@ -194,9 +186,7 @@ def rollouts_for(args: TrainFastDynamicsArgs, device: torch.device
         alike = all(meta.get(k) == v for k, v in made_by.items())
         if alike and len(data) >= n and data.tokens.shape[1] >= t:
             print(f"reusing {n} of the {len(data)} imagined rollouts in {path}")
-            return (ImaginedRollouts(data.frames[:n], data.ctx_tokens[:n], data.tokens[:n, :t],
-                                     data.actions[:n, :t], data.states[:n, : t + 1]),
-                    float(meta["imagine_seconds"]))
+            return data.first(n, t), float(meta["imagine_seconds"])
         print(f"{path} was imagined otherwise or holds too few rollouts: imagining anew")
     start = time.perf_counter()
     data = imagine_many(args.task, args.checkpoint, args.rollouts, args.horizon, args.policies,

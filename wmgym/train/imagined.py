@@ -32,6 +32,10 @@ POLICIES = (
 )
 
 
+#: The fields of :class:`ImaginedRollouts`, in order (also the tensors of a rollouts file).
+FIELDS = ("frames", "ctx_tokens", "tokens", "actions", "states")
+
+
 @dataclass
 class ImaginedRollouts:
     """``R`` imagined rollouts of ``T`` steps, on the CPU."""
@@ -51,11 +55,15 @@ class ImaginedRollouts:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
+    def first(self, n: int, steps: int) -> ImaginedRollouts:
+        """The first ``n`` rollouts, cut to their first ``steps`` steps."""
+        return ImaginedRollouts(self.frames[:n], self.ctx_tokens[:n], self.tokens[:n, :steps],
+                                self.actions[:n, :steps], self.states[:n, : steps + 1])
+
     @staticmethod
     def cat(parts: list[ImaginedRollouts]) -> ImaginedRollouts:
         """The rollouts of ``parts``, in order."""
-        return ImaginedRollouts(*(torch.cat([getattr(p, f) for p in parts]) for f in (
-            "frames", "ctx_tokens", "tokens", "actions", "states")))
+        return ImaginedRollouts(*(torch.cat([getattr(p, f) for p in parts]) for f in FIELDS))
 
 
 @torch.no_grad()
@@ -93,9 +101,6 @@ def imagine(core: Imagination, policies: tuple[str, ...], horizon: int,
                             torch.stack(actions, 1), torch.stack(states, 1))
 
 
-FIELDS = ("frames", "ctx_tokens", "tokens", "actions", "states")
-
-
 def save_rollouts(rollouts: ImaginedRollouts, path: str | Path,
                   meta: dict[str, str] | None = None) -> Path:
     """Writes ``rollouts`` to a safetensors file atomically (tokens as int16).
@@ -117,8 +122,8 @@ def load_rollouts(path: str | Path) -> tuple[ImaginedRollouts, dict[str, str]]:
     t = load_file(str(path))
     with safe_open(str(path), "pt") as f:
         meta = dict(f.metadata() or {})
-    return ImaginedRollouts(t["frames"], t["ctx_tokens"].long(), t["tokens"].long(),
-                            t["actions"], t["states"]), meta
+    t["ctx_tokens"], t["tokens"] = t["ctx_tokens"].long(), t["tokens"].long()
+    return ImaginedRollouts(*(t[f] for f in FIELDS)), meta
 
 
 def imagine_many(task: str, checkpoint: str | Path, rollouts: int, horizon: int,
