@@ -70,9 +70,9 @@ class TrainFastDynamicsArgs:
     """Rollouts kept out of training to measure the student against the teacher."""
     kv_heads: int = 1
     """Key/value heads of the student (must divide the teacher's ``n_head``)."""
-    steps: int = 1000
+    steps: int = 1200
     """Optimizer steps."""
-    batch: int = 16
+    batch: int = 8
     """Windows per optimizer step."""
     lr: float = 3e-4
     """Peak learning rate (AdamW), cosine-decayed to 10%."""
