@@ -27,6 +27,7 @@ from wmgym.model.kv_cache import cached_attention
 from wmgym.model.transformer import DynamicsConfig, DynamicsTransformer
 from wmgym.model.world_model import WorldModel
 from wmgym.train.fast_dynamics import TrainFastDynamicsArgs, distill_loss, train_fast_dynamics
+from wmgym.train.imagined import imagine_many, load_rollouts
 
 DEVICE = "cpu"
 
@@ -195,6 +196,33 @@ def test_resume_continues_the_shipped_student(fast, tmp_path, capsys):
     # it starts where the first run ended, not from the teacher's averaged heads
     start = again["heldout_vs_teacher_at_init"]["token_kl"]
     assert start < first["heldout_vs_teacher_at_init"]["token_kl"]
+
+
+def test_on_policy_windows_come_from_the_students_own_rollouts(fast, tmp_path, capsys):
+    copy, run = tmp_path / "copy", tmp_path / "run"
+    shutil.copytree(fast, copy)
+    shutil.copytree(fast.parent / "run", run)
+    args = TrainFastDynamicsArgs(
+        checkpoint=str(copy), rollouts=8, horizon=6, heldout=2, steps=4, batch=4,
+        policies=("pick", "random"), eval_windows=8, out=str(run), device=DEVICE,
+        on_policy=6, on_policy_share=0.5)
+    with pytest.raises(ValueError, match="on_policy needs resume"):
+        train_fast_dynamics(args)
+    student_sha = read_config(copy / SUBDIR)["sha256"]
+    args.resume = True
+    train_fast_dynamics(args)
+    assert "reusing 8 of the 8" in capsys.readouterr().out  # the teacher's: kept
+    own, meta = load_rollouts(run / "student_rollouts.safetensors")
+    assert len(own) == 6 and meta["student_sha256"] == student_sha
+    # imagined by the fast transformer: the teacher acting alike imagines other frames
+    teacher = imagine_many("pick", copy, 6, 6, args.policies, args.seed + 7919,
+                           torch.device(DEVICE))
+    np.testing.assert_array_equal(own.actions[:, 0], teacher.actions[:, 0])  # same starts
+    assert (own.tokens != teacher.tokens).any()
+    report = read_config(copy / SUBDIR)["distill"]
+    start = report["heldout_own_rollouts_vs_teacher_at_start"]
+    assert report["heldout_own_rollouts_vs_teacher"]["token_kl"] < start["token_kl"]
+    assert report["args"]["on_policy"] == 6
 
 
 def test_card_section_reads_the_recorded_report(fast, tmp_path):

@@ -14,6 +14,13 @@ teacher does on the inputs imagination gives it, so it needs no dataset, only th
    divergence of the two probabilities);
 3. report both against the teacher on held-out rollouts, before and after.
 
+Trained on the teacher's rollouts alone, the student never sees the frames its own small
+errors lead to, and in imagination those errors compound (exposure bias). ``--on-policy N``
+(with ``--resume``) lets the fast transformer being resumed imagine ``N`` rollouts itself with
+the same policies; a share of every batch's windows then comes from them, with the teacher's
+distributions on those windows as targets (on-policy distillation, as in GKD: Agarwal et al.,
+2024).
+
 The result is written into ``<checkpoint>/fast_dynamics``, bound to the checkpoint's weights;
 whether it imagines as well as the teacher is for ``wmgym sweep --dynamics fast`` to say.
 """
@@ -85,6 +92,12 @@ class TrainFastDynamicsArgs:
     resume: bool = False
     """Continue training the checkpoint's fast transformer instead of starting from the
     teacher's weights (its previous report is kept under ``resumed_from``)."""
+    on_policy: int = 0
+    """With ``resume``: rollouts the fast transformer being resumed imagines itself (acted by
+    ``policies``, kept in ``<out>/student_rollouts.safetensors``); 0: none."""
+    on_policy_share: float = 0.5
+    """Share of each batch's windows cut from the student's own rollouts (with
+    ``on_policy``)."""
     seed: int = 0
     """Seed of the rollouts, the windows and the batches."""
     device: str = "auto"
@@ -170,6 +183,25 @@ def compare(student: DynamicsTransformer, teacher: DynamicsTransformer, data: Im
     return {k: v / len(rows) for k, v in sums.items()}
 
 
+def _rollouts(path: Path, made_by: dict[str, str], args: TrainFastDynamicsArgs, n: int,
+              device: torch.device, dynamics: str, seed: int) -> tuple[ImaginedRollouts, float]:
+    """``path``'s first ``n`` rollouts if ``made_by`` made them, else imagined now, kept there."""
+    if path.exists():
+        data, meta = load_rollouts(path)
+        t = args.horizon
+        alike = all(meta.get(k) == v for k, v in made_by.items())
+        if alike and len(data) >= n and data.tokens.shape[1] >= t:
+            print(f"reusing {n} of the {len(data)} imagined rollouts in {path}")
+            return data.first(n, t), float(meta["imagine_seconds"])
+        print(f"{path} was imagined otherwise or holds too few rollouts: imagining anew")
+    start = time.perf_counter()
+    data = imagine_many(args.task, args.checkpoint, n, args.horizon, args.policies, seed,
+                        device, dynamics=dynamics)
+    seconds = time.perf_counter() - start
+    save_rollouts(data, path, {**made_by, "imagine_seconds": f"{seconds:.1f}"})
+    return data, seconds
+
+
 def rollouts_for(args: TrainFastDynamicsArgs, device: torch.device
                  ) -> tuple[ImaginedRollouts, float]:
     """``<out>/rollouts.safetensors`` if it was imagined alike, else imagined now and kept there.
@@ -177,35 +209,74 @@ def rollouts_for(args: TrainFastDynamicsArgs, device: torch.device
     Alike: by the same weights (sha256), policies and seed, with enough rollouts and steps.
     Returns the rollouts and the seconds it took to imagine them.
     """
-    path = Path(args.out) / "rollouts.safetensors"
     made_by = {"teacher_sha256": read_config(args.checkpoint)["sha256"],
                "policies": json.dumps(list(args.policies)), "seed": str(args.seed)}
-    if path.exists():
-        data, meta = load_rollouts(path)
-        n, t = args.rollouts, args.horizon
-        alike = all(meta.get(k) == v for k, v in made_by.items())
-        if alike and len(data) >= n and data.tokens.shape[1] >= t:
-            print(f"reusing {n} of the {len(data)} imagined rollouts in {path}")
-            return data.first(n, t), float(meta["imagine_seconds"])
-        print(f"{path} was imagined otherwise or holds too few rollouts: imagining anew")
-    start = time.perf_counter()
-    data = imagine_many(args.task, args.checkpoint, args.rollouts, args.horizon, args.policies,
-                        args.seed, device)
-    seconds = time.perf_counter() - start
-    save_rollouts(data, path, {**made_by, "imagine_seconds": f"{seconds:.1f}"})
-    return data, seconds
+    return _rollouts(Path(args.out) / "rollouts.safetensors", made_by, args, args.rollouts,
+                     device, "full", args.seed)
+
+
+def own_rollouts_for(args: TrainFastDynamicsArgs, device: torch.device
+                     ) -> tuple[ImaginedRollouts, float]:
+    """The checkpoint's fast transformer's own ``on_policy`` rollouts, as :func:`rollouts_for`.
+
+    Imagined with other starts and policy seeds than the teacher's (seed ``seed + 7919``), and
+    kept in ``<out>/student_rollouts.safetensors`` for the same student weights (sha256).
+    """
+    seed = args.seed + 7919
+    made_by = {"teacher_sha256": read_config(args.checkpoint)["sha256"],
+               "student_sha256": read_config(FAST_DYNAMICS.directory(args.checkpoint))["sha256"],
+               "policies": json.dumps(list(args.policies)), "seed": str(seed)}
+    return _rollouts(Path(args.out) / "student_rollouts.safetensors", made_by, args,
+                     args.on_policy, device, "fast", seed)
+
+
+@dataclass
+class Pool:
+    """Rollouts to cut windows from: the first ``n_train`` to train on, the rest held out."""
+
+    data: ImaginedRollouts
+    n_train: int
+
+    def draw(self, n: int, length: int, first_window: float, gen: torch.Generator
+             ) -> dict[str, Tensor]:
+        """``n`` training windows (:func:`windows`)."""
+        rows = torch.randint(0, self.n_train, (n,), generator=gen)
+        horizon = self.data.tokens.shape[1]
+        return windows(self.data, rows, draw_starts(n, horizon, length, first_window, gen),
+                       length)
+
+    def heldout(self, n: int, length: int, first_window: float, gen: torch.Generator
+                ) -> tuple[Tensor, Tensor]:
+        """Rows and starts of ``n`` fixed held-out windows."""
+        rows = torch.randint(self.n_train, len(self.data), (n,), generator=gen)
+        horizon = self.data.tokens.shape[1]
+        return rows, draw_starts(n, horizon, length, first_window, gen)
 
 
 def train_fast_dynamics(args: TrainFastDynamicsArgs) -> Path:
     """Distils the checkpoint's transformer; returns the fast transformer's directory."""
-    from wmgym.env.loading import load_checkpoint
+    from wmgym.env.loading import clear_cache, load_checkpoint
 
     if not 0 < args.heldout < args.rollouts:
         raise ValueError(f"heldout must be in (0, rollouts={args.rollouts}), got {args.heldout}")
+    if args.on_policy and not args.resume:
+        raise ValueError("on_policy needs resume: the rollouts are imagined by the fast "
+                         "transformer being resumed")
+    if args.on_policy and not 0 < args.on_policy_share < 1:
+        raise ValueError(f"on_policy_share must be in (0, 1), got {args.on_policy_share}")
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     data, imagine_seconds = rollouts_for(args, device)
+    pools = {"teacher": Pool(data, args.rollouts - args.heldout)}
+    if args.on_policy:
+        clear_cache()  # imagine with the fast transformer now on disk
+        own, own_seconds = own_rollouts_for(args, device)
+        imagine_seconds += own_seconds
+        held = max(1, round(args.on_policy * args.heldout / args.rollouts))
+        if held >= args.on_policy:
+            raise ValueError(f"on_policy={args.on_policy} leaves no rollouts to train on")
+        pools["student"] = Pool(own, args.on_policy - held)
     teacher = load_checkpoint(args.checkpoint, load_spec(args.task), device).model.dynamics
     length = min(teacher.cfg.max_frames, args.horizon)
     previous = None
@@ -215,20 +286,26 @@ def train_fast_dynamics(args: TrainFastDynamicsArgs) -> Path:
     else:
         student = init_student(teacher, args.kv_heads)
     gen = torch.Generator().manual_seed(args.seed)
-    n_train = args.rollouts - args.heldout
-    held_rows = torch.randint(n_train, args.rollouts, (args.eval_windows,), generator=gen)
-    held_starts = draw_starts(args.eval_windows, args.horizon, length, args.first_window, gen)
-    before = compare(student, teacher, data, held_rows, held_starts, length, device)
+    held_out = {name: pool.heldout(args.eval_windows, length, args.first_window, gen)
+                for name, pool in pools.items()}
+
+    def report() -> dict[str, dict[str, float]]:
+        return {name: compare(student, teacher, pools[name].data, *held_out[name], length,
+                              device) for name in pools}
+
+    before = report()
     print(f"student at {'resume' if args.resume else 'init'} vs teacher, held out: {before}")
+    n_own = round(args.batch * args.on_policy_share) if args.on_policy else 0
+    per_pool = {"teacher": args.batch - n_own, "student": n_own}
     opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0,
                             betas=(0.9, 0.95))
     log = common.Logger(Path(args.out) / "tb", True)
     bar = tqdm(range(args.steps), desc="distil")
     train_start = time.perf_counter()
     for step in bar:
-        rows = torch.randint(0, n_train, (args.batch,), generator=gen)
-        starts = draw_starts(args.batch, args.horizon, length, args.first_window, gen)
-        batch = {k: v.to(device) for k, v in windows(data, rows, starts, length).items()}
+        parts = [pool.draw(per_pool[name], length, args.first_window, gen)
+                 for name, pool in pools.items() if per_pool[name]]
+        batch = {k: torch.cat([part[k] for part in parts]).to(device) for k in parts[0]}
         student.train()
         loss, m = distill_loss(student, teacher, batch)
         common.optimizer_step(student, opt, loss,
@@ -238,13 +315,16 @@ def train_fast_dynamics(args: TrainFastDynamicsArgs) -> Path:
             log.scalars(step, m)
             bar.set_postfix(kl=f"{m['token_kl']:.3f}", agree=f"{m['token_agree']:.3f}")
     train_seconds = time.perf_counter() - train_start
-    after = compare(student, teacher, data, held_rows, held_starts, length, device)
-    log.scalars(args.steps, after, prefix="heldout")
+    after = report()
+    for name, metrics in after.items():
+        log.scalars(args.steps, metrics, prefix=f"heldout_{name}")
     log.close()
     print(f"student vs teacher, held out: {after}")
+    own_report = {"heldout_own_rollouts_vs_teacher_at_start": before["student"],
+                  "heldout_own_rollouts_vs_teacher": after["student"]} if args.on_policy else {}
     out = save_fast_dynamics(args.checkpoint, student.eval(), {"distill": {
-        "args": asdict(args), "heldout_vs_teacher_at_init": before,
-        "heldout_vs_teacher": after,
+        "args": asdict(args), "heldout_vs_teacher_at_init": before["teacher"],
+        "heldout_vs_teacher": after["teacher"], **own_report,
         "imagine_seconds": round(imagine_seconds, 1),
         "train_seconds": round(train_seconds, 1), "machine": machine(),
         **({"resumed_from": previous} if previous else {}),

@@ -128,14 +128,16 @@ def load_rollouts(path: str | Path) -> tuple[ImaginedRollouts, dict[str, str]]:
 
 def imagine_many(task: str, checkpoint: str | Path, rollouts: int, horizon: int,
                  policies: tuple[str, ...], seed: int, device: torch.device,
-                 batch: int = 256) -> ImaginedRollouts:
+                 batch: int = 256, dynamics: str = "full") -> ImaginedRollouts:
     """``rollouts`` rollouts of ``horizon`` steps, imagined ``batch`` at a time (images off).
 
-    Batch ``k`` is :func:`imagine` with seed ``seed + k``.
+    Batch ``k`` is :func:`imagine` with seed ``seed + k``; ``dynamics`` picks the checkpoint's
+    transformer (``full`` or its distilled ``fast`` one).
     """
     parts = []
     for k, lo in enumerate(range(0, rollouts, batch)):
-        core = Imagination(task, min(batch, rollouts - lo), checkpoint, device, images=False)
+        core = Imagination(task, min(batch, rollouts - lo), checkpoint, device, images=False,
+                           dynamics=dynamics)
         parts.append(imagine(core, policies, horizon, seed + k))
         core.close()
     return ImaginedRollouts.cat(parts)
