@@ -378,6 +378,28 @@ def test_sweep_writes_json_and_plot(tiny, tmp_path):
     with pytest.raises(ValueError, match="cannot reuse its real episodes"):
         sw.run_sweep(("random",), replace(args, real_from=str(tmp_path / "sweep.json"), seed=5))
 
+    # pooling: the episodes of seeds 0-1 and 2-3, scored together
+    later = replace(args, seed=2, workers=1, out=str(tmp_path / "later"))
+    sw.sweep_main(later)
+    files = [str(tmp_path / "sweep.json"), str(tmp_path / "later" / "sweep.json")]
+    pooled = sw.sweep_main(replace(args, pool=tuple(files), out=str(tmp_path / "pooled")))
+    assert pooled["episodes"] == 4 and pooled["seeds"] == [0, 1, 2, 3]
+    assert (tmp_path / "pooled" / "sweep.png").stat().st_size > 0
+    parts = [json.loads(Path(f).read_text())["policies"] for f in files]
+    for i, p in enumerate(pooled["policies"]):
+        for twin in ("real", "imagined"):
+            both = [e for part in parts for e in part[i][twin]["per_episode"]["success"]]
+            assert p[twin]["per_episode"]["success"] == both
+            assert p[twin]["success"] == pytest.approx(np.mean(both), abs=1e-4)
+    rates = [[p[t]["success"] for p in pooled["policies"]] for t in ("real", "imagined")]
+    assert pooled["metrics"]["success"] == metrics.agreement(*rates)
+    with pytest.raises(ValueError, match="seeds .* are in another file"):
+        sw.pool_sweeps([files[0], files[0]])
+    other = json.loads(Path(files[1]).read_text()) | {"dynamics": "fast"}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="other.json: dynamics is 'fast'"):
+        sw.pool_sweeps([files[0], str(tmp_path / "other.json")])
+
 
 def test_reads_images():
     assert not reads_images(ScriptedPick()) and not reads_images(RandomPolicy())
