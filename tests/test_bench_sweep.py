@@ -348,6 +348,7 @@ def test_sweep_writes_json_and_plot(tiny, tmp_path):
     saved = json.loads((tmp_path / "sweep.json").read_text())
     assert [p["name"] for p in saved["policies"]] == list(args.policies)
     assert saved["seeds"] == [0, 1] and saved["max_steps"] == 8
+    assert saved["dynamics"] == "auto" and saved["fast_dynamics_sha256"] is None  # the full one
     real = [p["real"]["success"] for p in saved["policies"]]
     imagined = [p["imagined"]["success"] for p in saved["policies"]]
     for p in saved["policies"]:

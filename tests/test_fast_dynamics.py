@@ -225,6 +225,20 @@ def test_on_policy_windows_come_from_the_students_own_rollouts(fast, tmp_path, c
     assert report["args"]["on_policy"] == 6
 
 
+def test_sweep_records_which_fast_transformer_ran(fast, tmp_path):
+    from wmgym.sweep import SweepArgs, pool_sweeps, run_sweep
+
+    args = SweepArgs(episodes=1, max_steps=3, checkpoint=str(fast), device=DEVICE,
+                     dynamics="fast", progress=False, out=str(tmp_path))
+    result = run_sweep(("random",), args)
+    assert result["fast_dynamics_sha256"] == read_config(fast / SUBDIR)["sha256"]
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(result))
+    b.write_text(json.dumps(result | {"seeds": [1], "fast_dynamics_sha256": "retrained"}))
+    with pytest.raises(ValueError, match="fast_dynamics_sha256 is 'retrained'"):
+        pool_sweeps([a, b])  # another student's episodes are not more of the same
+
+
 def test_card_section_reads_the_recorded_report(fast, tmp_path):
     from wmgym.card import CardArgs, fast_dynamics_section
 

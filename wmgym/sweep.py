@@ -366,6 +366,16 @@ def _compare(
     return per_policy, metrics
 
 
+def _fast_dynamics_sha256(checkpoint: str | Path, dynamics: str) -> str | None:
+    """The sha256 of the fast transformer ``dynamics`` picks, None for the full one."""
+    from wmgym.model.checkpoint import read_config
+    from wmgym.model.fast_dynamics import FAST_DYNAMICS, has_fast_dynamics, resolve_dynamics
+
+    if resolve_dynamics(dynamics, has_fast_dynamics(checkpoint)) == "full":
+        return None
+    return read_config(FAST_DYNAMICS.directory(checkpoint))["sha256"]
+
+
 def run_sweep(
     policies: Mapping[str, PolicySource] | Iterable[PolicySource], args: SweepArgs
 ) -> dict[str, Any]:
@@ -417,6 +427,8 @@ def run_sweep(
         "decoding": args.decoding,
         "kv_cache": args.kv_cache,
         "dynamics": args.dynamics,
+        "fast_dynamics_sha256": _fast_dynamics_sha256(args.checkpoint or spec.checkpoint,
+                                                      args.dynamics),
         "images": images,
         "policies": per_policy,
         "metrics": metrics,
@@ -428,7 +440,15 @@ def run_sweep(
 
 #: Settings pooled sweeps must share: the same policies scored the same way.
 POOLED_ALIKE = ("task", "checkpoint_sha256", "max_steps", "temperature", "decoding",
-                "kv_cache", "dynamics", "images")
+                "kv_cache", "dynamics", "fast_dynamics_sha256", "images")
+
+#: What a setting that results older than the option lack, or ``auto``, meant.
+_IMPLIED = {"kv_cache": {None: "auto"}, "dynamics": {None: "full", "auto": "full"}}
+
+
+def _setting(result: dict[str, Any], key: str) -> Any:
+    value = result.get(key)
+    return _IMPLIED.get(key, {}).get(value, value)
 
 
 def pool_sweeps(paths: Sequence[str | Path]) -> dict[str, Any]:
@@ -453,9 +473,9 @@ def pool_sweeps(paths: Sequence[str | Path]) -> dict[str, Any]:
     seen: set[int] = set()
     for path, r in zip(paths, results):
         for key in POOLED_ALIKE:
-            if r.get(key) != first.get(key):
-                raise ValueError(f"{path}: {key} is {r.get(key)!r}, {paths[0]} has "
-                                 f"{first.get(key)!r}: only sweeps run alike pool")
+            if _setting(r, key) != _setting(first, key):
+                raise ValueError(f"{path}: {key} is {_setting(r, key)!r}, {paths[0]} has "
+                                 f"{_setting(first, key)!r}: only sweeps run alike pool")
         if [p["name"] for p in r["policies"]] != names:
             raise ValueError(f"{path}: policies {[p['name'] for p in r['policies']]} differ "
                              f"from {paths[0]}'s {names}")
@@ -473,7 +493,7 @@ def pool_sweeps(paths: Sequence[str | Path]) -> dict[str, Any]:
     per_policy, metrics = _compare(names, twin("real"), twin("imagined"), episodes)
     seconds = {k: round(sum(r["seconds"][k] for r in results), 1) for k in ("sim", "wm")}
     return {**{k: first[k] for k in ("sim_env", "wm_env", "checkpoint")},
-            **{k: first.get(k) for k in POOLED_ALIKE}, "episodes": episodes,
+            **{k: _setting(first, k) for k in POOLED_ALIKE}, "episodes": episodes,
             "seeds": [s for r in results for s in r["seeds"]], "policies": per_policy,
             "metrics": metrics, "seconds": seconds, "pooled_from": [str(p) for p in paths],
             "machine": machine()}
