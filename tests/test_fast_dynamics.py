@@ -223,6 +223,11 @@ def test_on_policy_windows_come_from_the_students_own_rollouts(fast, tmp_path, c
     start = report["heldout_own_rollouts_vs_teacher_at_start"]
     assert report["heldout_own_rollouts_vs_teacher"]["token_kl"] < start["token_kl"]
     assert report["args"]["on_policy"] == 6
+    from wmgym.card import CardArgs, fast_dynamics_section
+
+    text = " ".join(fast_dynamics_section(CardArgs(checkpoint=str(copy))).split())
+    assert "4 (50% of them from 6 rollouts it imagined itself) steps" in text
+    assert "On held-out rollouts it imagined itself" in text
 
 
 def test_sweep_records_which_fast_transformer_ran(fast, tmp_path):

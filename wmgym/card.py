@@ -139,7 +139,13 @@ def fast_dynamics_section(args: CardArgs) -> str:
         runs.append(runs[-1]["resumed_from"])
     first, last = runs[-1], runs[0]
     a, dyn = first["args"], config["dynamics"]
-    steps = " + ".join(str(r["args"]["steps"]) for r in reversed(runs))
+
+    def run_steps(r: dict) -> str:
+        n, share = r["args"].get("on_policy", 0), r["args"].get("on_policy_share", 0.0)
+        own = f" ({share:.0%} of them from {n} rollouts it imagined itself)" if n else ""
+        return f"{r['args']['steps']}{own}"
+
+    steps = " + ".join(run_steps(r) for r in reversed(runs))
     minutes = sum(r["train_seconds"] for r in runs) / 60
 
     def closeness(m: dict) -> str:
@@ -151,6 +157,10 @@ def fast_dynamics_section(args: CardArgs) -> str:
     ratio = dyn["n_head"] // dyn["n_kv_head"]
     seconds = first.get("imagine_seconds")
     imagined = "time not recorded" if seconds is None else f"{seconds / 60:.1f} min to imagine"
+    own = last.get("heldout_own_rollouts_vs_teacher")
+    own_section = "" if own is None else (
+        "On held-out rollouts it imagined itself (where its own errors have led it), against "
+        f"the transformer on the same frames: {closeness(own)}.\n")
     text = f"""## Fast transformer (`{FAST_DYNAMICS.subdir}/`, `wmgym train fast-dynamics`)
 {n_params / 1e6:.2f}M parameters: the transformer with {dyn['n_head']} query heads sharing
 {dyn['n_kv_head']} key/value head per layer, so every pass reads {ratio}× fewer cached bytes.
@@ -159,14 +169,16 @@ Started from the transformer's weights with the key/value heads averaged, then d
 ({imagined}) for {steps} steps of {a['batch']} windows
 ({minutes:.1f} min). On {a['heldout']} held-out rollouts, against the transformer: at the start
 {closeness(first['heldout_vs_teacher_at_init'])}; after {closeness(last['heldout_vs_teacher'])}.
-Parameters stored in float16. Used only when asked for (`dynamics="fast"`).
+{own_section}Parameters stored in float16. Used only when asked for (`dynamics="fast"`).
 """
     if args.fast_sweep:
         sweep = json.loads(Path(args.fast_sweep).read_text())
         m = sweep["metrics"]["success"]
+        pooled = (f"; {len(sweep['pooled_from'])} sweeps' episodes pooled"
+                  if sweep.get("pooled_from") else "")
         text += f"""
 `wmgym sweep` with it ({len(sweep['policies'])} policies × {sweep['episodes']} seeds, real
-episodes shared): success Pearson {m['pearson']:.2f}, Spearman {m['spearman']:.2f}, MMRV
+episodes shared{pooled}): success Pearson {m['pearson']:.2f}, Spearman {m['spearman']:.2f}, MMRV
 {m['mmrv']:.3f}, mean |gap| {m['mean_abs_gap']:.3f}.
 """
     return text + "\n"
