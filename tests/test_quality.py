@@ -74,3 +74,28 @@ def test_action_probes_do_not_get_worse(result):
     assert probe["eef_err_m"]["h1"] <= ref["eef_err_m"]["h1"] + 0.01
     assert probe["eef_err_m"]["h20"] <= ref["eef_err_m"]["h20"] + 0.02
     assert probe["false_success"] <= ref["false_success"] + 0.1
+
+
+def test_shipped_fast_transformer_stays_close_to_the_full_one():
+    # the card's closeness to the full transformer, on windows of rollouts it imagines here
+    from wmgym.model.checkpoint import read_config
+    from wmgym.model.fast_dynamics import FAST_DYNAMICS, load_fast_dynamics
+    from wmgym.model.world_model import WorldModel
+    from wmgym.train.fast_dynamics import compare
+    from wmgym.train.imagined import POLICIES, imagine_many
+
+    if not FAST_DYNAMICS.exists(CHECKPOINT):
+        pytest.skip("the checkpoint ships no fast transformer")
+    torch.manual_seed(0)
+    cpu = torch.device("cpu")
+    n = len(POLICIES)
+    data = imagine_many("pick", CHECKPOINT, n, 24, POLICIES, seed=3, device=cpu, batch=n)
+    teacher = WorldModel.load(CHECKPOINT).dynamics
+    rows, starts = torch.arange(n).repeat(2), torch.tensor([0] * n + [8] * n)
+    got = compare(load_fast_dynamics(CHECKPOINT), teacher, data, rows, starts,
+                  teacher.cfg.max_frames, cpu)
+    recorded = read_config(FAST_DYNAMICS.directory(CHECKPOINT))["distill"]["heldout_vs_teacher"]
+    print(got, recorded)
+    assert got["token_kl"] <= 1.5 * recorded["token_kl"], (got, recorded)
+    assert got["token_agree"] >= recorded["token_agree"] - 0.03, (got, recorded)
+    assert got["success_agree"] >= 0.99 and got["state_mse"] <= 3 * recorded["state_mse"]
