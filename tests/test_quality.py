@@ -95,7 +95,6 @@ def test_shipped_fast_transformer_stays_close_to_the_full_one():
     got = compare(load_fast_dynamics(CHECKPOINT), teacher, data, rows, starts,
                   teacher.cfg.max_frames, cpu)
     recorded = read_config(FAST_DYNAMICS.directory(CHECKPOINT))["distill"]["heldout_vs_teacher"]
-    print(got, recorded)
     assert got["token_kl"] <= 1.5 * recorded["token_kl"], (got, recorded)
     assert got["token_agree"] >= recorded["token_agree"] - 0.03, (got, recorded)
     assert got["success_agree"] >= 0.99 and got["state_mse"] <= 3 * recorded["state_mse"]
