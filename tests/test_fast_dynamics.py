@@ -187,7 +187,16 @@ def test_resume_continues_the_shipped_student(fast, tmp_path, capsys):
             resume=True, seed=seed,
         ))
 
+    from wmgym.env.loading import load_checkpoint
+    from wmgym.spec import load_spec
+
+    loaded = load_checkpoint(copy, load_spec("pick"), DEVICE)
+    before = loaded.world_model("fast")
     resume(seed=1)  # other rollouts than the kept ones: imagined anew
+    # the process's loaded checkpoint serves the student now on disk, not the one it had
+    after = loaded.world_model("fast")
+    assert after is not before and after is loaded.world_model("fast")
+    assert not torch.equal(after.dynamics.slot, before.dynamics.slot)
     assert "imagining anew" in capsys.readouterr().out
     resume(seed=1)  # the same teacher, policies and seed: reused
     assert "reusing 8 of the 8" in capsys.readouterr().out

@@ -368,12 +368,11 @@ def _compare(
 
 def _fast_dynamics_sha256(checkpoint: str | Path, dynamics: str) -> str | None:
     """The sha256 of the fast transformer ``dynamics`` picks, None for the full one."""
-    from wmgym.model.checkpoint import read_config
     from wmgym.model.fast_dynamics import FAST_DYNAMICS, has_fast_dynamics, resolve_dynamics
 
     if resolve_dynamics(dynamics, has_fast_dynamics(checkpoint)) == "full":
         return None
-    return read_config(FAST_DYNAMICS.directory(checkpoint))["sha256"]
+    return FAST_DYNAMICS.sha256(checkpoint)
 
 
 def run_sweep(

@@ -17,8 +17,18 @@ import numpy as np
 import torch
 
 from wmgym.model import checkpoint as ckpt
-from wmgym.model.fast_decoder import has_fast_decoder, load_fast_decoder, resolve_decoder
-from wmgym.model.fast_dynamics import has_fast_dynamics, load_fast_dynamics, resolve_dynamics
+from wmgym.model.fast_decoder import (
+    FAST_DECODER,
+    has_fast_decoder,
+    load_fast_decoder,
+    resolve_decoder,
+)
+from wmgym.model.fast_dynamics import (
+    FAST_DYNAMICS,
+    has_fast_dynamics,
+    load_fast_dynamics,
+    resolve_dynamics,
+)
 from wmgym.model.tokenizer import Decoder
 from wmgym.model.world_model import WorldModel, resolve_device
 from wmgym.spec import TaskSpec
@@ -37,8 +47,10 @@ class LoadedCheckpoint:
     start_obs: dict[str, np.ndarray]
     """Real start observations: ``{key: array (N, ...)}``."""
 
-    _decoders: dict[str, Decoder] = field(default_factory=dict, repr=False, compare=False)
-    _models: dict[str, WorldModel] = field(default_factory=dict, repr=False, compare=False)
+    # the distilled companions in use, by their sha256
+    _decoders: dict[str | None, Decoder] = field(default_factory=dict, repr=False, compare=False)
+    _models: dict[str | None, WorldModel] = field(default_factory=dict, repr=False,
+                                                  compare=False)
 
     @property
     def num_start_obs(self) -> int:
@@ -58,10 +70,11 @@ class LoadedCheckpoint:
         """
         if self.resolve_decoder(decoder) == "full":
             return None
+        key = FAST_DECODER.sha256(self.path)  # a redistilled one on disk replaces it
         with _LOCK:
-            if "fast" not in self._decoders:
-                self._decoders["fast"] = load_fast_decoder(self.path, self.model.device)
-            return self._decoders["fast"]
+            if key not in self._decoders:
+                self._decoders[key] = load_fast_decoder(self.path, self.model.device)
+            return self._decoders[key]
 
     def resolve_dynamics(self, dynamics: str) -> str:
         """``full`` or ``fast``: what ``dynamics`` (``auto``, ``full``, ``fast``) means here."""
@@ -77,11 +90,12 @@ class LoadedCheckpoint:
         """
         if self.resolve_dynamics(dynamics) == "full":
             return self.model
+        key = FAST_DYNAMICS.sha256(self.path)  # a redistilled one on disk replaces it
         with _LOCK:
-            if "fast" not in self._models:
+            if key not in self._models:
                 student = load_fast_dynamics(self.path, self.model.device)
-                self._models["fast"] = self.model.with_dynamics(student)
-            return self._models["fast"]
+                self._models[key] = self.model.with_dynamics(student)
+            return self._models[key]
 
 
 _CACHE: dict[tuple[str, str], LoadedCheckpoint] = {}

@@ -52,6 +52,12 @@ class Companion:
         return ckpt.save_checkpoint(self.directory(checkpoint), state_dict,
                                     {**config, "teacher_sha256": parent["sha256"]})
 
+    def sha256(self, checkpoint: str | Path) -> str | None:
+        """The sha256 of ``checkpoint``'s one (its weights), None when it has none."""
+        if not self.exists(checkpoint):
+            return None
+        return ckpt.read_config(self.directory(checkpoint))["sha256"]
+
     def remove_if_stale(self, checkpoint: str | Path) -> bool:
         """Deletes ``checkpoint``'s one if it was distilled from other weights; whether it did."""
         if not self.exists(checkpoint):

@@ -224,7 +224,7 @@ def own_rollouts_for(args: TrainFastDynamicsArgs, device: torch.device
     """
     seed = args.seed + 7919
     made_by = {"teacher_sha256": read_config(args.checkpoint)["sha256"],
-               "student_sha256": read_config(FAST_DYNAMICS.directory(args.checkpoint))["sha256"],
+               "student_sha256": FAST_DYNAMICS.sha256(args.checkpoint),
                "policies": json.dumps(list(args.policies)), "seed": str(seed)}
     return _rollouts(Path(args.out) / "student_rollouts.safetensors", made_by, args,
                      args.on_policy, device, "fast", seed)
@@ -255,7 +255,7 @@ class Pool:
 
 def train_fast_dynamics(args: TrainFastDynamicsArgs) -> Path:
     """Distils the checkpoint's transformer; returns the fast transformer's directory."""
-    from wmgym.env.loading import clear_cache, load_checkpoint
+    from wmgym.env.loading import load_checkpoint
 
     if not 0 < args.heldout < args.rollouts:
         raise ValueError(f"heldout must be in (0, rollouts={args.rollouts}), got {args.heldout}")
@@ -270,7 +270,6 @@ def train_fast_dynamics(args: TrainFastDynamicsArgs) -> Path:
     data, imagine_seconds = rollouts_for(args, device)
     pools = {"teacher": Pool(data, args.rollouts - args.heldout)}
     if args.on_policy:
-        clear_cache()  # imagine with the fast transformer now on disk
         own, own_seconds = own_rollouts_for(args, device)
         imagine_seconds += own_seconds
         held = max(1, round(args.on_policy * args.heldout / args.rollouts))
