@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from wmgym.data.collect import MIXES, CollectArgs, choose_policy, collect
 from wmgym.data.dataset import heldout_ids, read_dataset, read_metadata, write_dataset
@@ -81,3 +82,40 @@ def test_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError):
         write_dataset(tmp_path / "x", [Broken()], load_spec("pick"))
     assert list(tmp_path.iterdir()) == []
+
+
+def _tokenized(closing_at: int | None, steps: int = 60, stride: int = 20):
+    """A synthetic tokenized episode whose gripper closes from ``closing_at`` on (tokens = frame
+    index, so a clip's frames can be read off its tokens)."""
+    from wmgym.train.data import EpisodeTensors, TokenizedEpisode
+
+    actions = torch.full((steps, 4), -1.0)
+    if closing_at is not None:
+        actions[closing_at - 5, 3] = 1.0  # one flick is no grasp
+        actions[closing_at:, 3] = 1.0
+    source = EpisodeTensors(torch.zeros(steps + 1, 5, 2, 2), actions, torch.zeros(steps),
+                            torch.zeros(steps), torch.zeros(steps + 1, 8))
+    ctx = list(range(0, steps, stride))
+    frames = [torch.arange(c + 1, steps + 1)[:, None].repeat(1, 2) for c in ctx]
+    return TokenizedEpisode(ctx, torch.zeros(len(ctx), 4, dtype=torch.long), frames, source)
+
+
+def test_grasp_clips_start_just_before_the_grasp():
+    from wmgym.train.data import sample_clips
+
+    grasp, plain = _tokenized(closing_at=37), _tokenized(closing_at=None)
+    assert grasp.source.closing == 37 and plain.source.closing is None
+    length = 8
+    clips = sample_clips([grasp, plain], 64, length, np.random.default_rng(0), grasp_share=1.0)
+    first = clips["tokens"][:, 0, 0].numpy()  # absolute index of each clip's first frame
+    assert np.all((first >= 37 + 1 - length // 2) & (first <= 37))  # 1-4 frames before it
+    assert np.all(clips["actions"][:, :, 3].max(1).values.numpy() == 1.0)  # the grasp is in it
+    # the context is the latest one before the clip; the gap flag says whether it follows it
+    assert np.all(clips["gap"].numpy() == (first != 21))
+    # a share of 0 draws exactly as the sampler always did
+    a = sample_clips([grasp, plain], 16, length, np.random.default_rng(1))
+    b = sample_clips([grasp, plain], 16, length, np.random.default_rng(1), grasp_share=0.0)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    mixed = sample_clips([grasp, plain], 400, length, np.random.default_rng(2), grasp_share=0.5)
+    near = (mixed["actions"][:, :, 3].max(1).values == 1.0).float().mean().item()
+    assert 0.5 < near < 0.9  # the grasp clips, plus uniform ones that happen to hold it

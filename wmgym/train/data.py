@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -10,6 +11,9 @@ from torch import Tensor
 
 from wmgym.data.dataset import Episode, read_dataset
 from wmgym.model.frames import obs_to_frames
+
+#: Closing commands in a row that make a grasp (:func:`first_closing`).
+CLOSING_RUN = 3
 
 
 @dataclass
@@ -24,6 +28,23 @@ class EpisodeTensors:
 
     def __len__(self) -> int:
         return len(self.actions)
+
+    @cached_property
+    def closing(self) -> int | None:
+        """The step of the first grasp (:func:`first_closing`), or None."""
+        return first_closing(self.actions.numpy())
+
+
+def first_closing(actions: np.ndarray, run: int = CLOSING_RUN) -> int | None:
+    """The first step of ``run`` closing gripper commands in a row (``actions[:, 3] > 0``).
+
+    A run, not one command: noisy policies flick the gripper without grasping.
+    """
+    closing = np.asarray(actions)[:, 3] > 0
+    for t in range(len(closing) - run + 1):
+        if closing[t:t + run].all():
+            return t
+    return None
 
 
 def episode_frames(ep: Episode, depth_range) -> Tensor:
@@ -110,8 +131,22 @@ def tokenize_episodes(
     return out
 
 
+def _grasp_clip(te: TokenizedEpisode, length: int, rng: np.random.Generator) -> tuple[int, int]:
+    """A clip starting 1 to ``length // 2`` frames before the episode's grasp.
+
+    Returns ``(context choice, first offset)``: the latest context before the clip, and the
+    clip's first frame counted from it.
+    """
+    n, close = len(te.source), te.source.closing
+    start = max(1, close + 1 - int(rng.integers(1, length // 2 + 1)))  # absolute first frame
+    j = max(i for i, c in enumerate(te.ctx_index) if c < start)
+    c = te.ctx_index[j]
+    return j, max(1, min(start - c, n - c - length + 1))
+
+
 def sample_clips(
     episodes: list[TokenizedEpisode], batch: int, length: int, rng: np.random.Generator,
+    grasp_share: float = 0.0,
 ) -> dict[str, Tensor]:
     """Dynamics training clips: a context and ``length`` later frames with their actions.
 
@@ -119,19 +154,29 @@ def sample_clips(
     start later, as the sliding window sees them in long rollouts; ``gap`` flags those (the model
     is told, as it is when its window slides). Episodes too short to fill ``length`` frames are
     padded and ``valid`` marks the real frames. ``prev_state`` is the state before each frame
-    (for ``--state-input``).
+    (for ``--state-input``). A ``grasp_share`` of the clips (drawn first, so 0 draws as before)
+    come from episodes with a grasp (:attr:`EpisodeTensors.closing`) and start a few frames
+    before it.
     """
     keys = ("ctx", "tokens", "actions", "reward", "success", "state", "valid", "gap",
             "prev_state")
     cols: dict[str, list[Tensor]] = {k: [] for k in keys}
+    grasping = [te for te in episodes if te.source.closing is not None] if grasp_share else []
     for _ in range(batch):
-        te = episodes[rng.integers(len(episodes))]
+        if grasping and rng.random() < grasp_share:
+            te = grasping[rng.integers(len(grasping))]
+            j, first = _grasp_clip(te, length, rng)
+        else:
+            te = episodes[rng.integers(len(episodes))]
+            j, first = -1, 0
         ep, n = te.source, len(te.source)
-        j = 0 if rng.random() < 0.5 else int(rng.integers(len(te.ctx_index)))
+        if j < 0:
+            j = 0 if rng.random() < 0.5 else int(rng.integers(len(te.ctx_index)))
         c = te.ctx_index[j]
         avail = n - c  # frames c+1..n
-        first = 1 if (rng.random() < 0.5 or avail <= length) else int(
-            rng.integers(1, avail - length + 2))
+        if not first:
+            first = 1 if (rng.random() < 0.5 or avail <= length) else int(
+                rng.integers(1, avail - length + 2))
         idx = torch.arange(first, min(first + length, avail + 1))  # offsets from c
         k = len(idx)
         pad = length - k

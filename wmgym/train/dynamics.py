@@ -78,6 +78,11 @@ class TrainDynamicsArgs(common.TrainArgs):
     token_cache: bool = True
     """Keep each dataset's tokens in ``DATA/token_cache/`` (keyed by the tokenizer's weights)
     and reuse them when training again with the same tokenizer."""
+    grasp_share: float = 0.0
+    """Share of clips cut around a grasp (from 1-8 frames before the first of three closing
+    commands in a row). A grasp holds or slips within a handful of an episode's hundred frames;
+    trained on uniform clips, the shipped model decided near-miss grasps from the real frame
+    before them little better than a coin (``scripts/grasp_outcomes.py``, its card)."""
     init: str = ""
     """Fine-tune: start from this world-model checkpoint (its tokenizer and dynamics weights;
     parameters it lacks, such as a new gap embedding, keep their initialisation). Empty: from
@@ -125,6 +130,8 @@ def init_from(model: DynamicsTransformer, source: DynamicsTransformer, path: str
 
 def train_dynamics(args: TrainDynamicsArgs) -> Path:
     """Trains the dynamics transformer and exports the world-model checkpoint."""
+    if not 0.0 <= args.grasp_share <= 1.0:
+        raise ValueError(f"--grasp-share is a share of clips in [0, 1], got {args.grasp_share}")
     d = common.setup_distributed(args.device)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed + d.rank)
@@ -182,7 +189,7 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
                disable=not d.main)
     for step in bar:
         b = {k: v.to(d.device) for k, v in sample_clips(tokenized, args.batch, args.max_frames,
-                                                         rng).items()}
+                                                         rng, args.grasp_share).items()}
         model.train()
         loss, m = trainer(b["ctx"], b["tokens"], b["actions"], b["reward"], b["success"],
                           b["state"], b["valid"], b["gap"], b["prev_state"])
