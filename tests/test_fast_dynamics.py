@@ -207,6 +207,27 @@ def test_resume_continues_the_shipped_student(fast, tmp_path, capsys):
     assert start < first["heldout_vs_teacher_at_init"]["token_kl"]
 
 
+def test_init_from_starts_from_another_checkpoints_student(fast, tmp_path):
+    bare = tmp_path / "bare"  # as after a fine-tune of the teacher: no fast transformer
+    shutil.copytree(fast, bare)
+    shutil.rmtree(bare / SUBDIR)
+    args = TrainFastDynamicsArgs(
+        checkpoint=str(bare), rollouts=8, horizon=6, heldout=2, steps=2, batch=4,
+        policies=("pick", "random"), eval_windows=8, out=str(tmp_path / "run"), device=DEVICE,
+        init_from=str(fast), resume=True)
+    with pytest.raises(ValueError, match="give one"):
+        train_fast_dynamics(args)
+    args.resume = False
+    train_fast_dynamics(args)
+    report = read_config(bare / SUBDIR)["distill"]
+    first = read_config(fast / SUBDIR)["distill"]
+    assert report["initialised_from"] == first
+    # it starts where the other student ended, not from the teacher's averaged heads
+    assert report["heldout_vs_teacher_at_init"]["token_kl"] < (
+        first["heldout_vs_teacher_at_init"]["token_kl"])
+    assert load_fast_dynamics(bare) is not None  # bound to this checkpoint's weights
+
+
 def test_on_policy_windows_come_from_the_students_own_rollouts(fast, tmp_path, capsys):
     copy, run = tmp_path / "copy", tmp_path / "run"
     shutil.copytree(fast, copy)

@@ -92,6 +92,11 @@ class TrainFastDynamicsArgs:
     resume: bool = False
     """Continue training the checkpoint's fast transformer instead of starting from the
     teacher's weights (its previous report is kept under ``resumed_from``)."""
+    init_from: str = ""
+    """Start from this other world-model checkpoint's fast transformer instead of the teacher's
+    averaged key/value heads: after a fine-tune of the teacher, the student distilled from the
+    weights before it is most of the way there (its report is kept under
+    ``initialised_from``)."""
     on_policy: int = 0
     """With ``resume``: rollouts the fast transformer being resumed imagines itself (acted by
     ``policies``, kept in ``<out>/student_rollouts.safetensors``); 0: none."""
@@ -262,6 +267,8 @@ def train_fast_dynamics(args: TrainFastDynamicsArgs) -> Path:
     if args.on_policy and not args.resume:
         raise ValueError("on_policy needs resume: the rollouts are imagined by the fast "
                          "transformer being resumed")
+    if args.init_from and args.resume:
+        raise ValueError("init_from and resume both name the student to start from; give one")
     if args.on_policy and not 0 < args.on_policy_share < 1:
         raise ValueError(f"on_policy_share must be in (0, 1), got {args.on_policy_share}")
     device = resolve_device(args.device)
@@ -282,6 +289,9 @@ def train_fast_dynamics(args: TrainFastDynamicsArgs) -> Path:
     if args.resume:
         previous = read_config(FAST_DYNAMICS.directory(args.checkpoint))["distill"]
         student = load_fast_dynamics(args.checkpoint, device).requires_grad_(True)
+    elif args.init_from:
+        previous = read_config(FAST_DYNAMICS.directory(args.init_from))["distill"]
+        student = load_fast_dynamics(args.init_from, device).requires_grad_(True)
     else:
         student = init_student(teacher, args.kv_heads)
     gen = torch.Generator().manual_seed(args.seed)
@@ -293,7 +303,8 @@ def train_fast_dynamics(args: TrainFastDynamicsArgs) -> Path:
                               device) for name in pools}
 
     before = report()
-    print(f"student at {'resume' if args.resume else 'init'} vs teacher, held out: {before}")
+    started = "resume" if args.resume or args.init_from else "init"
+    print(f"student at {started} vs teacher, held out: {before}")
     n_own = round(args.batch * args.on_policy_share) if args.on_policy else 0
     per_pool = {"teacher": args.batch - n_own, "student": n_own}
     opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0,
@@ -326,7 +337,8 @@ def train_fast_dynamics(args: TrainFastDynamicsArgs) -> Path:
         "heldout_vs_teacher": after["teacher"], **own_report,
         "imagine_seconds": round(imagine_seconds, 1),
         "train_seconds": round(train_seconds, 1), "machine": machine(),
-        **({"resumed_from": previous} if previous else {}),
+        **({"initialised_from" if args.init_from else "resumed_from": previous}
+           if previous else {}),
     }})
     print(f"fast transformer -> {out} ({time.perf_counter() - start:.0f} s)")
     return out
