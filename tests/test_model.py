@@ -616,12 +616,13 @@ def test_state_filter_in_the_cache_matches_its_training_unroll_and_restarts_per_
                           atol=1e-4)
 
 
-def test_state_input_in_the_cache_matches_the_training_pass():
+@pytest.mark.parametrize("offset_input", [False, True])
+def test_state_input_in_the_cache_matches_the_training_pass(offset_input):
     # imagination feeds each slot the previous frame's state: the real one given with
     # set_state, then the model's own readings. The teacher-forced pass, given those states as
     # prev_state, must give the same logits and heads; a row without a state gets no input.
     torch.manual_seed(0)
-    cfg = tiny_dynamics_config(state_input=True)
+    cfg = tiny_dynamics_config(state_input=True, offset_input=offset_input)
     model = DynamicsTransformer(cfg).eval()
     randomize_actions(model)
     model.set_state_normalization(torch.ones(cfg.state_dim), 2 * torch.ones(cfg.state_dim))
@@ -644,6 +645,8 @@ def test_state_input_in_the_cache_matches_the_training_pass():
                                                                    cfg.state_dim))
     assert torch.allclose(untrained, plain.logits, atol=1e-5)
     torch.nn.init.normal_(model.state_proj.weight, std=0.5)
+    if offset_input:
+        torch.nn.init.normal_(model.offset_proj.weight, std=0.5)
     logits, states = run(start)
     prev = torch.cat([start[:, None], states[:, :-1]], 1)
     with torch.no_grad():
@@ -658,6 +661,21 @@ def test_state_input_in_the_cache_matches_the_training_pass():
     assert torch.allclose(free[:, 0], untrained[:, 0], atol=1e-5)
     with pytest.raises(ValueError, match="prev_state"):
         model(ctx, frames, actions)
+
+
+def test_offset_input_reads_the_grippers_offset_from_the_cube():
+    from wmgym.model.transformer import OFFSET_SCALE
+    from wmgym.spec import STATE_FIELDS
+
+    with pytest.raises(ValueError, match="needs state_input"):
+        DynamicsTransformer(tiny_dynamics_config(offset_input=True))
+    cfg = tiny_dynamics_config(state_input=True, offset_input=True)
+    model = DynamicsTransformer(cfg)
+    model.set_state_normalization(torch.full((cfg.state_dim,), 0.5), torch.full((8,), 0.1))
+    raw = dict(zip(STATE_FIELDS, [0.03, -0.04, 0.9, 0.04, -0.04, 0.0, 0.0, 0.82]))
+    state = model.normalize_state(torch.tensor([list(raw.values())]))
+    expected = torch.tensor([[0.03, -0.04, 0.08, 0.05]]) / OFFSET_SCALE
+    assert torch.allclose(model._offset(state), expected, atol=1e-4)
 
 
 def test_state_input_training_noise_and_dropout():

@@ -34,6 +34,10 @@ from wmgym.model.kv_cache import (
     rope_inv_freq,
     rope_tables,
 )
+from wmgym.spec import CUBE_POS, EEF_POS
+
+#: Unit of the offset input (metres): about where a grasp stops holding.
+OFFSET_SCALE = 0.02
 
 __all__ = ["DynamicsConfig", "DynamicsOutput", "DynamicsTransformer", "FrameSample", "KVCache",
            "apply_rope", "rope_at", "rope_tables", "symexp", "symlog"]
@@ -84,6 +88,11 @@ class DynamicsConfig:
     # model's own readings. Frames can then follow the gripper and cube positions to the
     # millimetre instead of recovering them from 16 coarse tokens.
     state_input: bool = False
+    # With state_input: also the gripper's offset from the cube (x, y, z and the horizontal
+    # distance, in units of OFFSET_SCALE) through its own zero-initialised map. Whether a grasp
+    # holds turns on a centimetre of it, which a linear map of the normalised state leaves the
+    # blocks to compute.
+    offset_input: bool = False
     state_noise: float = 0.1  # std of the noise on the training state input (normalised units)
     state_dropout: float = 0.1  # share of training clips given no state input (as in a restart)
 
@@ -336,6 +345,9 @@ class DynamicsTransformer(nn.Module):
         self.head = ParallelHead(cfg) if cfg.parallel_head else None
         self.state_filter = StateFilter(cfg) if cfg.state_filter else None
         self.state_proj = nn.Linear(cfg.state_dim, d) if cfg.state_input else None
+        if cfg.offset_input and not cfg.state_input:
+            raise ValueError("offset_input needs state_input: the offset is read off the state")
+        self.offset_proj = nn.Linear(4, d) if cfg.offset_input else None
         self.register_buffer("state_mean", torch.zeros(cfg.state_dim))
         self.register_buffer("state_std", torch.ones(cfg.state_dim))
         cos, sin = rope_tables(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta)
@@ -355,7 +367,7 @@ class DynamicsTransformer(nn.Module):
             nn.init.normal_(self.gap_emb, std=0.02)
         if self.state_filter is not None:  # starts as "the state stays as it was"
             nn.init.zeros_(self.state_filter.mlp[-1].weight)
-        for proj in (self.action_proj, self.state_proj):  # start as "no effect"
+        for proj in (self.action_proj, self.state_proj, self.offset_proj):  # "no effect" at first
             if proj is not None:
                 nn.init.zeros_(proj.weight)
                 nn.init.zeros_(proj.bias)
@@ -398,8 +410,19 @@ class DynamicsTransformer(nn.Module):
             x = x + per_sample(gap) * self.gap_emb
         if self.state_proj is not None and prev_state is not None:
             s = self.state_proj(prev_state.to(x.dtype))
+            if self.offset_proj is not None:
+                s = s + self.offset_proj(self._offset(prev_state).to(x.dtype))
             x = x + (s if known is None else per_sample(known) * s)
         return x
+
+    def _offset(self, state: Tensor) -> Tensor:
+        """The gripper's offset from the cube in a normalised state ``(..., state_dim)``.
+
+        Returns ``(..., 4)``: x, y, z and the horizontal distance, in units of ``OFFSET_SCALE``.
+        """
+        raw = state.float() * self.state_std + self.state_mean
+        d = (raw[..., EEF_POS] - raw[..., CUBE_POS]) / OFFSET_SCALE
+        return torch.cat([d, d[..., :2].norm(dim=-1, keepdim=True)], -1)
 
     def _state_input(self, prev_state: Tensor | None, b: int
                      ) -> tuple[Tensor | None, Tensor | None]:

@@ -63,6 +63,9 @@ class TrainDynamicsArgs(common.TrainArgs):
     """Give every slot the previous frame's state (real in training, the model's own reading
     in imagination after the context's real one), so frames follow the exact gripper and cube
     positions."""
+    offset_input: bool = False
+    """With ``state_input``: also the gripper's offset from the cube on every slot (x, y, z and
+    the horizontal distance), through a map of its own."""
     state_noise: float = DynamicsConfig.state_noise
     """Std of the noise on the training state input, in normalised units."""
     state_dropout: float = DynamicsConfig.state_dropout
@@ -110,7 +113,7 @@ def start_bank(data: str, size: int, seed: int) -> dict[str, np.ndarray]:
 
 
 #: Parameters a fine-tune may add to its ``--init`` checkpoint (they keep their initialisation).
-NEW_PARAMETERS = ("gap_emb", "head.", "state_proj.")
+NEW_PARAMETERS = ("gap_emb", "head.", "state_proj.", "offset_proj.")
 
 
 def init_from(model: DynamicsTransformer, source: DynamicsTransformer, path: str) -> None:
@@ -132,6 +135,8 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
     """Trains the dynamics transformer and exports the world-model checkpoint."""
     if not 0.0 <= args.grasp_share <= 1.0:
         raise ValueError(f"--grasp-share is a share of clips in [0, 1], got {args.grasp_share}")
+    if args.offset_input and not args.state_input:
+        raise ValueError("--offset-input needs --state-input: the offset is read off the state")
     d = common.setup_distributed(args.device)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed + d.rank)
@@ -159,7 +164,8 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
         max_frames=args.max_frames, d_model=args.d_model, n_layer=args.n_layer,
         n_head=args.n_head, dropout=args.dropout, gap_embedding=args.gap_embedding,
         parallel_head=args.parallel_head, head_layers=args.head_layers,
-        state_input=args.state_input, state_noise=args.state_noise,
+        state_input=args.state_input, offset_input=args.offset_input,
+        state_noise=args.state_noise,
         state_dropout=args.state_dropout,
     )
     model = DynamicsTransformer(cfg).to(d.device)
