@@ -12,7 +12,9 @@ grasp decision from the errors an imagined approach piles up before it: the star
 
 Prints one JSON line: episodes, the real and imagined success rates, false lifts (imagined
 success where robosuite's grasp failed, per failed grasp), missed lifts, agreement, and the same
-per policy.
+per policy; and ``state_knn_agreement``, how often a 7-nearest-neighbour vote on the real
+gripper-to-cube offset at the start frame (leave-one-out over the episodes) calls the outcome:
+what the state the model is given already tells.
 """
 
 import json
@@ -25,7 +27,7 @@ import torch
 from wmgym.data.dataset import read_dataset
 from wmgym.evaluation import open_loop
 from wmgym.model.world_model import WorldModel
-from wmgym.spec import CUBE_POS, load_spec
+from wmgym.spec import CUBE_POS, EEF_POS, load_spec
 from wmgym.train.data import episode_frames
 
 LEAD, HORIZON, RUN, CHUNK = 2, 30, 3, 64
@@ -40,6 +42,15 @@ def closing_start(actions: np.ndarray) -> int | None:
     return None
 
 
+def knn_agreement(offsets: np.ndarray, outcome: np.ndarray, k: int = 7) -> float:
+    """Leave-one-out accuracy of a ``k``-nearest-neighbour majority vote (standardised)."""
+    x = (offsets - offsets.mean(0)) / offsets.std(0)
+    d = ((x[:, None] - x[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    votes = outcome[np.argsort(d, 1)[:, :k]].mean(1) > 0.5
+    return float((votes == outcome).mean())
+
+
 def main(checkpoint: str, data: str, split: str = "all", samples: int = 4) -> dict:
     torch.manual_seed(0)
     wm = WorldModel.load(checkpoint)
@@ -51,6 +62,8 @@ def main(checkpoint: str, data: str, split: str = "all", samples: int = 4) -> di
             continue
         picked.append((episode, close - LEAD))
     real = np.array([e.success[t0:t0 + HORIZON].any() for e, t0 in picked])
+    offsets = np.stack([e.observations["state"][t0][EEF_POS] - e.observations["state"][t0][CUBE_POS]
+                        for e, t0 in picked])
     imagined = np.zeros((samples, len(picked)), bool)
     for lo in range(0, len(picked), CHUNK):
         chunk = picked[lo:lo + CHUNK]
@@ -78,7 +91,9 @@ def main(checkpoint: str, data: str, split: str = "all", samples: int = 4) -> di
     for i, (e, _) in enumerate(picked):
         by_policy[e.policy].append(i)
     out = {"checkpoint": checkpoint, "data": data, "split": split, "samples": samples,
-           "lead": LEAD, "horizon": HORIZON, **rates(np.ones(len(picked), bool)),
+           "lead": LEAD, "horizon": HORIZON,
+           "state_knn_agreement": round(knn_agreement(offsets, real), 3),
+           **rates(np.ones(len(picked), bool)),
            "policies": {p: rates(np.isin(np.arange(len(picked)), i))
                         for p, i in sorted(by_policy.items())}}
     print(json.dumps(out))
