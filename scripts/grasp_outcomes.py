@@ -28,18 +28,9 @@ from wmgym.data.dataset import read_dataset
 from wmgym.evaluation import open_loop
 from wmgym.model.world_model import WorldModel
 from wmgym.spec import CUBE_POS, EEF_POS, load_spec
-from wmgym.train.data import episode_frames
+from wmgym.train.data import episode_frames, first_closing
 
-LEAD, HORIZON, RUN, CHUNK = 2, 30, 3, 64
-
-
-def closing_start(actions: np.ndarray) -> int | None:
-    """The first step of ``RUN`` closing commands in a row, or None."""
-    closing = actions[:, 3] > 0
-    for t in range(len(closing) - RUN + 1):
-        if closing[t:t + RUN].all():
-            return t
-    return None
+LEAD, HORIZON, CHUNK = 2, 30, 64
 
 
 def knn_agreement(offsets: np.ndarray, outcome: np.ndarray, k: int = 7) -> float:
@@ -57,7 +48,7 @@ def main(checkpoint: str, data: str, split: str = "all", samples: int = 4) -> di
     spec = load_spec("pick")
     picked = []
     for episode in read_dataset(data, split):
-        close = closing_start(episode.actions)
+        close = first_closing(episode.actions)
         if close is None or close < LEAD or close - LEAD + HORIZON > len(episode):
             continue
         picked.append((episode, close - LEAD))
