@@ -26,6 +26,7 @@ import torch
 
 from wmgym.data.dataset import read_dataset
 from wmgym.evaluation import open_loop
+from wmgym.model.checkpoint import read_config
 from wmgym.model.world_model import WorldModel
 from wmgym.spec import CUBE_POS, EEF_POS, load_spec
 from wmgym.train.data import episode_frames, first_closing
@@ -45,7 +46,7 @@ def knn_agreement(offsets: np.ndarray, outcome: np.ndarray, k: int = 7) -> float
 def main(checkpoint: str, data: str, split: str = "all", samples: int = 4) -> dict:
     torch.manual_seed(0)
     wm = WorldModel.load(checkpoint)
-    spec = load_spec("pick")
+    spec = load_spec(str(read_config(checkpoint).get("task", "pick")).lower())
     picked = []
     for episode in read_dataset(data, split):
         close = first_closing(episode.actions)
@@ -53,20 +54,18 @@ def main(checkpoint: str, data: str, split: str = "all", samples: int = 4) -> di
             continue
         picked.append((episode, close - LEAD))
     real = np.array([e.success[t0:t0 + HORIZON].any() for e, t0 in picked])
-    offsets = np.stack([e.observations["state"][t0][EEF_POS] - e.observations["state"][t0][CUBE_POS]
-                        for e, t0 in picked])
+    start_states = np.stack([e.observations["state"][t0] for e, t0 in picked])
+    offsets = start_states[:, EEF_POS] - start_states[:, CUBE_POS]
     imagined = np.zeros((samples, len(picked)), bool)
     for lo in range(0, len(picked), CHUNK):
         chunk = picked[lo:lo + CHUNK]
         frames = torch.stack([episode_frames(e, wm.depth_range)[t0:t0 + HORIZON + 1]
                               for e, t0 in chunk])
         actions = torch.stack([torch.from_numpy(e.actions[t0:t0 + HORIZON]) for e, t0 in chunk])
-        start = np.stack([e.observations["state"][t0] for e, t0 in chunk])
         for s in range(samples):
             _, _, head, state, _ = open_loop(wm, frames, actions.float(), 1000 + s, 1.0, None,
-                                             start_state=start)
-            lifted = state[..., CUBE_POS][..., 2] > spec.success_cube_z
-            imagined[s, lo:lo + len(chunk)] = (head.astype(bool) & lifted).any(1)
+                                             start_state=start_states[lo:lo + CHUNK])
+            imagined[s, lo:lo + len(chunk)] = spec.success(head, state).any(1)
 
     def rates(idx: np.ndarray) -> dict:
         r, im = real[idx], imagined[:, idx]

@@ -131,6 +131,20 @@ def tokenize_episodes(
     return out
 
 
+def _uniform_clip(te: TokenizedEpisode, length: int, rng: np.random.Generator
+                  ) -> tuple[int, int]:
+    """A clip of the uniform kind: ``(context choice, first offset)``.
+
+    Half the clips take frame 0's context, half any; half start right after their context, the
+    rest anywhere after it.
+    """
+    j = 0 if rng.random() < 0.5 else int(rng.integers(len(te.ctx_index)))
+    avail = len(te.source) - te.ctx_index[j]  # frames c+1..n
+    first = 1 if (rng.random() < 0.5 or avail <= length) else int(
+        rng.integers(1, avail - length + 2))
+    return j, first
+
+
 def _grasp_clip(te: TokenizedEpisode, length: int, rng: np.random.Generator) -> tuple[int, int]:
     """A clip starting 1 to ``length // 2`` frames before the episode's grasp.
 
@@ -168,15 +182,10 @@ def sample_clips(
             j, first = _grasp_clip(te, length, rng)
         else:
             te = episodes[rng.integers(len(episodes))]
-            j, first = -1, 0
+            j, first = _uniform_clip(te, length, rng)
         ep, n = te.source, len(te.source)
-        if j < 0:
-            j = 0 if rng.random() < 0.5 else int(rng.integers(len(te.ctx_index)))
         c = te.ctx_index[j]
         avail = n - c  # frames c+1..n
-        if not first:
-            first = 1 if (rng.random() < 0.5 or avail <= length) else int(
-                rng.integers(1, avail - length + 2))
         idx = torch.arange(first, min(first + length, avail + 1))  # offsets from c
         k = len(idx)
         pad = length - k
