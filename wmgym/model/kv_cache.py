@@ -152,6 +152,11 @@ class KVCache:
         self.has_state = torch.zeros(batch_size, dtype=torch.bool, device=device)
         self.last_hidden: Tensor | None = None
         self.last_absolute: Tensor | None = None
+        # the grasp latent (models with one): closing commands in a row, the latent, and this
+        # frame's uniform draw for a grasp that begins (wmgym.model.grasp_latent)
+        self.grasp_run = torch.zeros_like(self.start)
+        self.grasp = torch.zeros_like(self.start)
+        self.grasp_u = torch.full((batch_size,), 0.5, device=device)
 
     @property
     def lengths(self) -> Tensor:

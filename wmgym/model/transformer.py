@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wmgym.model.grasp_latent import GraspHead, advance
 from wmgym.model.kv_cache import (
     KVCache,
     apply_rope,
@@ -34,7 +35,7 @@ from wmgym.model.kv_cache import (
     rope_inv_freq,
     rope_tables,
 )
-from wmgym.spec import CUBE_POS, EEF_POS
+from wmgym.spec import CUBE_POS, EEF_POS, GRIP
 
 #: Unit of the offset input (metres): about where a grasp stops holding.
 OFFSET_SCALE = 0.02
@@ -93,6 +94,11 @@ class DynamicsConfig:
     # holds turns on a centimetre of it, which a linear map of the normalised state leaves the
     # blocks to compute.
     offset_input: bool = False
+    # With state_input: an explicit grasp latent (:mod:`wmgym.model.grasp_latent`). When a grasp
+    # begins, a head reads off the state whether it holds and draws a hold/slip bit once; a
+    # learned vector for it is on every slot of the grasp. In training the bit is the grasp's
+    # real outcome.
+    grasp_latent: bool = False
     state_noise: float = 0.1  # std of the noise on the training state input (normalised units)
     state_dropout: float = 0.1  # share of training clips given no state input (as in a restart)
 
@@ -348,6 +354,11 @@ class DynamicsTransformer(nn.Module):
         if cfg.offset_input and not cfg.state_input:
             raise ValueError("offset_input needs state_input: the offset is read off the state")
         self.offset_proj = nn.Linear(4, d) if cfg.offset_input else None
+        if cfg.grasp_latent and not cfg.state_input:
+            raise ValueError("grasp_latent needs state_input: its head reads the state")
+        # hold, slip; zero at first like the other slot inputs ("no effect")
+        self.grasp_emb = nn.Parameter(torch.zeros(2, d)) if cfg.grasp_latent else None
+        self.grasp_head = GraspHead() if cfg.grasp_latent else None
         self.register_buffer("state_mean", torch.zeros(cfg.state_dim))
         self.register_buffer("state_std", torch.ones(cfg.state_dim))
         cos, sin = rope_tables(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta)
@@ -395,11 +406,12 @@ class DynamicsTransformer(nn.Module):
     # --------------------------------------------------------------------- training
 
     def _slots(self, actions: Tensor, gap: Tensor | None, prev_state: Tensor | None = None,
-               known: Tensor | None = None) -> Tensor:
-        """Slot tokens ``(..., d)``: the slot, the action, the gap flag and the state.
+               known: Tensor | None = None, grasp: Tensor | None = None) -> Tensor:
+        """Slot tokens ``(..., d)``: the slot, the action, the gap flag, the state and the grasp.
 
         The gap flag is per sample; with ``state_input``, ``prev_state`` is the previous frame's
-        normalised state, added where ``known`` (per sample).
+        normalised state, added where ``known`` (per sample); with ``grasp_latent``, ``grasp``
+        (long, shaped like ``actions`` without its last axis) is each slot's grasp latent.
         """
         x = self.slot + self.action_proj(actions.to(self.slot.dtype))
 
@@ -413,7 +425,17 @@ class DynamicsTransformer(nn.Module):
             if self.offset_proj is not None:
                 s = s + self.offset_proj(self._offset(prev_state).to(x.dtype))
             x = x + (s if known is None else per_sample(known) * s)
+        if self.grasp_emb is not None and grasp is not None:
+            x = x + torch.cat([self.grasp_emb.new_zeros(1, x.shape[-1]), self.grasp_emb]
+                              ).to(x.dtype)[grasp]
         return x
+
+    def grasp_features(self, state: Tensor) -> Tensor:
+        """The grasp head's inputs from a normalised state ``(..., state_dim)``: ``(..., 6)``.
+
+        The gripper's offset from the cube (:meth:`_offset`) and the two finger joints.
+        """
+        return torch.cat([self._offset(state), state[..., GRIP].float()], -1)
 
     def _offset(self, state: Tensor) -> Tensor:
         """The gripper's offset from the cube in a normalised state ``(..., state_dim)``.
@@ -442,13 +464,13 @@ class DynamicsTransformer(nn.Module):
         return s, known
 
     def _hidden(self, ctx_tokens: Tensor, frame_tokens: Tensor, actions: Tensor,
-                gap: Tensor | None = None, prev_state: Tensor | None = None
-                ) -> tuple[Tensor, Tensor]:
+                gap: Tensor | None = None, prev_state: Tensor | None = None,
+                grasp: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Final-norm hidden states: context ``(B, Nc, d)``, frames ``(B, T, n + 1, d)``."""
         b, t, n = frame_tokens.shape
         if t > self.cfg.max_frames:
             raise ValueError(f"{t} frames exceed the window of max_frames={self.cfg.max_frames}")
-        slots = self._slots(actions, gap, *self._state_input(prev_state, b)).unsqueeze(2)
+        slots = self._slots(actions, gap, *self._state_input(prev_state, b), grasp).unsqueeze(2)
         frames = self.tok_emb(frame_tokens) + self.frame_pos  # (B, T, n, d)
         x = torch.cat([self.ctx_emb(ctx_tokens), torch.cat([slots, frames], 2).flatten(1, 2)], 1)
         cos, sin = self.rope_cos[: x.shape[1]], self.rope_sin[: x.shape[1]]
@@ -472,7 +494,8 @@ class DynamicsTransformer(nn.Module):
         return self.lm_head(out).view(b, t, n1 - 1, -1)
 
     def forward(self, ctx_tokens: Tensor, frame_tokens: Tensor, actions: Tensor,
-                gap: Tensor | None = None, prev_state: Tensor | None = None) -> DynamicsOutput:
+                gap: Tensor | None = None, prev_state: Tensor | None = None,
+                grasp: Tensor | None = None) -> DynamicsOutput:
         """Teacher-forced forward.
 
         Args:
@@ -481,17 +504,20 @@ class DynamicsTransformer(nn.Module):
             actions: ``(B, T, action_dim)``; ``actions[:, t]`` leads to ``frame_tokens[:, t]``.
             gap: ``(B,)``: 1 where the first frame does not follow the context directly.
             prev_state: ``(B, T, state_dim)`` raw state before frame ``t`` (``state_input``).
+            grasp: ``(B, T)`` long grasp latent on frame ``t``'s slot (``grasp_latent``; none
+                when ``None``).
 
         Returns:
             :class:`DynamicsOutput`.
 
         """
-        _, _, logits, aux = self.raw_outputs(ctx_tokens, frame_tokens, actions, gap, prev_state)
+        _, _, logits, aux = self.raw_outputs(ctx_tokens, frame_tokens, actions, gap, prev_state,
+                                             grasp)
         return DynamicsOutput(logits, *self._decode_aux(aux))
 
     def raw_outputs(self, ctx_tokens: Tensor, frame_tokens: Tensor, actions: Tensor,
-                    gap: Tensor | None = None, prev_state: Tensor | None = None
-                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                    gap: Tensor | None = None, prev_state: Tensor | None = None,
+                    grasp: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """A teacher-forced pass (arguments as :meth:`forward`), before the heads' decoding.
 
         Returns:
@@ -499,14 +525,14 @@ class DynamicsTransformer(nn.Module):
             (B, T, n, V), head outputs (B, T, 2 + state_dim))``; the head outputs are reward
             in symlog space, the success logit and the normalised state.
         """
-        ctx_h, h = self._hidden(ctx_tokens, frame_tokens, actions, gap, prev_state)
+        ctx_h, h = self._hidden(ctx_tokens, frame_tokens, actions, gap, prev_state, grasp)
         n = frame_tokens.shape[-1]
         return ctx_h, h, self.lm_head(h[:, :, :n]), self.aux_head(h[:, :, n])
 
     def loss(self, ctx_tokens: Tensor, frame_tokens: Tensor, actions: Tensor, reward: Tensor,
              success: Tensor, state: Tensor, valid: Tensor | None = None,
-             gap: Tensor | None = None, prev_state: Tensor | None = None
-             ) -> tuple[Tensor, dict[str, float]]:
+             gap: Tensor | None = None, prev_state: Tensor | None = None,
+             grasp: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         """Token cross-entropy + reward symlog MSE + success BCE + normalised state MSE.
 
         With a parallel head, its token cross-entropy is added too. A state filter is not
@@ -522,6 +548,7 @@ class DynamicsTransformer(nn.Module):
             valid: Optional ``(B, T)`` mask of real (non-padding) frames.
             gap: Optional ``(B,)``: 1 where the first frame does not follow the context directly.
             prev_state: ``(B, T, state_dim)`` raw state before frame ``t`` (``state_input``).
+            grasp: ``(B, T)`` the real grasp latent on each slot (``grasp_latent``).
 
         Returns:
             ``(scalar loss, metrics)``.
@@ -529,7 +556,7 @@ class DynamicsTransformer(nn.Module):
         """
         cfg = self.cfg
         ctx_h, h, logits, aux = self.raw_outputs(ctx_tokens, frame_tokens, actions, gap,
-                                                 prev_state)
+                                                 prev_state, grasp)
         w = torch.ones_like(reward) if valid is None else valid.to(reward.dtype)
         denom = w.sum().clamp_min(1.0)
 
@@ -632,6 +659,7 @@ class DynamicsTransformer(nn.Module):
             if cache.memory is not None:
                 cache.memory[rows] = tmp.memory
             cache.n_frames[rows], cache.has_prev[rows], cache.has_state[rows] = 0, False, False
+            cache.grasp_run[rows], cache.grasp[rows] = 0, 0
             cache.sync()
             return
         if ctx_tokens.shape != (cache.batch_size, nc):
@@ -646,6 +674,8 @@ class DynamicsTransformer(nn.Module):
             cache.memory[:, :nc] = h
         cache.has_prev.zero_()
         cache.has_state.zero_()
+        cache.grasp_run.zero_()
+        cache.grasp.zero_()
 
     def set_state(self, cache: KVCache, state: Tensor, index: Tensor | None = None) -> None:
         """Give the state filter and the state input each row's latest real state, real units.
@@ -682,7 +712,14 @@ class DynamicsTransformer(nn.Module):
             raise RuntimeError("call prefill(cache, ctx_tokens) before generating frames")
         slides = cache.n_frames >= self.cfg.max_frames  # the window drops a frame: a gap opens
         self._make_room(cache)
-        return self._slots(actions, slides, cache.state, cache.has_state).unsqueeze(1)
+        grasp = None
+        if self.grasp_head is not None:  # a grasp beginning now draws its bit from the state
+            feats = self.grasp_features(cache.state).to(self.grasp_emb.dtype)
+            p_hold = torch.sigmoid(self.grasp_head(feats).float())
+            cache.grasp_run, cache.grasp = advance(cache.grasp_run, cache.grasp, actions,
+                                                   p_hold, cache.grasp_u)
+            grasp = cache.grasp
+        return self._slots(actions, slides, cache.state, cache.has_state, grasp).unsqueeze(1)
 
     def _end_frame(self, cache: KVCache, hidden: Tensor, actions: Tensor
                    ) -> tuple[Tensor, Tensor, Tensor]:
@@ -833,7 +870,25 @@ class DynamicsTransformer(nn.Module):
         """
         frame = self._framer(decoding)
         gumbel = None if temperature == 0 else self._gumbel(cache, actions.shape[0], generators)
+        if self.grasp_head is not None:
+            self._grasp_draws(cache, generators, greedy=temperature == 0)
         return frame(cache, actions, None, gumbel, temperature, top_k)
+
+    @staticmethod
+    def _grasp_draws(cache: KVCache, generators: list[torch.Generator] | None,
+                     greedy: bool) -> None:
+        """Each rollout's uniform draw for a grasp that may begin this frame.
+
+        One more draw from ``generators[i]`` after the frame's Gumbel noise (models without the
+        grasp latent draw nothing more); ``greedy``: 0.5, the likelier outcome.
+        """
+        if greedy:
+            cache.grasp_u.fill_(0.5)
+        elif generators is None:
+            cache.grasp_u.uniform_()
+        else:
+            draws = [torch.rand(1, generator=g, device=g.device) for g in generators]
+            cache.grasp_u.copy_(torch.cat(draws).to(cache.grasp_u.device))
 
     @torch.no_grad()
     def teacher_force_frame(self, cache: KVCache, actions: Tensor, frame_tokens: Tensor,
@@ -849,6 +904,8 @@ class DynamicsTransformer(nn.Module):
         """
         frame = self._framer(decoding)
         b, n = frame_tokens.shape
+        if self.grasp_head is not None:
+            self._grasp_draws(cache, None, greedy=True)
         logits = torch.empty(b, n, self.cfg.vocab_size, device=frame_tokens.device,
                              dtype=self.lm_head.weight.dtype)
         return logits, frame(cache, actions, frame_tokens, None, 1.0, None, logits)

@@ -11,9 +11,7 @@ from torch import Tensor
 
 from wmgym.data.dataset import Episode, read_dataset
 from wmgym.model.frames import obs_to_frames
-
-#: Closing commands in a row that make a grasp (:func:`first_closing`).
-CLOSING_RUN = 3
+from wmgym.model.grasp_latent import CLOSING_RUN, closing
 
 
 @dataclass
@@ -25,6 +23,7 @@ class EpisodeTensors:
     rewards: Tensor  # (T,)
     success: Tensor  # (T,) float
     state: Tensor  # (T + 1, 8)
+    grasp: Tensor | None = None  # (T,) long: the grasp latent (grasp_latent.grasp_labels)
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -40,9 +39,9 @@ def first_closing(actions: np.ndarray, run: int = CLOSING_RUN) -> int | None:
 
     A run, not one command: noisy policies flick the gripper without grasping.
     """
-    closing = np.asarray(actions)[:, 3] > 0
-    for t in range(len(closing) - run + 1):
-        if closing[t:t + run].all():
+    shut = closing(np.asarray(actions))
+    for t in range(len(shut) - run + 1):
+        if shut[t:t + run].all():
             return t
     return None
 
@@ -170,10 +169,13 @@ def sample_clips(
     padded and ``valid`` marks the real frames. ``prev_state`` is the state before each frame
     (for ``--state-input``). A ``grasp_share`` of the clips (drawn first, so 0 draws as before)
     come from episodes with a grasp (:attr:`EpisodeTensors.closing`) and start a few frames
-    before it.
+    before it. Episodes with their grasp latent (:attr:`EpisodeTensors.grasp`) give ``grasp``
+    (the latent on each frame's slot).
     """
     keys = ("ctx", "tokens", "actions", "reward", "success", "state", "valid", "gap",
             "prev_state")
+    if all(te.source.grasp is not None for te in episodes):
+        keys += ("grasp",)
     cols: dict[str, list[Tensor]] = {k: [] for k in keys}
     grasping = [te for te in episodes if te.source.closing is not None] if grasp_share else []
     for _ in range(batch):
@@ -199,6 +201,8 @@ def sample_clips(
         cols["valid"].append(_pad(torch.ones(k), pad))
         cols["gap"].append(torch.tensor(float(first > 1)))
         cols["prev_state"].append(_pad(ep.state[frames_t - 1], pad))
+        if "grasp" in cols:
+            cols["grasp"].append(_pad(ep.grasp[frames_t - 1], pad))
     return {k: torch.stack(v) for k, v in cols.items()}
 
 

@@ -18,6 +18,7 @@ from wmgym.results import machine
 from wmgym.spec import load_spec
 from wmgym.train import common
 from wmgym.train.data import load_episodes, sample_clips, tokenize_episodes
+from wmgym.train.grasp_head import fit_grasp_head, label_grasps
 from wmgym.train.token_cache import cached_tokenize, tokenizer_fingerprint
 
 
@@ -66,6 +67,10 @@ class TrainDynamicsArgs(common.TrainArgs):
     offset_input: bool = False
     """With ``state_input``: also the gripper's offset from the cube on every slot (x, y, z and
     the horizontal distance), through a map of its own."""
+    grasp_latent: bool = False
+    """With ``state_input``: decide each grasp's outcome explicitly. A head fitted on the data's
+    grasps reads off the state whether a grasp holds; a hold/slip bit drawn from it once rides
+    on the grasp's slots (the real outcome in training). See :mod:`wmgym.model.grasp_latent`."""
     state_noise: float = DynamicsConfig.state_noise
     """Std of the noise on the training state input, in normalised units."""
     state_dropout: float = DynamicsConfig.state_dropout
@@ -113,7 +118,8 @@ def start_bank(data: str, size: int, seed: int) -> dict[str, np.ndarray]:
 
 
 #: Parameters a fine-tune may add to its ``--init`` checkpoint (they keep their initialisation).
-NEW_PARAMETERS = ("gap_emb", "head.", "state_proj.", "offset_proj.")
+NEW_PARAMETERS = ("gap_emb", "head.", "state_proj.", "offset_proj.", "grasp_emb",
+                  "grasp_head.")
 
 
 def init_from(model: DynamicsTransformer, source: DynamicsTransformer, path: str) -> None:
@@ -137,6 +143,8 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
         raise ValueError(f"--grasp-share is a share of clips in [0, 1], got {args.grasp_share}")
     if args.offset_input and not args.state_input:
         raise ValueError("--offset-input needs --state-input: the offset is read off the state")
+    if args.grasp_latent and not args.state_input:
+        raise ValueError("--grasp-latent needs --state-input: its head reads the state")
     d = common.setup_distributed(args.device)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed + d.rank)
@@ -145,7 +153,7 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
     init = WorldModel.load(args.init, d.device) if args.init else None
     tok = init.tokenizer.eval() if init else load_tokenizer(args.tokenizer, d.device)
     start = time.perf_counter()
-    episodes, tokenized, cached = [], [], []
+    episodes, tokenized, cached, distinct, loaded = [], [], [], [], set()
     fingerprint = tokenizer_fingerprint(tok) if args.token_cache else None
     for path in (args.data, *args.extra_data):
         eps = load_episodes(path, "train", spec.depth_range)
@@ -154,6 +162,8 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
                                         progress=d.main, fingerprint=fingerprint)
         else:
             toks, hit = tokenize_episodes(tok, eps, args.ctx_stride, d.device, d.main), False
+        distinct += [] if path in loaded else eps  # a dataset given twice counts once
+        loaded.add(path)
         episodes += eps
         tokenized += toks
         cached += [path] if hit else []
@@ -165,6 +175,7 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
         n_head=args.n_head, dropout=args.dropout, gap_embedding=args.gap_embedding,
         parallel_head=args.parallel_head, head_layers=args.head_layers,
         state_input=args.state_input, offset_input=args.offset_input,
+        grasp_latent=args.grasp_latent,
         state_noise=args.state_noise,
         state_dropout=args.state_dropout,
     )
@@ -173,6 +184,17 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
     model.set_state_normalization(states.mean(0), states.std(0).clamp_min(1e-3))
     if init is not None:
         init_from(model, init.dynamics, args.init)
+    grasp_head = None
+    if model.grasp_head is not None:  # label every episode's grasps; fit the head once
+        if spec.success_cube_z is None:
+            raise ValueError(f"--grasp-latent needs the task's lift height (success_cube_z in "
+                             f"the {spec.name} spec): it tells a grasp that held")
+        label_grasps(episodes, spec.success_cube_z)
+        grasp_head = fit_grasp_head(model, *label_grasps(distinct, spec.success_cube_z),
+                                    noise=cfg.state_noise, seed=args.seed)
+        model.grasp_head.requires_grad_(False)
+        if d.main:
+            print(f"grasp head: {grasp_head}")
     if args.head_only:
         if model.head is None or init is None:
             raise ValueError("--head-only needs --parallel-head and --init")
@@ -198,7 +220,7 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
                                                          rng, args.grasp_share).items()}
         model.train()
         loss, m = trainer(b["ctx"], b["tokens"], b["actions"], b["reward"], b["success"],
-                          b["state"], b["valid"], b["gap"], b["prev_state"])
+                          b["state"], b["valid"], b["gap"], b["prev_state"], b.get("grasp"))
         common.optimizer_step(model, opt, loss,
                               common.lr_at(step, args.steps, args.lr, args.warmup))
         if d.main and (step % args.log_every == 0 or step == args.steps - 1):
@@ -221,6 +243,7 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
             "tokens_from_cache": cached,
             "dynamics_seconds": round(time.perf_counter() - t0, 1),
             "dynamics_args": asdict(args),
+            "grasp_head": grasp_head,
             "machine": machine(),
         }
         if args.init:  # fine-tuned: keep the base run's record
