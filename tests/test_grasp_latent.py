@@ -193,3 +193,46 @@ def test_labelled_episodes_give_clips_their_latent():
     starts = clips["actions"][:, 0, 3] < 0  # clips starting right after the context
     assert starts.any()
     assert clips["grasp"][starts][0].tolist() == ep.grasp.tolist()
+
+
+def test_env_with_the_grasp_latent(tmp_path):
+    # a checkpoint with the latent passes Gymnasium's checks, reproduces seeded rollouts, draws
+    # a grasp's outcome on its third closing command and forgets it at a reset
+    import gymnasium as gym
+    from gymnasium.utils.env_checker import check_env
+    from test_wm_env import assert_same, rollout
+
+    from wmgym.env.testing import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path / "wm", grasp_latent=True, success_bias=-30.0)
+    env = gym.make("WM-Pick-v0", checkpoint=ckpt, device="cpu")
+    check_env(env.unwrapped, skip_render_check=True)
+    assert_same(rollout(env, seed=3, steps=30), rollout(env, seed=3, steps=30))
+    envs = gym.make_vec("WM-Pick-v0", num_envs=8, vectorization_mode="vector_entry_point",
+                        checkpoint=ckpt, device="cpu")
+    envs.reset(seed=0)
+    close = np.tile(gripper("c"), (8, 1))
+    cache = lambda: envs.unwrapped.core.state.cache  # noqa: E731
+    for _ in range(CLOSING_RUN - 1):
+        envs.step(close)
+        assert (cache().grasp == NONE).all()
+    envs.step(close)
+    drawn = set(cache().grasp.tolist())
+    assert drawn == {HOLD, SLIP}  # eight draws at one half: both outcomes
+    envs.reset(seed=0)
+    assert (cache().grasp == NONE).all()
+
+
+def test_imagined_rollouts_keep_the_latent(tmp_path):
+    # the fast transformer is distilled on the teacher's rollouts: they must keep each slot's
+    # latent, through a save and a load
+    from wmgym.env.testing import make_tiny_checkpoint
+    from wmgym.train.imagined import imagine_many, load_rollouts, save_rollouts
+
+    ckpt = make_tiny_checkpoint(tmp_path / "wm", grasp_latent=True)
+    data = imagine_many("pick", ckpt, 6, 8, ("random:repeat=4",), 0, torch.device("cpu"))
+    assert data.grasp.shape == (6, 8) and data.grasp.dtype == torch.long
+    assert set(data.grasp.unique().tolist()) >= {NONE} and data.grasp.max() > NONE
+    back, _ = load_rollouts(save_rollouts(data, tmp_path / "r.safetensors"))
+    assert torch.equal(back.grasp, data.grasp) and torch.equal(back.first(2, 3).grasp,
+                                                                data.grasp[:2, :3])

@@ -64,6 +64,7 @@ def make_tiny_checkpoint(
     success_bias: float = -1.0,
     max_frames: int = 4,
     parallel_head: bool = False,
+    grasp_latent: bool = False,
 ) -> Path:
     """Writes a tiny random-weight ``WorldModel`` checkpoint with a bank of start observations.
 
@@ -81,6 +82,8 @@ def make_tiny_checkpoint(
             about one in four.
         max_frames: Attention window in frames (small, so long rollouts slide it).
         parallel_head: Give the dynamics the parallel head (``decoding="parallel"``).
+        grasp_latent: Give the dynamics the state input and the grasp latent (its head says
+            one half whatever the state).
 
     Returns:
         The checkpoint directory.
@@ -88,7 +91,7 @@ def make_tiny_checkpoint(
     task = load_spec(spec)
     with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG alone
         torch.manual_seed(seed)
-        model = _tiny_model(task, max_frames, success_bias, parallel_head)
+        model = _tiny_model(task, max_frames, success_bias, parallel_head, grasp_latent)
     bank = synthetic_start_obs(task, bank_size, seed)
     states = torch.as_tensor(bank["state"])
     mean = states.mean(0)
@@ -101,7 +104,7 @@ def make_tiny_checkpoint(
 
 
 def _tiny_model(task: TaskSpec, max_frames: int, success_bias: float,
-                parallel_head: bool = False) -> WorldModel:
+                parallel_head: bool = False, grasp_latent: bool = False) -> WorldModel:
     tok_cfg = TokenizerConfig(
         resolution=task.resolution,
         base_channels=4,
@@ -122,6 +125,8 @@ def _tiny_model(task: TaskSpec, max_frames: int, success_bias: float,
         mlp_hidden=64,
         parallel_head=parallel_head,
         head_layers=1,
+        state_input=grasp_latent,
+        grasp_latent=grasp_latent,
     )
     model = WorldModel(tok_cfg, dyn_cfg, task.depth_range)
     dyn = model.dynamics
@@ -138,6 +143,11 @@ def _tiny_model(task: TaskSpec, max_frames: int, success_bias: float,
         dyn.aux_head.bias.zero_()
         dyn.aux_head.bias[0] = 0.3  # reward symexp(0.3 + noise), clamped to [0, 1] by the model
         dyn.aux_head.bias[1] = success_bias
+        if grasp_latent:  # the latent must change the frames; a grasp holds one time in two
+            torch.nn.init.normal_(dyn.grasp_emb, std=1.0)
+            torch.nn.init.normal_(dyn.state_proj.weight, std=0.5)
+            dyn.grasp_head.mlp[-1].weight.zero_()
+            dyn.grasp_head.mlp[-1].bias.zero_()
     return model
 
 

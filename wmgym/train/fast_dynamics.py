@@ -117,14 +117,14 @@ def windows(data: ImaginedRollouts, rows: Tensor, starts: Tensor, length: int
             ) -> dict[str, Tensor]:
     """Windows of ``length`` frames of rollouts ``rows`` from steps ``starts``, as inputs.
 
-    Returns ``ctx_tokens, frame_tokens, actions, gap, prev_state`` for
+    Returns ``ctx_tokens, frame_tokens, actions, gap, prev_state, grasp`` for
     :meth:`~wmgym.model.transformer.DynamicsTransformer.forward`.
     """
     steps = starts[:, None] + torch.arange(length)
     r = rows[:, None]
     return {"ctx_tokens": data.ctx_tokens[rows], "frame_tokens": data.tokens[r, steps],
             "actions": data.actions[r, steps], "gap": (starts > 0).float(),
-            "prev_state": data.states[r, steps]}
+            "prev_state": data.states[r, steps], "grasp": data.grasp[r, steps]}
 
 
 def draw_starts(n: int, horizon: int, length: int, first_window: float,

@@ -33,7 +33,7 @@ POLICIES = (
 
 
 #: The fields of :class:`ImaginedRollouts`, in order (also the tensors of a rollouts file).
-FIELDS = ("frames", "ctx_tokens", "tokens", "actions", "states")
+FIELDS = ("frames", "ctx_tokens", "tokens", "actions", "states", "grasp")
 
 
 @dataclass
@@ -51,6 +51,9 @@ class ImaginedRollouts:
     states: Tensor
     """``(R, T + 1, state_dim)`` real units: the state input of each frame's slot (index 0:
     the start's real state; ``t + 1``: the state the model read from frame ``t``, unclipped)."""
+    grasp: Tensor
+    """``(R, T)`` long: the grasp latent on each frame's slot (all 0 for a model without one,
+    :mod:`wmgym.model.grasp_latent`)."""
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -58,7 +61,8 @@ class ImaginedRollouts:
     def first(self, n: int, steps: int) -> ImaginedRollouts:
         """The first ``n`` rollouts, cut to their first ``steps`` steps."""
         return ImaginedRollouts(self.frames[:n], self.ctx_tokens[:n], self.tokens[:n, :steps],
-                                self.actions[:n, :steps], self.states[:n, : steps + 1])
+                                self.actions[:n, :steps], self.states[:n, : steps + 1],
+                                self.grasp[:n, :steps])
 
     @staticmethod
     def cat(parts: list[ImaginedRollouts]) -> ImaginedRollouts:
@@ -83,7 +87,7 @@ def imagine(core: Imagination, policies: tuple[str, ...], horizon: int,
         actor.reset(seed=seed * 100_003 + i)
     low, high = core.action_space.low, core.action_space.high
     start_state = torch.as_tensor(np.stack([s.obs["state"] for s in starts]), dtype=torch.float32)
-    tokens, actions, states = [], [], [start_state]
+    tokens, actions, states, grasp = [], [], [start_state], []
     for _ in tqdm(range(horizon), desc="imagine"):
         obs = core.obs
         act = np.stack([a({k: v[i] for k, v in obs.items()}) for i, a in enumerate(actors)])
@@ -92,23 +96,25 @@ def imagine(core: Imagination, policies: tuple[str, ...], horizon: int,
         tokens.append(torch.as_tensor(core.tokens))
         actions.append(torch.as_tensor(act))
         cache = core.state.cache
+        grasp.append(cache.grasp.cpu())
         states.append((cache.state * dyn.state_std + dyn.state_mean).cpu()
                       if dyn.state_proj is not None else torch.as_tensor(core.obs["state"]))
     rgb, depth, mask = (torch.as_tensor(np.stack([s.context[k] for s in starts]))
                         for k in IMAGE_KEYS)
     return ImaginedRollouts(obs_to_frames(rgb, depth, mask, core.task.depth_range),
                             core.state.ctx.tokens.cpu(), torch.stack(tokens, 1),
-                            torch.stack(actions, 1), torch.stack(states, 1))
+                            torch.stack(actions, 1), torch.stack(states, 1),
+                            torch.stack(grasp, 1))
 
 
 def save_rollouts(rollouts: ImaginedRollouts, path: str | Path,
                   meta: dict[str, str] | None = None) -> Path:
-    """Writes ``rollouts`` to a safetensors file atomically (tokens as int16).
+    """Writes ``rollouts`` to a safetensors file atomically (tokens and grasp latent as int16).
 
     ``meta`` (strings: how and from what they were imagined) is kept in the file's metadata.
     """
     tensors = {f: getattr(rollouts, f) for f in FIELDS}
-    for f in ("ctx_tokens", "tokens"):
+    for f in ("ctx_tokens", "tokens", "grasp"):
         tensors[f] = tensors[f].to(torch.int16)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,6 +129,9 @@ def load_rollouts(path: str | Path) -> tuple[ImaginedRollouts, dict[str, str]]:
     with safe_open(str(path), "pt") as f:
         meta = dict(f.metadata() or {})
     t["ctx_tokens"], t["tokens"] = t["ctx_tokens"].long(), t["tokens"].long()
+    if "grasp" not in t:  # written before the grasp latent: a model without one
+        t["grasp"] = torch.zeros(t["tokens"].shape[:2], dtype=torch.long)
+    t["grasp"] = t["grasp"].long()
     return ImaginedRollouts(*(t[f] for f in FIELDS)), meta
 
 
