@@ -15,6 +15,12 @@ success where robosuite's grasp failed, per failed grasp), missed lifts, agreeme
 per policy; and ``state_knn_agreement``, how often a 7-nearest-neighbour vote on the real
 gripper-to-cube offset at the start frame (leave-one-out over the episodes) calls the outcome:
 what the state the model is given already tells.
+
+For a checkpoint with the grasp latent (``--grasp-latent``) it also splits the decision in two,
+under ``latent``: how often the bit drawn at the grasp matches robosuite's outcome
+(``drawn_agreement``; ``head_on_real_state``: the head's call on the real state of that step,
+what a perfect imagined state would give), and how faithfully the imagined episode follows the
+bit (``success_if_hold``, ``success_if_slip``).
 """
 
 import json
@@ -25,9 +31,9 @@ import numpy as np
 import torch
 
 from wmgym.data.dataset import read_dataset
-from wmgym.evaluation import open_loop
 from wmgym.model.checkpoint import read_config
-from wmgym.model.world_model import WorldModel
+from wmgym.model.grasp_latent import CLOSING_RUN, HOLD, SLIP
+from wmgym.model.world_model import WorldModel, resolve_kv_cache
 from wmgym.spec import CUBE_POS, EEF_POS, load_spec
 from wmgym.train.data import episode_frames, first_closing
 
@@ -41,6 +47,32 @@ def knn_agreement(offsets: np.ndarray, outcome: np.ndarray, k: int = 7) -> float
     np.fill_diagonal(d, np.inf)
     votes = outcome[np.argsort(d, 1)[:, :k]].mean(1) > 0.5
     return float((votes == outcome).mean())
+
+
+@torch.no_grad()
+def imagine(wm: WorldModel, frames: torch.Tensor, actions: torch.Tensor, start: np.ndarray,
+            seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Imagined steps from frame 0 under ``actions`` (as ``evaluation.open_loop``, no frames).
+
+    Returns the success head ``(B, T)``, the imagined states ``(B, T, state_dim)`` and each
+    rollout's grasp latent after every step ``(B, T)`` (zeros without one).
+    """
+    gens = [torch.Generator().manual_seed(seed * 100_003 + i) for i in range(len(frames))]
+    state = wm.reset(frames[:, 0], generators=gens, states=torch.as_tensor(start).float(),
+                     kv_dtype=resolve_kv_cache("auto"))
+    heads, states, latent = [], [], []
+    for k in range(actions.shape[1]):
+        step, state = wm.step(state, actions[:, k], decode=False)
+        heads.append(step.success.numpy())
+        states.append(step.state.numpy())
+        latent.append(state.cache.grasp.numpy().copy())
+    return np.stack(heads, 1), np.stack(states, 1), np.stack(latent, 1)
+
+
+def first_draw(latent: np.ndarray) -> np.ndarray:
+    """Each rollout's first drawn latent ``(B,)`` (0 where none was drawn)."""
+    drawn = latent > 0
+    return np.where(drawn.any(1), latent[np.arange(len(latent)), drawn.argmax(1)], 0)
 
 
 def main(checkpoint: str, data: str, split: str = "all", samples: int = 4) -> dict:
@@ -57,15 +89,16 @@ def main(checkpoint: str, data: str, split: str = "all", samples: int = 4) -> di
     start_states = np.stack([e.observations["state"][t0] for e, t0 in picked])
     offsets = start_states[:, EEF_POS] - start_states[:, CUBE_POS]
     imagined = np.zeros((samples, len(picked)), bool)
+    drawn = np.zeros((samples, len(picked)), np.int64)
     for lo in range(0, len(picked), CHUNK):
         chunk = picked[lo:lo + CHUNK]
-        frames = torch.stack([episode_frames(e, wm.depth_range)[t0:t0 + HORIZON + 1]
-                              for e, t0 in chunk])
+        frames = torch.stack([episode_frames(e, wm.depth_range)[t0:t0 + 1] for e, t0 in chunk])
         actions = torch.stack([torch.from_numpy(e.actions[t0:t0 + HORIZON]) for e, t0 in chunk])
         for s in range(samples):
-            _, _, head, state, _ = open_loop(wm, frames, actions.float(), 1000 + s, 1.0, None,
-                                             start_state=start_states[lo:lo + CHUNK])
+            head, state, latent = imagine(wm, frames, actions.float(),
+                                          start_states[lo:lo + CHUNK], 1000 + s)
             imagined[s, lo:lo + len(chunk)] = spec.success(head, state).any(1)
+            drawn[s, lo:lo + len(chunk)] = first_draw(latent)
 
     def rates(idx: np.ndarray) -> dict:
         r, im = real[idx], imagined[:, idx]
@@ -77,6 +110,20 @@ def main(checkpoint: str, data: str, split: str = "all", samples: int = 4) -> di
             "agreement": round(float((im == r).mean()), 3),
         }
 
+    def latent_split() -> dict:
+        dyn = wm.dynamics
+        # the state the bit is drawn from: before the CLOSING_RUN-th closing command
+        at = np.stack([e.observations["state"][t0 + LEAD + CLOSING_RUN - 1] for e, t0 in picked])
+        with torch.no_grad():
+            logit = dyn.grasp_head(dyn.grasp_features(dyn.normalize_state(torch.as_tensor(at))))
+        hold, slip = drawn == HOLD, drawn == SLIP
+        return {"drawn": round(float((drawn > 0).mean()), 3),
+                "drawn_hold": round(float(hold.mean()), 3),
+                "drawn_agreement": round(float((hold == real)[drawn > 0].mean()), 3),
+                "head_on_real_state": round(float(((logit > 0).numpy() == real).mean()), 3),
+                "success_if_hold": round(float(imagined[hold].mean()), 3),
+                "success_if_slip": round(float(imagined[slip].mean()), 3)}
+
     by_policy: dict[str, list[int]] = defaultdict(list)
     for i, (e, _) in enumerate(picked):
         by_policy[e.policy].append(i)
@@ -86,6 +133,8 @@ def main(checkpoint: str, data: str, split: str = "all", samples: int = 4) -> di
            **rates(np.ones(len(picked), bool)),
            "policies": {p: rates(np.isin(np.arange(len(picked)), i))
                         for p, i in sorted(by_policy.items())}}
+    if wm.dynamics.grasp_head is not None:
+        out["latent"] = latent_split()
     print(json.dumps(out))
     return out
 
