@@ -236,3 +236,41 @@ def test_imagined_rollouts_keep_the_latent(tmp_path):
     back, _ = load_rollouts(save_rollouts(data, tmp_path / "r.safetensors"))
     assert torch.equal(back.grasp, data.grasp) and torch.equal(back.first(2, 3).grasp,
                                                                 data.grasp[:2, :3])
+
+
+def test_a_filter_that_drives_the_grasp_alone():
+    # filter_drives="grasp": the state seen and the slots' state input stay the plain head's
+    # (logits and states as without the filter), the grasp head reads the filter's chain
+    with pytest.raises(ValueError, match="needs a state filter and the grasp latent"):
+        DynamicsTransformer(tiny_dynamics_config(state_input=True, filter_drives="grasp"))
+    plain = grasp_model(3)
+    cfg = tiny_dynamics_config(state_input=True, grasp_latent=True, max_frames=8,
+                               state_filter=True, filter_drives="grasp")
+    model = DynamicsTransformer(cfg).eval()
+    model.load_state_dict(plain.state_dict(), strict=False)
+    torch.nn.init.normal_(model.state_filter.mlp[-1].weight, std=0.5)
+    batch = dynamics_batch(cfg, 2, cfg.max_frames, seed=6)
+    ctx, frames, actions = batch["ctx_tokens"], batch["frame_tokens"], batch["actions"]
+    actions[:, :, 3] = 1.0
+    start = torch.randn(2, cfg.state_dim)
+    read = []
+    features = model.grasp_features
+    model.grasp_features = lambda s: read.append(s.clone()) or features(s)
+
+    def run(m):
+        cache = m.new_cache(2)
+        m.prefill(cache, ctx)
+        m.set_state(cache, start)
+        out, chain = [], []
+        for t in range(4):
+            out.append(m.teacher_force_frame(cache, actions[:, t], frames[:, t]))
+            chain.append(cache.filter_state.clone())
+        return chain, torch.stack([o[0] for o in out]), torch.stack([o[1].state for o in out])
+
+    chain, logits, states = run(model)
+    _, ref_logits, ref_states = run(plain)
+    assert torch.allclose(logits, ref_logits, atol=1e-5)
+    assert torch.allclose(states, ref_states, atol=1e-5)
+    for t in range(1, 4):  # frame t's draw reads the filter's state after frame t - 1
+        assert torch.equal(read[t], chain[t - 1])
+        assert not torch.allclose(read[t], model.normalize_state(states[t - 1]), atol=1e-3)

@@ -149,6 +149,7 @@ class KVCache:
         self.has_prev = torch.zeros(batch_size, dtype=torch.bool, device=device)
         self.state = torch.zeros(batch_size, state_dim, device=device)
         self.delta = torch.zeros_like(self.state)
+        self.filter_state = torch.zeros_like(self.state)  # the filter's, when it drives the grasp
         self.has_state = torch.zeros(batch_size, dtype=torch.bool, device=device)
         self.last_hidden: Tensor | None = None
         self.last_absolute: Tensor | None = None

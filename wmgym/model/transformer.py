@@ -83,6 +83,10 @@ class DynamicsConfig:
     # a correction read from the frame's last hidden state and the action, instead of being read
     # afresh from the frame. Fitted on the model's own rollouts by ``wmgym train state-filter``.
     state_filter: bool = False
+    # What the filter's state drives: "state" (the state seen, the slots' state input and the
+    # grasp head's), or "grasp" (the grasp head's alone; the state seen and the slots' input
+    # stay the plain head's reading, so frames and state agree as without a filter).
+    filter_drives: str = "state"
     filter_hidden: int = 256  # hidden width of the state filter's MLP
     # The previous frame's state on each slot, through a zero-initialised linear map like the
     # action: the real state in training, in imagination the context's real state and then the
@@ -350,6 +354,10 @@ class DynamicsTransformer(nn.Module):
         self.aux_head = nn.Linear(d, 2 + cfg.state_dim)  # [reward (symlog), success, state...]
         self.head = ParallelHead(cfg) if cfg.parallel_head else None
         self.state_filter = StateFilter(cfg) if cfg.state_filter else None
+        if cfg.filter_drives not in ("state", "grasp"):
+            raise ValueError(f"filter_drives must be 'state' or 'grasp', got {cfg.filter_drives!r}")
+        if cfg.filter_drives == "grasp" and not (cfg.state_filter and cfg.grasp_latent):
+            raise ValueError("filter_drives='grasp' needs a state filter and the grasp latent")
         self.state_proj = nn.Linear(cfg.state_dim, d) if cfg.state_input else None
         if cfg.offset_input and not cfg.state_input:
             raise ValueError("offset_input needs state_input: the offset is read off the state")
@@ -611,6 +619,11 @@ class DynamicsTransformer(nn.Module):
                        state_dim=cfg.state_dim if self._tracks_state else 0, kv_dtype=kv_dtype)
 
     @property
+    def _filter_for_grasp(self) -> bool:
+        """Whether the filter's state drives the grasp head alone (``filter_drives="grasp"``)."""
+        return self.state_filter is not None and self.cfg.filter_drives == "grasp"
+
+    @property
     def _tracks_state(self) -> bool:
         """Whether the cache keeps each rollout's latest state (a filter or a state input)."""
         return self.state_filter is not None or self.state_proj is not None
@@ -688,6 +701,7 @@ class DynamicsTransformer(nn.Module):
             return
         rows = cache.rows if index is None else index
         cache.state[rows] = self.normalize_state(state.to(cache.state))
+        cache.filter_state[rows] = cache.state[rows]
         cache.delta[rows] = 0.0
         cache.has_state[rows] = True
 
@@ -714,7 +728,8 @@ class DynamicsTransformer(nn.Module):
         self._make_room(cache)
         grasp = None
         if self.grasp_head is not None:  # a grasp beginning now draws its bit from the state
-            feats = self.grasp_features(cache.state).to(self.grasp_emb.dtype)
+            feats = self.grasp_features(cache.filter_state if self._filter_for_grasp
+                                        else cache.state).to(self.grasp_emb.dtype)
             p_hold = torch.sigmoid(self.grasp_head(feats).float())
             cache.grasp_run, cache.grasp = advance(cache.grasp_run, cache.grasp, actions,
                                                    p_hold, cache.grasp_u)
@@ -733,12 +748,16 @@ class DynamicsTransformer(nn.Module):
         cache.last_hidden, cache.last_absolute = h, aux[:, 2:]
         if self.state_filter is not None:
             known = cache.has_state.unsqueeze(1)
-            new = self.state_filter(h, cache.state, cache.delta, aux[:, 2:], actions).float()
+            prev = cache.filter_state if self._filter_for_grasp else cache.state
+            new = self.state_filter(h, prev, cache.delta, aux[:, 2:], actions).float()
             new = torch.where(known, new, aux[:, 2:].float())
-            cache.delta = torch.where(known, new - cache.state, torch.zeros_like(new))
-            cache.state = new
+            cache.delta = torch.where(known, new - prev, torch.zeros_like(new))
             cache.has_state.fill_(True)
-            aux = torch.cat([aux[:, :2], new.to(aux.dtype)], -1)
+            if self._filter_for_grasp:  # the filter's chain for the grasp head alone
+                cache.filter_state, cache.state = new, aux[:, 2:].float()
+            else:
+                cache.state = new
+                aux = torch.cat([aux[:, :2], new.to(aux.dtype)], -1)
         elif self.state_proj is not None:  # the next slot reads this frame's state
             cache.state = aux[:, 2:].float()
             cache.has_state.fill_(True)

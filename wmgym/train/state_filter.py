@@ -66,6 +66,10 @@ class TrainStateFilterArgs:
     """Warm-up steps."""
     filter_hidden: int = 256
     """Hidden width of a new filter's MLP."""
+    drives: str = "state"
+    """What the exported filter drives: ``state`` (the state seen and the slots' state input)
+    or ``grasp`` (the grasp latent's head alone; needs ``--grasp-latent``'s checkpoint): the
+    frames then read the same state as without a filter."""
     seed: int = 0
     """Seed of the rollouts' samplers, the initialisation and the batches."""
     device: str = "auto"
@@ -87,11 +91,18 @@ class Rollouts:
     target: Tensor  # (N, T, s) real state of each step, real units
 
 
-def with_filter(wm: WorldModel, hidden: int) -> WorldModel:
-    """``wm`` itself if it has a state filter, else a copy with a new (identity) filter."""
+def with_filter(wm: WorldModel, hidden: int, drives: str = "state") -> WorldModel:
+    """``wm`` itself if it has a state filter, else a copy with a new (identity) filter.
+
+    Either way the filter drives ``drives`` (``DynamicsConfig.filter_drives``) from now on, in
+    the rollouts it is fitted on too.
+    """
     if wm.dynamics.state_filter is not None:
+        cfg = replace(wm.dynamics.cfg, filter_drives=drives)
+        DynamicsTransformer(cfg)  # validates the combination
+        wm.dynamics.cfg = cfg
         return wm
-    cfg = replace(wm.dynamics.cfg, state_filter=True, filter_hidden=hidden)
+    cfg = replace(wm.dynamics.cfg, state_filter=True, filter_hidden=hidden, filter_drives=drives)
     dynamics = DynamicsTransformer(cfg).to(wm.device)
     missing, unexpected = dynamics.load_state_dict(wm.dynamics.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("state_filter.") for k in missing)
@@ -177,7 +188,7 @@ def train_state_filter(args: TrainStateFilterArgs) -> Path:
     """Imagines rollouts, fits the filter on them, exports the checkpoint; returns its path."""
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
-    wm = with_filter(WorldModel.load(args.init, device), args.filter_hidden)
+    wm = with_filter(WorldModel.load(args.init, device), args.filter_hidden, args.drives)
     t0 = time.perf_counter()
     episodes = [e for path in (args.data, *args.extra_data)
                 for e in load_episodes(path, args.split, wm.depth_range)]
