@@ -106,6 +106,13 @@ class DynamicsConfig:
     state_noise: float = 0.1  # std of the noise on the training state input (normalised units)
     state_dropout: float = 0.1  # share of training clips given no state input (as in a restart)
 
+    def __post_init__(self) -> None:
+        if self.filter_drives not in ("state", "grasp"):
+            raise ValueError(f"filter_drives must be 'state' or 'grasp', got "
+                             f"{self.filter_drives!r}")
+        if self.filter_drives == "grasp" and not (self.state_filter and self.grasp_latent):
+            raise ValueError("filter_drives='grasp' needs a state filter and the grasp latent")
+
     @property
     def kv_heads(self) -> int:
         """Key/value heads (``n_kv_head``, or ``n_head`` when unset)."""
@@ -354,10 +361,6 @@ class DynamicsTransformer(nn.Module):
         self.aux_head = nn.Linear(d, 2 + cfg.state_dim)  # [reward (symlog), success, state...]
         self.head = ParallelHead(cfg) if cfg.parallel_head else None
         self.state_filter = StateFilter(cfg) if cfg.state_filter else None
-        if cfg.filter_drives not in ("state", "grasp"):
-            raise ValueError(f"filter_drives must be 'state' or 'grasp', got {cfg.filter_drives!r}")
-        if cfg.filter_drives == "grasp" and not (cfg.state_filter and cfg.grasp_latent):
-            raise ValueError("filter_drives='grasp' needs a state filter and the grasp latent")
         self.state_proj = nn.Linear(cfg.state_dim, d) if cfg.state_input else None
         if cfg.offset_input and not cfg.state_input:
             raise ValueError("offset_input needs state_input: the offset is read off the state")

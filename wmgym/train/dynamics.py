@@ -18,7 +18,7 @@ from wmgym.results import machine
 from wmgym.spec import load_spec
 from wmgym.train import common
 from wmgym.train.data import load_episodes, sample_clips, tokenize_episodes
-from wmgym.train.grasp_head import fit_grasp_head, label_grasps
+from wmgym.train.grasp_head import fit_grasp_head, grasp_examples, label_grasps
 from wmgym.train.token_cache import cached_tokenize, tokenizer_fingerprint
 
 
@@ -190,7 +190,7 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
             raise ValueError(f"--grasp-latent needs the task's lift height (success_cube_z in "
                              f"the {spec.name} spec): it tells a grasp that held")
         label_grasps(episodes, spec.success_cube_z)
-        grasp_head = fit_grasp_head(model, *label_grasps(distinct, spec.success_cube_z),
+        grasp_head = fit_grasp_head(model, *grasp_examples(distinct),
                                     noise=cfg.state_noise, seed=args.seed)
         model.grasp_head.requires_grad_(False)
         if d.main:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wmgym.model.grasp_latent import HOLD, grasp_labels
+from wmgym.model.grasp_latent import HOLD, NONE, grasp_labels
 from wmgym.model.transformer import DynamicsTransformer
 from wmgym.spec import CUBE_POS
 from wmgym.train.data import EpisodeTensors
@@ -24,7 +24,18 @@ HELDOUT = 0.2
 
 
 def label_grasps(episodes: list[EpisodeTensors], lift_z: float) -> tuple[Tensor, Tensor]:
-    """Sets every episode's grasp latent; returns where grasps begin and how they end.
+    """Sets every episode's grasp latent; returns :func:`grasp_examples` of them."""
+    for ep in episodes:
+        latent, _ = grasp_labels(ep.actions.numpy(), ep.state[:, CUBE_POS][:, 2].numpy(), lift_z)
+        ep.grasp = torch.from_numpy(latent)
+    return grasp_examples(episodes)
+
+
+def grasp_examples(episodes: list[EpisodeTensors]) -> tuple[Tensor, Tensor]:
+    """Where labelled episodes' grasps begin and how they end.
+
+    A grasp's bit is drawn where its latent turns from :data:`NONE` to hold or slip (grasps are
+    apart by at least one opening command, where the latent is :data:`NONE`).
 
     Returns:
         ``(states (G, state_dim), held (G,) float)``: the raw state each grasp's bit is drawn
@@ -32,12 +43,11 @@ def label_grasps(episodes: list[EpisodeTensors], lift_z: float) -> tuple[Tensor,
     """
     states, held = [], []
     for ep in episodes:
-        latent, starts = grasp_labels(ep.actions.numpy(), ep.state[:, CUBE_POS][:, 2].numpy(),
-                                      lift_z)
-        ep.grasp = torch.from_numpy(latent)
-        idx = np.flatnonzero(starts)
+        latent = ep.grasp
+        before = torch.cat([latent.new_full((1,), NONE), latent[:-1]])
+        idx = ((latent != NONE) & (before == NONE)).nonzero().squeeze(1)
         states.append(ep.state[idx])
-        held.append(torch.from_numpy(latent[idx] == HOLD).float())
+        held.append((latent[idx] == HOLD).float())
     return torch.cat(states), torch.cat(held)
 
 

@@ -98,9 +98,7 @@ def with_filter(wm: WorldModel, hidden: int, drives: str = "state") -> WorldMode
     the rollouts it is fitted on too.
     """
     if wm.dynamics.state_filter is not None:
-        cfg = replace(wm.dynamics.cfg, filter_drives=drives)
-        DynamicsTransformer(cfg)  # validates the combination
-        wm.dynamics.cfg = cfg
+        wm.dynamics.cfg = replace(wm.dynamics.cfg, filter_drives=drives)  # validated there
         return wm
     cfg = replace(wm.dynamics.cfg, state_filter=True, filter_hidden=hidden, filter_drives=drives)
     dynamics = DynamicsTransformer(cfg).to(wm.device)
