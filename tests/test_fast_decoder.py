@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import gymnasium as gym
@@ -103,3 +104,47 @@ def test_saving_new_weights_removes_the_stale_fast_decoder(fast, tmp_path):
     model.save(copy, {"task": "Pick"}, bank)
     assert not has_fast_decoder(copy)
     assert gym.make("WM-Pick-v0", checkpoint=copy).unwrapped.core.decoder == "full"
+
+
+def distil_from(checkpoint, out, other) -> dict:
+    """One step of distillation into ``checkpoint`` from ``other``'s fast decoder."""
+    train_decoder(TrainDecoderArgs(
+        checkpoint=str(checkpoint), rollouts=6, horizon=4, heldout=2, steps=1, batch=8,
+        policies=("pick", "random"), lr=1e-4, warmup=1, out=str(out), device=DEVICE,
+        init_from=str(other),
+    ))
+    return read_config(checkpoint / SUBDIR)
+
+
+def test_init_from_starts_from_another_checkpoints_decoder(fast, tmp_path):
+    from wmgym.model.world_model import WorldModel
+
+    copy = tmp_path / "copy"  # a fine-tune that kept the tokenizer: the decoder goes stale
+    shutil.copytree(fast, copy)
+    model, bank = WorldModel.load(copy), load_start_obs(copy)
+    with torch.no_grad():
+        model.dynamics.slot.add_(1.0)
+    model.save(copy, {"task": "Pick"}, bank)
+    assert not has_fast_decoder(copy)
+    report = distil_from(copy, tmp_path / "run", fast)["distill"]
+    first = read_config(fast / SUBDIR)["distill"]["heldout_vs_teacher"]
+    scratch = distil(make_tiny_checkpoint(tmp_path / "scratch"), tmp_path / "run2",
+                     steps=1)["distill"]["heldout_vs_teacher"]
+    # it starts near where the other decoder ended, far above one from scratch
+    assert report["heldout_vs_teacher_at_start"]["psnr"] > scratch["psnr"] + 2.0
+    assert abs(report["heldout_vs_teacher_at_start"]["psnr"] - first["psnr"]) < 3.0
+    assert load_fast_decoder(copy) is not None  # bound to the new weights
+
+
+def test_state_only_envs_load_the_decoder_when_rendering(fast, tmp_path):
+    stale = tmp_path / "stale"
+    shutil.copytree(fast, stale)
+    config = read_config(stale / SUBDIR)
+    config["teacher_sha256"] = "0" * 64
+    (stale / SUBDIR / "config.json").write_text(json.dumps(config))
+    clear_cache()
+    env = gym.make("WM-Pick-v0", checkpoint=stale, images=False, render_mode="rgb_array")
+    env.reset(seed=0)
+    env.step(env.action_space.sample())  # no frames to decode: the decoder is not needed
+    with pytest.raises(CheckpointError, match="distilled from weights"):
+        env.render()

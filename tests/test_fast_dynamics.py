@@ -21,6 +21,7 @@ from wmgym.model.fast_dynamics import (
     SUBDIR,
     has_fast_dynamics,
     init_student,
+    init_student_from,
     load_fast_dynamics,
 )
 from wmgym.model.kv_cache import cached_attention
@@ -221,11 +222,33 @@ def test_init_from_starts_from_another_checkpoints_student(fast, tmp_path):
     train_fast_dynamics(args)
     report = read_config(bare / SUBDIR)["distill"]
     first = read_config(fast / SUBDIR)["distill"]
-    assert report["initialised_from"] == first
+    assert report["initialised_from"] == {**first, "parameters_from_teacher": []}
     # it starts where the other student ended, not from the teacher's averaged heads
     assert report["heldout_vs_teacher_at_init"]["token_kl"] < (
         first["heldout_vs_teacher_at_init"]["token_kl"])
     assert load_fast_dynamics(bare) is not None  # bound to this checkpoint's weights
+
+
+def test_init_from_takes_what_the_other_student_lacks_from_the_teacher(fast, tmp_path):
+    # a fine-tune that added the grasp latent: the other student has no grasp head or vector
+    latent = make_tiny_checkpoint(tmp_path / "latent", grasp_latent=True)
+    teacher, previous = WorldModel.load(latent).dynamics, load_fast_dynamics(fast)
+    student, fresh = init_student_from(teacher, previous)
+    assert student.cfg.grasp_latent and student.cfg.kv_heads == previous.cfg.kv_heads
+    own, theirs, got = previous.state_dict(), teacher.state_dict(), student.state_dict()
+    assert sorted(fresh) == sorted(n for n, _ in student.named_parameters() if n not in own)
+    assert {"grasp_emb", "grasp_head.mlp.0.weight"} <= set(fresh)
+    for name, value in got.items():
+        assert torch.equal(value, theirs[name] if name in fresh or name not in own
+                           else own[name]), name
+    assert torch.equal(got["state_std"], theirs["state_std"])  # buffers: the teacher's
+    train_fast_dynamics(TrainFastDynamicsArgs(
+        checkpoint=str(latent), rollouts=8, horizon=6, heldout=2, steps=2, batch=4,
+        policies=("pick", "random"), eval_windows=8, out=str(tmp_path / "run"),
+        device=DEVICE, init_from=str(fast)))
+    report = read_config(latent / SUBDIR)["distill"]["initialised_from"]
+    assert sorted(report["parameters_from_teacher"]) == sorted(fresh)
+    assert load_fast_dynamics(latent).cfg.grasp_latent
 
 
 def test_on_policy_windows_come_from_the_students_own_rollouts(fast, tmp_path, capsys):

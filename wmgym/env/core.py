@@ -32,6 +32,7 @@ from gymnasium import spaces
 
 from wmgym.env.loading import load_checkpoint
 from wmgym.model.frames import frames_to_obs, obs_to_frames
+from wmgym.model.tokenizer import Decoder
 from wmgym.model.world_model import RolloutState, resolve_kv_cache
 from wmgym.spec import IMAGE_KEYS, TaskSpec, load_spec
 from wmgym.validation import check_action
@@ -136,13 +137,18 @@ class Imagination:
         self.device = self.model.device
         self.kv_dtype = resolve_kv_cache(kv_cache)
         self.decoder = self.checkpoint.resolve_decoder(decoder)
-        self._frame_decoder = self.checkpoint.frame_decoder(self.decoder)
+        if images:  # state-only rollouts load it when first rendered
+            self.frame_decoder()
         self.state: RolloutState | None = None
         self.obs: Obs | None = None  # current observation of every rollout, (N, ...)
         self.tokens: np.ndarray | None = None  # the last sampled frame tokens, (N, n)
         self._last_tokens: torch.Tensor | None = None
         self._images: Obs | None = None  # images of every rollout, for render(), (N, ...)
         self._stale = np.zeros(num_envs, bool)  # rows whose _images are older than the tokens
+
+    def frame_decoder(self) -> Decoder | None:
+        """The frame decoder ``decoder`` names (None: the tokenizer's own), loaded once."""
+        return self.checkpoint.frame_decoder(self.decoder)
 
     # ------------------------------------------------------------------ starts
     def draw_start(
@@ -299,7 +305,7 @@ class Imagination:
             top_k=self.top_k,
             decode=self.images,
             decoding=self.decoding,
-            decoder=self._frame_decoder,
+            decoder=self.frame_decoder() if self.images else None,
         )
         space = self.observation_space.spaces
         state = out.state.to(torch.float32).cpu().numpy()
@@ -350,7 +356,7 @@ class Imagination:
             rows = np.flatnonzero(self._stale)
             idx = torch.as_tensor(rows, device=self.device)
             frames = self.model.decode(self._last_tokens[idx], self.state, idx,
-                                       decoder=self._frame_decoder)
+                                       decoder=self.frame_decoder())
             self._store_images(self._image_obs(frames), rows)
         return tile_frame(*(self._images[k][i] for k in IMAGE_KEYS), self.task.depth_range)
 

@@ -58,6 +58,41 @@ def init_student(teacher: DynamicsTransformer, kv_heads: int = 1) -> DynamicsTra
     return student
 
 
+@torch.no_grad()
+def init_student_from(teacher: DynamicsTransformer, previous: DynamicsTransformer
+                      ) -> tuple[DynamicsTransformer, list[str]]:
+    """A student for ``teacher`` started from ``previous``, a fast transformer of other weights.
+
+    After a fine-tune of the teacher, the student distilled from the weights before it is most
+    of the way there. The student gets the teacher's config (``previous``'s key/value heads)
+    and ``previous``'s parameters; the parts ``previous`` lacks (say, a grasp latent the
+    fine-tune added) and every buffer (the state normalisation) come from the teacher.
+
+    Returns:
+        The student and the names of the parameters taken from the teacher.
+
+    Raises:
+        ValueError: A parameter of neither's shape (the two models differ in size).
+    """
+    cfg = student_config(teacher.cfg, previous.cfg.kv_heads)
+    student = DynamicsTransformer(cfg).to(teacher.slot.device)
+    params = {name for name, _ in student.named_parameters()}
+    own, theirs = previous.state_dict(), teacher.state_dict()
+    state, from_teacher = student.state_dict(), []
+    for name, value in state.items():
+        if name in params and name in own and own[name].shape == value.shape:
+            state[name] = own[name]
+        elif name in theirs and theirs[name].shape == value.shape:
+            state[name] = theirs[name]
+            if name in params:
+                from_teacher.append(name)
+        else:
+            raise ValueError(f"{name}: shape {tuple(value.shape)} in neither the previous fast "
+                             "transformer nor the teacher")
+    student.load_state_dict(state)
+    return student, from_teacher
+
+
 def save_fast_dynamics(checkpoint: str | Path, student: DynamicsTransformer,
                        extra: dict | None = None) -> Path:
     """Writes ``student`` into ``checkpoint/fast_dynamics``, bound to the checkpoint's weights.

@@ -26,9 +26,15 @@ from torch import Tensor
 from tqdm import tqdm
 
 from wmgym.env.core import Imagination
-from wmgym.model.fast_decoder import build_fast_decoder, save_fast_decoder
+from wmgym.model.checkpoint import read_config
+from wmgym.model.fast_decoder import (
+    FAST_DECODER,
+    build_fast_decoder,
+    load_fast_decoder,
+    save_fast_decoder,
+)
 from wmgym.model.frames import DEPTH, MASK, RGB, mask_iou, psnr
-from wmgym.model.tokenizer import Decoder, MMTokenizer, reconstruction_loss
+from wmgym.model.tokenizer import Decoder, MMTokenizer, config_from_dict, reconstruction_loss
 from wmgym.model.world_model import resolve_device
 from wmgym.results import machine
 from wmgym.spec import load_spec
@@ -67,6 +73,11 @@ class TrainDecoderArgs:
     """Student channel multiplier at 64, 32, 16, 8, 4 px."""
     subpixel: int = 2
     """The student stops at resolution / subpixel; a sub-pixel convolution upsamples."""
+    init_from: str = ""
+    """Start from this other world-model checkpoint's fast decoder (its shape: the channel
+    options are ignored). After a fine-tune that kept the tokenizer, the decoder of the weights
+    before it is most of the way there; its held-out score at the start is kept in the report
+    (``heldout_vs_teacher_at_start``)."""
     seed: int = 0
     """Seed of the starts, the policies, the samplers, the initialisation and the batches."""
     device: str = "auto"
@@ -152,13 +163,20 @@ def train_decoder(args: TrainDecoderArgs) -> Path:
     data = build_distill_set(args, device)
     imagine_seconds = time.perf_counter() - start
     tok = load_checkpoint(args.checkpoint, load_spec(args.task), device).model.tokenizer
-    cfg, student = build_fast_decoder(tok.cfg, args.base_channels, args.channel_mult,
-                                      args.subpixel)
+    if args.init_from:
+        cfg = config_from_dict(read_config(FAST_DECODER.directory(args.init_from))["tokenizer"])
+        student = load_fast_decoder(args.init_from, device).requires_grad_(True)
+    else:
+        cfg, student = build_fast_decoder(tok.cfg, args.base_channels, args.channel_mult,
+                                          args.subpixel)
     student.to(device)
-    opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.01,
-                            betas=(0.9, 0.99))
     n_train = args.rollouts - args.heldout
     heldout = torch.arange(n_train, args.rollouts)
+    at_start = compare(student, tok, data, heldout, device) if args.init_from else None
+    if at_start:
+        print(f"{args.init_from}'s fast decoder on the held-out rollouts: {at_start}")
+    opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.01,
+                            betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(args.seed)
     log = common.Logger(Path(args.out) / "tb", True)
     print(f"fast decoder: {sum(p.numel() for p in student.parameters()) / 1e6:.3f}M params, "
@@ -187,6 +205,7 @@ def train_decoder(args: TrainDecoderArgs) -> Path:
           f"{result['depth_l1']:.4f}, mask IoU {result['mask_iou']:.3f}")
     out = save_fast_decoder(args.checkpoint, student, cfg, {"distill": {
         "args": asdict(args), "heldout_vs_teacher": result,
+        **({"heldout_vs_teacher_at_start": at_start} if at_start else {}),
         "imagine_seconds": round(imagine_seconds, 1), "train_seconds": round(train_seconds, 1),
         "machine": machine(),
     }})

@@ -41,6 +41,7 @@ from wmgym.model.checkpoint import read_config
 from wmgym.model.fast_dynamics import (
     FAST_DYNAMICS,
     init_student,
+    init_student_from,
     load_fast_dynamics,
     save_fast_dynamics,
 )
@@ -96,7 +97,8 @@ class TrainFastDynamicsArgs:
     """Start from this other world-model checkpoint's fast transformer instead of the teacher's
     averaged key/value heads: after a fine-tune of the teacher, the student distilled from the
     weights before it is most of the way there (its report is kept under
-    ``initialised_from``)."""
+    ``initialised_from``). Parameters it lacks, such as a grasp latent the fine-tune added,
+    come from the teacher."""
     on_policy: int = 0
     """With ``resume``: rollouts the fast transformer being resumed imagines itself (acted by
     ``policies``, kept in ``<out>/student_rollouts.safetensors``); 0: none."""
@@ -291,7 +293,11 @@ def train_fast_dynamics(args: TrainFastDynamicsArgs) -> Path:
         student = load_fast_dynamics(args.checkpoint, device).requires_grad_(True)
     elif args.init_from:
         previous = read_config(FAST_DYNAMICS.directory(args.init_from))["distill"]
-        student = load_fast_dynamics(args.init_from, device).requires_grad_(True)
+        student, fresh = init_student_from(teacher, load_fast_dynamics(args.init_from, device))
+        student.requires_grad_(True)
+        previous = {**previous, "parameters_from_teacher": fresh}
+        if fresh:
+            print(f"from the teacher (not in {args.init_from}'s fast transformer): {fresh}")
     else:
         student = init_student(teacher, args.kv_heads)
     gen = torch.Generator().manual_seed(args.seed)
