@@ -25,6 +25,9 @@ $PY -m wmgym.cli collect --policy hover --episodes 150 --workers 2 --seed 13000 
     --out data/pick_hover --overwrite
 $PY -m wmgym.cli collect --policy miss --episodes 150 --workers 2 --seed 14000 \
     --out data/pick_miss --overwrite
+# grasps aimed 0-3 cm off the cube: the offsets where robosuite's grasp holds or slips
+$PY -m wmgym.cli collect --policy nearmiss --episodes 200 --workers 2 --seed 16000 \
+    --out data/pick_nearmiss --overwrite
 $PY -m wmgym.cli train tokenizer --data data/pick --steps 1000 --out runs/tokenizer
 $PY -m wmgym.cli train dynamics --data data/pick --tokenizer runs/tokenizer/final \
     --steps "${DYN_STEPS:-2000}" --out runs/dynamics --checkpoint runs/wm_base
@@ -48,10 +51,30 @@ $PY -m wmgym.cli train dynamics --init runs/wm_hov --data data/pick --extra-data
     --out runs/dynamics_sin --checkpoint runs/wm_sin
 $PY -m wmgym.cli train dynamics --init runs/wm_sin --data data/pick --extra-data data/pick \
     $ALL data/pick_miss --gap-embedding --state-input --steps 600 --lr 3e-4 --warmup 60 \
-    --out runs/dynamics_sin2 --checkpoint checkpoints/WM-Pick-v0
+    --out runs/dynamics_sin2 --checkpoint runs/wm_sin2
+# then the grasp latent (a hold/slip bit drawn once per grasp by a small head on the state,
+# fitted first and frozen), with the near misses counted twice and a quarter, then half, of
+# the clips cut just before a grasp
+ALL="$ALL data/pick_miss data/pick_nearmiss data/pick_nearmiss"
+$PY -m wmgym.cli train dynamics --init runs/wm_sin2 --data data/pick --extra-data data/pick \
+    $ALL --gap-embedding --state-input --grasp-latent --grasp-share 0.25 --steps 800 \
+    --lr 3e-4 --warmup 60 --out runs/dynamics_gl --checkpoint runs/wm_gl
+$PY -m wmgym.cli train dynamics --init runs/wm_gl --data data/pick --extra-data data/pick \
+    $ALL --gap-embedding --state-input --grasp-latent --grasp-share 0.5 --steps 800 \
+    --lr 3e-4 --warmup 60 --out runs/dynamics_gl2 --checkpoint checkpoints/WM-Pick-v0
 # a frame decoder about 3x cheaper, distilled from the model's own imagined frames; the envs
 # use it by default (decoder="auto"), and decoder="full" gives the tokenizer's own
+# (the shipped one started from the previous checkpoint's: --init-from, 1,000 steps at 5e-4)
 $PY -m wmgym.cli train decoder --checkpoint checkpoints/WM-Pick-v0 --out runs/fast_decoder
+# the transformer with one key/value head per layer (opt-in: dynamics="fast"), distilled on its
+# teacher's rollouts, then twice on windows half of which come from rollouts it imagined itself
+# (the shipped one: --init-from the previous checkpoint, 1,200 steps, then one resume)
+$PY -m wmgym.cli train fast-dynamics --checkpoint checkpoints/WM-Pick-v0 --steps 1200 \
+    --out runs/fast_dynamics
+for _ in 1 2; do
+  $PY -m wmgym.cli train fast-dynamics --checkpoint checkpoints/WM-Pick-v0 --resume \
+      --on-policy 512 --steps 2400 --lr 2e-4 --out runs/fast_dynamics
+done
 $PY -m wmgym.cli eval --checkpoint checkpoints/WM-Pick-v0 --data data/pick --split heldout \
     --out out/eval
 $PY -m wmgym.cli eval --checkpoint checkpoints/WM-Pick-v0 --data data/pick --split heldout \
@@ -60,6 +83,14 @@ $PY -m wmgym.cli eval --checkpoint checkpoints/WM-Pick-v0 --data data/pick --spl
 $PY -m wmgym.cli eval --checkpoint checkpoints/WM-Pick-v0 --data tests/data/heldout_pick \
     --split all --device cpu --probe-starts 2 --out out/eval_regression
 cp out/eval_regression/metrics.json checkpoints/WM-Pick-v0/regression.json
+# the fast transformer against robosuite (the real episodes of two earlier sweeps reused)
+$PY -m wmgym.cli sweep --episodes 20 --seed 1000 --dynamics fast \
+    --real-from benchmarks/sweep.json --out out/sweep_fast_1000
+$PY -m wmgym.cli sweep --episodes 20 --seed 2000 --dynamics fast \
+    --real-from benchmarks/sweep_seed2000.json --out out/sweep_fast_2000
+$PY -m wmgym.cli sweep --pool out/sweep_fast_1000/sweep.json out/sweep_fast_2000/sweep.json \
+    --out out/sweep_fast_pooled
 $PY -m wmgym.cli card --checkpoint checkpoints/WM-Pick-v0 --eval out/eval/metrics.json \
     --data data/pick data/pick_explore data/pick_slow data/pick_hesitate data/pick_hover \
-    data/pick_miss --notes docs/card_notes.md --full-eval out/eval_full/metrics.json
+    data/pick_miss data/pick_nearmiss --notes docs/card_notes.md \
+    --full-eval out/eval_full/metrics.json --fast-sweep out/sweep_fast_pooled/sweep.json

@@ -274,3 +274,12 @@ def test_a_filter_that_drives_the_grasp_alone():
     for t in range(1, 4):  # frame t's draw reads the filter's state after frame t - 1
         assert torch.equal(read[t], chain[t - 1])
         assert not torch.allclose(read[t], model.normalize_state(states[t - 1]), atol=1e-3)
+
+
+def test_card_reports_the_heads_fit():
+    from wmgym.card import grasp_head_line
+
+    fit = {"grasps": 2481, "held": 0.2753, "heldout_accuracy": 0.9234}
+    line = grasp_head_line({"grasp_head": fit})
+    assert "2481 grasps (27.5% held)" in line and "accuracy 0.923" in line
+    assert grasp_head_line({}) == ""  # a model without the latent

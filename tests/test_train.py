@@ -101,6 +101,7 @@ def test_dynamics_exports_a_loadable_world_model(tiny_data, tiny_tokenizer, tmp_
                                 notes=str(tmp_path / "notes.md")))
     assert card.count(f"`{tiny_data}`: 3 episodes") == 2 and "| open loop h1 |" in card
     assert card.endswith("## Measured elsewhere\nprobes\n") and "Fast decoder" not in card
+    assert "Grasp head" not in card
     # the recipe's last steps: a fast decoder, the evaluation with it and with the full one
     train_decoder(TrainDecoderArgs(checkpoint=str(ckpt), rollouts=3, horizon=2, heldout=1,
                                    steps=2, batch=2, base_channels=2, device="cpu",

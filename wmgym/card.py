@@ -79,7 +79,7 @@ wmgym {config['wmgym_version']}.
 ## Recipe
 `{args.recipe}` (collect → train tokenizer → train dynamics → fine-tune on every dataset →
 eval → card).
-Training time: {times}; on {where}.
+Training time: {times}; on {where}.{grasp_head_line(train)}
 
 ## Evaluation (`wmgym eval`: {eval_what})
 {format_table(metrics)}
@@ -90,6 +90,16 @@ Training time: {times}; on {where}.
 - `state` and reward come from heads on the transformer, not from physics; check policies trained
   in imagination on `Sim-Pick-v0`.
 {notes}"""
+
+
+def grasp_head_line(train: dict) -> str:
+    """The grasp latent's head as its fit reported it (empty for a model without one)."""
+    head = train.get("grasp_head")
+    if not head:
+        return ""
+    return (f"\nGrasp head (`--grasp-latent`): fitted on {head['grasps']} grasps "
+            f"({head['held']:.1%} held), held-out accuracy {head['heldout_accuracy']:.3f}, "
+            f"then frozen.")
 
 
 def fast_decoder_section(args: CardArgs, metrics: dict) -> str:
