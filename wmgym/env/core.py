@@ -137,6 +137,8 @@ class Imagination:
         self.device = self.model.device
         self.kv_dtype = resolve_kv_cache(kv_cache)
         self.decoder = self.checkpoint.resolve_decoder(decoder)
+        self._frame_decoder: Decoder | None = None
+        self._decoder_loaded = False
         if images:  # state-only rollouts load it when first rendered
             self.frame_decoder()
         self.state: RolloutState | None = None
@@ -148,7 +150,10 @@ class Imagination:
 
     def frame_decoder(self) -> Decoder | None:
         """The frame decoder ``decoder`` names (None: the tokenizer's own), loaded once."""
-        return self.checkpoint.frame_decoder(self.decoder)
+        if not self._decoder_loaded:
+            self._frame_decoder = self.checkpoint.frame_decoder(self.decoder)
+            self._decoder_loaded = True
+        return self._frame_decoder
 
     # ------------------------------------------------------------------ starts
     def draw_start(

@@ -164,6 +164,9 @@ def train_decoder(args: TrainDecoderArgs) -> Path:
     imagine_seconds = time.perf_counter() - start
     tok = load_checkpoint(args.checkpoint, load_spec(args.task), device).model.tokenizer
     if args.init_from:
+        if read_config(args.init_from)["tokenizer"] != read_config(args.checkpoint)["tokenizer"]:
+            raise ValueError(f"init_from: {args.init_from}'s tokenizer is not "
+                             f"{args.checkpoint}'s; its fast decoder decodes other tokens")
         cfg = config_from_dict(read_config(FAST_DECODER.directory(args.init_from))["tokenizer"])
         student = load_fast_decoder(args.init_from, device).requires_grad_(True)
     else:
