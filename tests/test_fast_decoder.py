@@ -148,3 +148,13 @@ def test_state_only_envs_load_the_decoder_when_rendering(fast, tmp_path):
     env.step(env.action_space.sample())  # no frames to decode: the decoder is not needed
     with pytest.raises(CheckpointError, match="distilled from weights"):
         env.render()
+
+
+def test_init_from_needs_the_same_tokenizer(fast, tmp_path):
+    other = tmp_path / "other"  # a checkpoint whose tokenizer is another one
+    shutil.copytree(fast, other)
+    config = read_config(other)
+    config["tokenizer"]["fsq_levels"] = [8, 8, 8]
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="tokenizer is not"):
+        distil_from(fast, tmp_path / "run", other)
