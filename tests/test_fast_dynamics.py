@@ -27,8 +27,14 @@ from wmgym.model.fast_dynamics import (
 from wmgym.model.kv_cache import cached_attention
 from wmgym.model.transformer import DynamicsConfig, DynamicsTransformer
 from wmgym.model.world_model import WorldModel
-from wmgym.train.fast_dynamics import TrainFastDynamicsArgs, distill_loss, train_fast_dynamics
-from wmgym.train.imagined import imagine_many, load_rollouts
+from wmgym.train.fast_dynamics import (
+    Pool,
+    TrainFastDynamicsArgs,
+    distill_loss,
+    grasp_begins,
+    train_fast_dynamics,
+)
+from wmgym.train.imagined import ImaginedRollouts, imagine_many, load_rollouts
 
 DEVICE = "cpu"
 
@@ -249,6 +255,29 @@ def test_init_from_takes_what_the_other_student_lacks_from_the_teacher(fast, tmp
     report = read_config(latent / SUBDIR)["distill"]["initialised_from"]
     assert sorted(report["parameters_from_teacher"]) == sorted(fresh)
     assert load_fast_dynamics(latent).cfg.grasp_latent
+
+
+def test_grasp_windows_start_a_few_frames_before_a_grasp_begins():
+    r, t, length = 6, 40, 8
+    grasp = torch.zeros(r, t, dtype=torch.long)
+    grasp[1, 20:26] = 2  # one grasp in rollout 1, one in rollout 3, none in the others
+    grasp[3, 30:] = 1
+    data = ImaginedRollouts(torch.zeros(r, 5, 4, 4), torch.zeros(r, 3, dtype=torch.long),
+                            torch.arange(t).repeat(r, 1)[..., None], torch.zeros(r, t, 4),
+                            torch.zeros(r, t + 1, 8), grasp)
+    rows, steps = grasp_begins(data, 4)
+    assert rows.tolist() == [1, 3] and steps.tolist() == [20, 30]
+    assert len(grasp_begins(data, 2)[0]) == 1  # training rows only
+    gen = torch.Generator().manual_seed(0)
+    batch = Pool(data, 4, grasp_share=0.75).draw(400, length, 0.25, gen)
+    first = batch["frame_tokens"][:, 0, 0]  # the window's first step (tokens hold the step)
+    at_grasp = (batch["grasp"][:, 1: length // 2 + 1] != 0).any(1) & (batch["grasp"][:, 0] == 0)
+    assert 0.65 < at_grasp.float().mean() < 0.85, at_grasp.float().mean()
+    assert set(first[at_grasp].tolist()) <= set(range(16, 20)) | set(range(26, 30))
+    uniform = Pool(data, 4).draw(400, length, 0.25, gen)
+    assert (uniform["grasp"][:, 1: length // 2 + 1] != 0).any(1).float().mean() < 0.2
+    with pytest.raises(ValueError, match="hold no grasp"):
+        Pool(data, 1, grasp_share=0.5)
 
 
 def test_on_policy_windows_come_from_the_students_own_rollouts(fast, tmp_path, capsys):

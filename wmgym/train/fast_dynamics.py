@@ -105,6 +105,10 @@ class TrainFastDynamicsArgs:
     on_policy_share: float = 0.5
     """Share of each batch's windows cut from the student's own rollouts (with
     ``on_policy``)."""
+    grasp_share: float = 0.0
+    """Share of each batch's windows that start 1 to ``window / 2`` frames before a grasp
+    begins (the grasp latent turns on), for a teacher with the latent: uniform windows hold a
+    grasp's few decisive frames rarely. Held-out windows stay uniform."""
     seed: int = 0
     """Seed of the rollouts, the windows and the batches."""
     device: str = "auto"
@@ -237,20 +241,45 @@ def own_rollouts_for(args: TrainFastDynamicsArgs, device: torch.device
                      args.on_policy, device, "fast", seed)
 
 
+def grasp_begins(data: ImaginedRollouts, n_rows: int) -> tuple[Tensor, Tensor]:
+    """``(rows, steps)`` of every grasp that begins in the first ``n_rows`` rollouts.
+
+    A grasp begins at a step whose slot carries the grasp latent while the step before's did not.
+    """
+    on = data.grasp[:n_rows] != 0
+    begins = on & ~torch.cat([torch.zeros_like(on[:, :1]), on[:, :-1]], 1)
+    rows, steps = begins.nonzero(as_tuple=True)
+    return rows, steps
+
+
 @dataclass
 class Pool:
     """Rollouts to cut windows from: the first ``n_train`` to train on, the rest held out."""
 
     data: ImaginedRollouts
     n_train: int
+    grasp_share: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.begins = grasp_begins(self.data, self.n_train) if self.grasp_share else None
+        if self.begins is not None and not len(self.begins[0]):
+            raise ValueError("grasp_share: the training rollouts hold no grasp (the teacher "
+                             "has no grasp latent, or its rollouts never grasp)")
 
     def draw(self, n: int, length: int, first_window: float, gen: torch.Generator
              ) -> dict[str, Tensor]:
-        """``n`` training windows (:func:`windows`)."""
+        """``n`` training windows (:func:`windows`), a ``grasp_share`` of them at grasps."""
         rows = torch.randint(0, self.n_train, (n,), generator=gen)
         horizon = self.data.tokens.shape[1]
-        return windows(self.data, rows, draw_starts(n, horizon, length, first_window, gen),
-                       length)
+        starts = draw_starts(n, horizon, length, first_window, gen)
+        if self.begins is not None:
+            at = torch.rand(n, generator=gen) < self.grasp_share
+            pick = torch.randint(0, len(self.begins[0]), (n,), generator=gen)
+            before = torch.randint(1, length // 2 + 1, (n,), generator=gen)
+            rows = torch.where(at, self.begins[0][pick], rows)
+            grasp_starts = (self.begins[1][pick] - before).clamp(0, max(0, horizon - length))
+            starts = torch.where(at, grasp_starts, starts)
+        return windows(self.data, rows, starts, length)
 
     def heldout(self, n: int, length: int, first_window: float, gen: torch.Generator
                 ) -> tuple[Tensor, Tensor]:
@@ -277,14 +306,16 @@ def train_fast_dynamics(args: TrainFastDynamicsArgs) -> Path:
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     data, imagine_seconds = rollouts_for(args, device)
-    pools = {"teacher": Pool(data, args.rollouts - args.heldout)}
+    if not 0 <= args.grasp_share < 1:
+        raise ValueError(f"grasp_share must be in [0, 1), got {args.grasp_share}")
+    pools = {"teacher": Pool(data, args.rollouts - args.heldout, args.grasp_share)}
     if args.on_policy:
         own, own_seconds = own_rollouts_for(args, device)
         imagine_seconds += own_seconds
         held = max(1, round(args.on_policy * args.heldout / args.rollouts))
         if held >= args.on_policy:
             raise ValueError(f"on_policy={args.on_policy} leaves no rollouts to train on")
-        pools["student"] = Pool(own, args.on_policy - held)
+        pools["student"] = Pool(own, args.on_policy - held, args.grasp_share)
     teacher = load_checkpoint(args.checkpoint, load_spec(args.task), device).model.dynamics
     length = min(teacher.cfg.max_frames, args.horizon)
     previous = None
