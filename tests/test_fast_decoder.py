@@ -134,6 +134,10 @@ def test_init_from_starts_from_another_checkpoints_decoder(fast, tmp_path):
     assert report["heldout_vs_teacher_at_start"]["psnr"] > scratch["psnr"] + 2.0
     assert abs(report["heldout_vs_teacher_at_start"]["psnr"] - first["psnr"]) < 3.0
     assert load_fast_decoder(copy) is not None  # bound to the new weights
+    from wmgym.card import CardArgs, fast_decoder_section
+
+    card = fast_decoder_section(CardArgs(checkpoint=str(copy)), {})
+    assert f"Started from `{fast}`'s fast decoder" in card
 
 
 def test_state_only_envs_load_the_decoder_when_rendering(fast, tmp_path):

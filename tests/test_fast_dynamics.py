@@ -255,6 +255,10 @@ def test_init_from_takes_what_the_other_student_lacks_from_the_teacher(fast, tmp
     report = read_config(latent / SUBDIR)["distill"]["initialised_from"]
     assert sorted(report["parameters_from_teacher"]) == sorted(fresh)
     assert load_fast_dynamics(latent).cfg.grasp_latent
+    from wmgym.card import CardArgs, fast_dynamics_section
+
+    card = fast_dynamics_section(CardArgs(checkpoint=str(latent)))
+    assert f"Started from `{fast}`'s fast transformer (the parameters it lacks, grasp_emb" in card
 
 
 def test_grasp_windows_start_a_few_frames_before_a_grasp_begins():

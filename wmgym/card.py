@@ -110,6 +110,10 @@ def fast_decoder_section(args: CardArgs, metrics: dict) -> str:
     d = config["distill"]
     a, vs = d["args"], d["heldout_vs_teacher"]
     n_params = sum(math.prod(s) for s in config["shapes"].values())
+    start = d.get("heldout_vs_teacher_at_start")
+    started = "" if not a.get("init_from") else (
+        f" Started from `{a['init_from']}`'s fast decoder, which drew these rollouts' frames "
+        f"at {start['psnr']:.1f} dB before.")
     text = f"""## Fast decoder (`{SUBDIR}/`, `wmgym train decoder`)
 {n_params / 1e3:.0f}k parameters ({config['tokenizer']['base_channels']} base channels, sub-pixel
 ×{config['tokenizer']['decoder_subpixel']}), distilled from the full decoder's frames of
@@ -117,7 +121,7 @@ def fast_decoder_section(args: CardArgs, metrics: dict) -> str:
 imagine and decode them, {d['train_seconds'] / 60:.1f} min for {a['steps']} steps). On
 {a['heldout']} held-out rollouts it draws the full decoder's frames at rgb PSNR
 {vs['psnr']:.1f} dB, depth L1 {vs['depth_l1']:.4f}, mask IoU {vs['mask_iou']:.3f}. The envs use it
-by default (`decoder="auto"`); reward, success and state do not depend on it.
+by default (`decoder="auto"`); reward, success and state do not depend on it.{started}
 """
     if args.full_eval and metrics.get("decoder") == "fast":
         full = json.loads(Path(args.full_eval).read_text())
@@ -153,6 +157,8 @@ def fast_dynamics_section(args: CardArgs) -> str:
     def run_steps(r: dict) -> str:
         n, share = r["args"].get("on_policy", 0), r["args"].get("on_policy_share", 0.0)
         own = f" ({share:.0%} of them from {n} rollouts it imagined itself)" if n else ""
+        grasp = r["args"].get("grasp_share", 0.0)
+        own += f" ({grasp:.0%} of the windows just before a grasp)" if grasp else ""
         return f"{r['args']['steps']}{own}"
 
     steps = " + ".join(run_steps(r) for r in reversed(runs))
@@ -171,10 +177,18 @@ def fast_dynamics_section(args: CardArgs) -> str:
     own_section = "" if own is None else (
         "On held-out rollouts it imagined itself (where its own errors have led it), against "
         f"the transformer on the same frames: {closeness(own)}.\n")
+    if a.get("init_from"):
+        fresh = first.get("initialised_from", {}).get("parameters_from_teacher", [])
+        started = (f"Started from `{a['init_from']}`'s fast transformer"
+                   + (f" (the parameters it lacks, {', '.join(fresh)}, from the transformer)"
+                      if fresh else "") + ", then distilled on")
+    else:
+        started = ("Started from the transformer's weights with the key/value heads averaged, "
+                   "then distilled on")
     text = f"""## Fast transformer (`{FAST_DYNAMICS.subdir}/`, `wmgym train fast-dynamics`)
 {n_params / 1e6:.2f}M parameters: the transformer with {dyn['n_head']} query heads sharing
 {dyn['n_kv_head']} key/value head per layer, so every pass reads {ratio}× fewer cached bytes.
-Started from the transformer's weights with the key/value heads averaged, then distilled on
+{started}
 {a['rollouts']} rollouts × {a['horizon']} steps the transformer imagined itself
 ({imagined}) for {steps} steps of {a['batch']} windows
 ({minutes:.1f} min). On {a['heldout']} held-out rollouts, against the transformer: at the start
