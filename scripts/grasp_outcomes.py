@@ -1,6 +1,8 @@
 """Session-19 probe: does the model decide a grasp as robosuite did, from the real frame before it?
 
-    python scripts/grasp_outcomes.py CHECKPOINT DATA [SPLIT] [SAMPLES]
+    python scripts/grasp_outcomes.py CHECKPOINT DATA [SPLIT] [SAMPLES] [DYNAMICS]
+
+``DYNAMICS``: ``full`` (default) or ``fast``, the checkpoint's distilled transformer.
 
 For every episode of DATA (split SPLIT, default ``all``) whose gripper closes early enough, the
 world model starts from the real frame and state ``LEAD`` steps before the first closing command
@@ -32,6 +34,7 @@ import torch
 
 from wmgym.data.dataset import read_dataset
 from wmgym.model.checkpoint import read_config
+from wmgym.model.fast_dynamics import load_fast_dynamics
 from wmgym.model.grasp_latent import CLOSING_RUN, HOLD, SLIP
 from wmgym.model.world_model import WorldModel, resolve_kv_cache
 from wmgym.spec import CUBE_POS, EEF_POS, load_spec
@@ -75,9 +78,14 @@ def first_draw(latent: np.ndarray) -> np.ndarray:
     return np.where(drawn.any(1), latent[np.arange(len(latent)), drawn.argmax(1)], 0)
 
 
-def main(checkpoint: str, data: str, split: str = "all", samples: int = 4) -> dict:
+def main(checkpoint: str, data: str, split: str = "all", samples: int = 4,
+         dynamics: str = "full") -> dict:
     torch.manual_seed(0)
     wm = WorldModel.load(checkpoint)
+    if dynamics == "fast":
+        wm.dynamics = load_fast_dynamics(checkpoint)
+    elif dynamics != "full":
+        raise ValueError(f"dynamics must be 'full' or 'fast', got {dynamics!r}")
     spec = load_spec(str(read_config(checkpoint).get("task", "pick")).lower())
     picked = []
     for episode in read_dataset(data, split):
@@ -140,4 +148,5 @@ def main(checkpoint: str, data: str, split: str = "all", samples: int = 4) -> di
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], *(sys.argv[3:4]), *(int(a) for a in sys.argv[4:5]))
+    main(sys.argv[1], sys.argv[2], *(sys.argv[3:4]), *(int(a) for a in sys.argv[4:5]),
+         *(sys.argv[5:6]))

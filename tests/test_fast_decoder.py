@@ -141,11 +141,7 @@ def test_init_from_starts_from_another_checkpoints_decoder(fast, tmp_path):
 
 
 def test_state_only_envs_load_the_decoder_when_rendering(fast, tmp_path):
-    stale = tmp_path / "stale"
-    shutil.copytree(fast, stale)
-    config = read_config(stale / SUBDIR)
-    config["teacher_sha256"] = "0" * 64
-    (stale / SUBDIR / "config.json").write_text(json.dumps(config))
+    stale = check_companion_errors(load_fast_decoder, fast, SUBDIR, tmp_path)
     clear_cache()
     env = gym.make("WM-Pick-v0", checkpoint=stale, images=False, render_mode="rgb_array")
     env.reset(seed=0)

@@ -39,6 +39,16 @@ def closing(actions: np.ndarray | Tensor) -> np.ndarray | Tensor:
     return actions[..., 3] > 0
 
 
+def draw_steps(latent: Tensor) -> Tensor:
+    """Where grasps begin in a latent ``(..., T)``: bool, True where a grasp's bit is drawn.
+
+    The latent turns from :data:`NONE` to hold or slip there (grasps are apart by at least one
+    opening command, where it is :data:`NONE`).
+    """
+    on = latent != NONE
+    return on & ~torch.cat([torch.zeros_like(on[..., :1]), on[..., :-1]], -1)
+
+
 def grasp_labels(actions: np.ndarray, cube_z: np.ndarray, lift_z: float,
                  run: int = CLOSING_RUN) -> tuple[np.ndarray, np.ndarray]:
     """An episode's grasp latent and the steps where each grasp's bit is drawn.

@@ -45,6 +45,7 @@ from wmgym.model.fast_dynamics import (
     load_fast_dynamics,
     save_fast_dynamics,
 )
+from wmgym.model.grasp_latent import draw_steps
 from wmgym.model.transformer import DynamicsTransformer
 from wmgym.model.world_model import resolve_device
 from wmgym.results import machine
@@ -244,11 +245,10 @@ def own_rollouts_for(args: TrainFastDynamicsArgs, device: torch.device
 def grasp_begins(data: ImaginedRollouts, n_rows: int) -> tuple[Tensor, Tensor]:
     """``(rows, steps)`` of every grasp that begins in the first ``n_rows`` rollouts.
 
-    A grasp begins at a step whose slot carries the grasp latent while the step before's did not.
+    A grasp begins at a step whose slot carries the grasp latent while the step before's did not
+    (:func:`~wmgym.model.grasp_latent.draw_steps`).
     """
-    on = data.grasp[:n_rows] != 0
-    begins = on & ~torch.cat([torch.zeros_like(on[:, :1]), on[:, :-1]], 1)
-    rows, steps = begins.nonzero(as_tuple=True)
+    rows, steps = draw_steps(data.grasp[:n_rows]).nonzero(as_tuple=True)
     return rows, steps
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wmgym.model.grasp_latent import HOLD, NONE, grasp_labels
+from wmgym.model.grasp_latent import HOLD, draw_steps, grasp_labels
 from wmgym.model.transformer import DynamicsTransformer
 from wmgym.spec import CUBE_POS
 from wmgym.train.data import EpisodeTensors
@@ -34,8 +34,7 @@ def label_grasps(episodes: list[EpisodeTensors], lift_z: float) -> tuple[Tensor,
 def grasp_examples(episodes: list[EpisodeTensors]) -> tuple[Tensor, Tensor]:
     """Where labelled episodes' grasps begin and how they end.
 
-    A grasp's bit is drawn where its latent turns from :data:`NONE` to hold or slip (grasps are
-    apart by at least one opening command, where the latent is :data:`NONE`).
+    A grasp's bit is drawn where its latent turns on (:func:`~wmgym.model.grasp_latent.draw_steps`).
 
     Returns:
         ``(states (G, state_dim), held (G,) float)``: the raw state each grasp's bit is drawn
@@ -43,11 +42,9 @@ def grasp_examples(episodes: list[EpisodeTensors]) -> tuple[Tensor, Tensor]:
     """
     states, held = [], []
     for ep in episodes:
-        latent = ep.grasp
-        before = torch.cat([latent.new_full((1,), NONE), latent[:-1]])
-        idx = ((latent != NONE) & (before == NONE)).nonzero().squeeze(1)
+        idx = draw_steps(ep.grasp).nonzero().squeeze(1)
         states.append(ep.state[idx])
-        held.append((latent[idx] == HOLD).float())
+        held.append((ep.grasp[idx] == HOLD).float())
     return torch.cat(states), torch.cat(held)
 
 
