@@ -23,6 +23,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("train", "decoder"): ("wmgym.train.distill", "TrainDecoderArgs", "train_decoder_main"),
     ("train", "fast-dynamics"): ("wmgym.train.fast_dynamics", "TrainFastDynamicsArgs",
                                  "train_fast_dynamics_main"),
+    ("train", "grasp-calibration"): ("wmgym.train.grasp_calibration", "GraspCalibrationArgs",
+                                     "calibrate_grasp_head_main"),
     ("eval",): ("wmgym.evaluation", "EvalArgs", "eval_main"),
     ("transfer",): ("wmgym.transfer", "TransferArgs", "transfer_main"),
     ("mbpo",): ("wmgym.mbpo_experiment", "MBPOArgs", "mbpo_main"),

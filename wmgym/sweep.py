@@ -249,6 +249,7 @@ def run_imagined(
     contexts: Sequence[dict[str, np.ndarray]],
     max_steps: int,
     progress: bool = True,
+    observe: Callable[[dict[str, np.ndarray], np.ndarray, np.ndarray], None] | None = None,
     **env_kwargs: Any,
 ) -> Episodes:
     """Runs one imagined episode per sub-env of one ``WM-<Task>-v0`` vector env.
@@ -265,6 +266,8 @@ def run_imagined(
         contexts: One real start observation per sub-env.
         max_steps: Truncate episodes after this many steps.
         progress: Show a progress bar (steps).
+        observe: Called before every vector step with the observations, the actions about to
+            be taken and which sub-envs are still counting (``(N,)`` bool).
         **env_kwargs: For ``gym.make_vec`` (``checkpoint``, ``device``, ``temperature``).
 
     Returns:
@@ -295,6 +298,8 @@ def run_imagined(
         actions[:] = 0.0
         for i in np.flatnonzero(active):
             actions[i] = policies[i]({k: v[i] for k, v in obs.items()})
+        if observe is not None:
+            observe(obs, actions, active)
         obs, reward, terminated, truncated, infos = envs.step(actions)
         done = terminated | truncated
         out.success[active] |= _final_success(infos, done)[active]

@@ -318,9 +318,12 @@ def train_fast_dynamics(args: TrainFastDynamicsArgs) -> Path:
         pools["student"] = Pool(own, args.on_policy - held, args.grasp_share)
     teacher = load_checkpoint(args.checkpoint, load_spec(args.task), device).model.dynamics
     length = min(teacher.cfg.max_frames, args.horizon)
-    previous = None
+    previous, calibration = None, {}
     if args.resume:
-        previous = read_config(FAST_DYNAMICS.directory(args.checkpoint))["distill"]
+        config = read_config(FAST_DYNAMICS.directory(args.checkpoint))
+        previous = config["distill"]
+        if "grasp_calibration" in config:  # no loss reaches the head: its fit stays valid
+            calibration = {"grasp_calibration": config["grasp_calibration"]}
         student = load_fast_dynamics(args.checkpoint, device).requires_grad_(True)
     elif args.init_from:
         previous = read_config(FAST_DYNAMICS.directory(args.init_from))["distill"]
@@ -376,7 +379,7 @@ def train_fast_dynamics(args: TrainFastDynamicsArgs) -> Path:
         "train_seconds": round(train_seconds, 1), "machine": machine(),
         **({"initialised_from" if args.init_from else "resumed_from": previous}
            if previous else {}),
-    }})
+    }, **calibration})
     print(f"fast transformer -> {out} ({time.perf_counter() - start:.0f} s)")
     return out
 

@@ -77,7 +77,8 @@ def _accuracy(model: DynamicsTransformer, states: Tensor, held: Tensor) -> float
 
 
 def fit_grasp_head(model: DynamicsTransformer, states: Tensor, held: Tensor, noise: float,
-                   steps: int = 1500, copies: int = 16, seed: int = 0) -> dict[str, float]:
+                   steps: int = 1500, copies: int = 16, seed: int = 0,
+                   groups: Tensor | None = None) -> dict[str, float]:
     """Fits the head, measured first on a held-out share of the grasps, then on them all.
 
     Args:
@@ -88,6 +89,8 @@ def fit_grasp_head(model: DynamicsTransformer, states: Tensor, held: Tensor, noi
         steps: Full-batch Adam steps.
         copies: Noised copies of each grasp.
         seed: Seeds the split and the noise.
+        groups: ``(G,)`` ints: grasps of one group (say, samples of one episode) are held out
+            together. None: each grasp is its own group.
 
     Returns:
         ``grasps``, ``held`` (share), ``heldout_accuracy`` (fitted without them; 0.5 threshold),
@@ -103,9 +106,11 @@ def fit_grasp_head(model: DynamicsTransformer, states: Tensor, held: Tensor, noi
         raise ValueError(f"--grasp-latent needs grasps that hold and grasps that slip in the data: "
                          f"{n_held} of {len(held)} held (add e.g. wmgym collect --policy nearmiss)")
     states, held = states.to(model.state_mean.device), held.to(model.state_mean.device)
-    order = torch.from_numpy(np.random.default_rng(seed).permutation(len(held)))
-    cut = int(len(held) * HELDOUT)
-    test, train = order[:cut], order[cut:]
+    ids = torch.arange(len(held)) if groups is None else groups.cpu()
+    names = ids.unique()
+    names = names[torch.from_numpy(np.random.default_rng(seed).permutation(len(names)))]
+    is_test = torch.isin(ids, names[:int(len(names) * HELDOUT)]).to(held.device)
+    test, train = is_test.nonzero().squeeze(1), (~is_test).nonzero().squeeze(1)
     _fit(model, states[train], held[train], noise, steps, copies, seed)
     heldout = _accuracy(model, states[test], held[test])
     loss = _fit(model, states, held, noise, steps, copies, seed)
