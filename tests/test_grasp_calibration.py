@@ -124,3 +124,13 @@ def test_resumed_distillation_keeps_the_calibrated_head(calibrated, tmp_path):
     config = read_config(ckpt / SUBDIR)
     assert config["grasp_calibration"]["after"] == report["after"]
     assert "resumed_from" in config["distill"]
+
+
+def test_card_says_how_the_head_was_refitted(calibrated):
+    from wmgym.card import CardArgs, fast_dynamics_section
+
+    _, _, report = calibrated
+    text = fast_dynamics_section(CardArgs(checkpoint=str(calibrated[0])))
+    assert f"refitted on its own states at {report['draws']} grasp starts" in text
+    p = report["before"]["mean_p_hold"], report["after"]["mean_p_hold"]
+    assert f"Mean p(hold) {p[0]:.2f} → {p[1]:.2f}" in text

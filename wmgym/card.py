@@ -193,7 +193,8 @@ def fast_dynamics_section(args: CardArgs) -> str:
 ({imagined}) for {steps} steps of {a['batch']} windows
 ({minutes:.1f} min). On {a['heldout']} held-out rollouts, against the transformer: at the start
 {closeness(first['heldout_vs_teacher_at_init'])}; after {closeness(last['heldout_vs_teacher'])}.
-{own_section}Parameters stored in float16. Used only when asked for (`dynamics="fast"`).
+{own_section}{grasp_calibration_line(config)}Parameters stored in float16. Used only when asked for
+(`dynamics="fast"`).
 """
     if args.fast_sweep:
         sweep = json.loads(Path(args.fast_sweep).read_text())
@@ -206,6 +207,21 @@ episodes shared{pooled}): success Pearson {m['pearson']:.2f}, Spearman {m['spear
 {m['mmrv']:.3f}, mean |gap| {m['mean_abs_gap']:.3f}.
 """
     return text + "\n"
+
+
+def grasp_calibration_line(config: dict) -> str:
+    """How the fast transformer's grasp head was refitted (``wmgym train grasp-calibration``)."""
+    c = config.get("grasp_calibration")
+    if c is None:
+        return ""
+    a, before, after = c["args"], c["before"], c["after"]
+    return (f"Its grasp head was refitted on its own states at {c['draws']} grasp starts: "
+            f"{c['episodes']} real episodes of {', '.join(f'`{d}`' for d in a['data'])} "
+            f"(split {a['split']}) replayed closed loop {a['samples']} times each, labelled by "
+            f"how each real grasp ended ({before['real_held']:.2f} held). Mean p(hold) "
+            f"{before['mean_p_hold']:.2f} → {after['mean_p_hold']:.2f}, accuracy "
+            f"{before['accuracy']:.3f} → {after['accuracy']:.3f} (held-out episodes: "
+            f"{c['fit']['heldout_accuracy']:.3f}).\n")
 
 
 def data_section(path: str) -> str:
