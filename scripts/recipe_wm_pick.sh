@@ -67,14 +67,18 @@ $PY -m wmgym.cli train dynamics --init runs/wm_gl --data data/pick --extra-data 
 # (the shipped one started from the previous checkpoint's: --init-from, 1,000 steps at 5e-4)
 $PY -m wmgym.cli train decoder --checkpoint checkpoints/WM-Pick-v0 --out runs/fast_decoder
 # the transformer with one key/value head per layer (opt-in: dynamics="fast"), distilled on its
-# teacher's rollouts, then twice on windows half of which come from rollouts it imagined itself
-# (the shipped one: --init-from the previous checkpoint, 1,200 steps, then one resume)
+# teacher's rollouts, then on windows half of which come from rollouts it imagined itself; its
+# grasp head refitted on its own states where grasps begin (the data's episodes replayed closed
+# loop, labelled by the real outcomes); then once more on its own rollouts, now drawing grasps
+# with that head (the shipped one: --init-from the previous checkpoint for the first 1,200 steps)
 $PY -m wmgym.cli train fast-dynamics --checkpoint checkpoints/WM-Pick-v0 --steps 1200 \
     --out runs/fast_dynamics
-for _ in 1 2; do
-  $PY -m wmgym.cli train fast-dynamics --checkpoint checkpoints/WM-Pick-v0 --resume \
-      --on-policy 512 --steps 2400 --lr 2e-4 --out runs/fast_dynamics
-done
+$PY -m wmgym.cli train fast-dynamics --checkpoint checkpoints/WM-Pick-v0 --resume \
+    --on-policy 512 --steps 2400 --lr 2e-4 --out runs/fast_dynamics
+$PY -m wmgym.cli train grasp-calibration --checkpoint checkpoints/WM-Pick-v0 \
+    --out runs/grasp_calibration
+$PY -m wmgym.cli train fast-dynamics --checkpoint checkpoints/WM-Pick-v0 --resume \
+    --on-policy 512 --steps 2400 --lr 2e-4 --out runs/fast_dynamics
 $PY -m wmgym.cli eval --checkpoint checkpoints/WM-Pick-v0 --data data/pick --split heldout \
     --out out/eval
 $PY -m wmgym.cli eval --checkpoint checkpoints/WM-Pick-v0 --data data/pick --split heldout \
