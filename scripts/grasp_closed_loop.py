@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 import wmgym  # noqa: F401
-from wmgym.model.grasp_latent import HOLD, SLIP, grasp_labels
+from wmgym.model.grasp_latent import HOLD, SLIP
 from wmgym.policies import make_policy
 from wmgym.spec import CUBE_POS, EEF_POS, load_spec
 from wmgym.sweep import _sim_env, reset_observations
+from wmgym.train.grasp_calibration import first_grasp
 
 STEPS = 99
 
@@ -34,12 +35,7 @@ STEPS = 99
 def first_grasps(actions: np.ndarray, states: np.ndarray, lift_z: float
                  ) -> list[tuple[int, bool] | None]:
     """Per episode: ``(step where its first grasp's bit is drawn, held)``, None without one."""
-    out = []
-    for a, s in zip(actions, states):
-        latent, starts = grasp_labels(a, s[:, CUBE_POS][:, 2], lift_z)
-        at = np.flatnonzero(starts)
-        out.append((int(at[0]), bool(latent[at[0]] == HOLD)) if len(at) else None)
-    return out
+    return [first_grasp(a, s[:, CUBE_POS][:, 2], lift_z) for a, s in zip(actions, states)]
 
 
 def summary(actions: np.ndarray, states: np.ndarray, success: np.ndarray, head, lift_z: float

@@ -45,7 +45,8 @@ def test_first_grasp_reads_the_real_outcome():
     lift = float(SPEC.success_cube_z)
     for episode, outcome in ((held, True), (slipped, False)):
         cube_z = episode.observations["state"][:, CUBE_POS][:, 2]
-        assert first_grasp(episode.actions, cube_z, lift) is outcome
+        # closing from step 2: the bit is drawn at the third closing command
+        assert first_grasp(episode.actions, cube_z, lift) == (2 + CLOSING_RUN - 1, outcome)
     never = np.zeros((T, 4), np.float32)
     assert first_grasp(never, np.zeros(T + 1), lift) is None
 

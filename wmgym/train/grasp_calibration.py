@@ -4,7 +4,8 @@ The grasp head (:mod:`wmgym.model.grasp_latent`) is fitted on real states, but i
 it reads the model's own state where a grasp begins, and a closed loop bends that state: a
 policy that aims 2 cm beside the cube ends its approach 2.4 cm off in robosuite and about 1.9 cm
 off in imagination (seeds 1000-1039 of ``pick:error=0.02``), so the head, right about the real
-offset, lifts the cube too often. The fast transformer reads the state less exactly still.
+offset, lifts the cube too often (``scripts/grasp_closed_loop.py``; docs/experiments.md,
+session 22).
 
 This refits the head on the states it is actually given. Every real episode of the data is run
 again in imagination, closed loop: from its first real frame, by its own policy reset with its
@@ -86,11 +87,12 @@ class _Replay:
         return self.policy(obs)
 
 
-def first_grasp(actions: np.ndarray, cube_z: np.ndarray, lift_z: float) -> bool | None:
-    """Whether a real episode's first labelled grasp held (None: no labelled grasp)."""
+def first_grasp(actions: np.ndarray, cube_z: np.ndarray, lift_z: float
+                ) -> tuple[int, bool] | None:
+    """An episode's first labelled grasp: ``(step where its bit is drawn, held)``, or None."""
     latent, starts = grasp_labels(actions, cube_z, lift_z)
     at = np.flatnonzero(starts)
-    return bool(latent[at[0]] == HOLD) if len(at) else None
+    return (int(at[0]), bool(latent[at[0]] == HOLD)) if len(at) else None
 
 
 class _FirstDraw:
@@ -118,8 +120,9 @@ def imagined_draws(spec: TaskSpec, checkpoint: str, episodes: Sequence[Episode],
         first grasp held, ``groups (G,)``: the episode each came from. Runs with no imagined
         grasp and episodes with no real one give none.
     """
-    labels = [first_grasp(e.actions, e.observations["state"][:, CUBE_POS][:, 2],
+    grasps = [first_grasp(e.actions, e.observations["state"][:, CUBE_POS][:, 2],
                           float(spec.success_cube_z)) for e in episodes]
+    labels = [None if g is None else g[1] for g in grasps]
     runs = [(i, k) for k in range(samples) for i, y in enumerate(labels) if y is not None]
     states, held, groups = [], [], []
     for lo in range(0, len(runs), batch):
