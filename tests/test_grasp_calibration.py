@@ -135,3 +135,21 @@ def test_card_says_how_the_head_was_refitted(calibrated):
     assert f"refitted on its own states at {report['draws']} grasp starts" in text
     p = report["before"]["mean_p_hold"], report["after"]["mean_p_hold"]
     assert f"Mean p(hold) {p[0]:.2f} → {p[1]:.2f}" in text
+
+
+def test_init_from_takes_the_grasp_head_from_the_teacher(calibrated, tmp_path):
+    # the other student's head was refitted for its own weights: a new student gets its
+    # teacher's head, and everything distilled from the other student
+    from wmgym.model.fast_dynamics import init_student_from
+    from wmgym.model.world_model import WorldModel
+
+    ckpt, _, _ = calibrated
+    teacher = WorldModel.load(make_tiny_checkpoint(tmp_path / "wm", grasp_latent=True)).dynamics
+    previous = load_fast_dynamics(ckpt)
+    student, fresh = init_student_from(teacher, previous)
+    theirs, own = teacher.state_dict(), previous.state_dict()
+    for name, value in student.state_dict().items():
+        expected = theirs if name.startswith("grasp_head.") else own
+        if name in dict(student.named_parameters()):
+            assert torch.equal(value, expected[name]), name
+    assert sorted(fresh) == sorted(n for n in own if n.startswith("grasp_head."))

@@ -28,6 +28,9 @@ from wmgym.model.transformer import DynamicsConfig, DynamicsTransformer
 #: Sub-directory of a world-model checkpoint that holds its fast transformer.
 SUBDIR = "fast_dynamics"
 
+#: Parameters fitted apart rather than distilled (no distillation loss reaches them): the
+#: grasp head, fitted on the teacher's data, or refitted by ``wmgym train grasp-calibration``.
+FITTED = ("grasp_head.",)
 FAST_DYNAMICS = Companion(SUBDIR, "fast transformer", "wmgym train fast-dynamics",
                           "dynamics='full'")
 
@@ -66,7 +69,9 @@ def init_student_from(teacher: DynamicsTransformer, previous: DynamicsTransforme
     After a fine-tune of the teacher, the student distilled from the weights before it is most
     of the way there. The student gets the teacher's config (``previous``'s key/value heads)
     and ``previous``'s parameters; the parts ``previous`` lacks (say, a grasp latent the
-    fine-tune added) and every buffer (the state normalisation) come from the teacher.
+    fine-tune added), every buffer (the state normalisation) and the grasp head come from the
+    teacher. The grasp head is fitted, never distilled (:data:`FITTED`): ``previous``'s was
+    fitted for other weights.
 
     Returns:
         The student and the names of the parameters taken from the teacher.
@@ -80,7 +85,8 @@ def init_student_from(teacher: DynamicsTransformer, previous: DynamicsTransforme
     own, theirs = previous.state_dict(), teacher.state_dict()
     state, from_teacher = student.state_dict(), []
     for name, value in state.items():
-        if name in params and name in own and own[name].shape == value.shape:
+        distilled = not name.startswith(FITTED)
+        if distilled and name in params and name in own and own[name].shape == value.shape:
             state[name] = own[name]
         elif name in theirs and theirs[name].shape == value.shape:
             state[name] = theirs[name]

@@ -122,8 +122,7 @@ def imagined_draws(spec: TaskSpec, checkpoint: str, episodes: Sequence[Episode],
     """
     grasps = [first_grasp(e.actions, e.observations["state"][:, CUBE_POS][:, 2],
                           float(spec.success_cube_z)) for e in episodes]
-    labels = [None if g is None else g[1] for g in grasps]
-    runs = [(i, k) for k in range(samples) for i, y in enumerate(labels) if y is not None]
+    runs = [(i, k) for k in range(samples) for i, g in enumerate(grasps) if g is not None]
     states, held, groups = [], [], []
     for lo in range(0, len(runs), batch):
         chunk = runs[lo:lo + batch]
@@ -138,7 +137,7 @@ def imagined_draws(spec: TaskSpec, checkpoint: str, episodes: Sequence[Episode],
         for (i, _), state in zip(chunk, draws.state):
             if state is not None:
                 states.append(state)
-                held.append(float(labels[i]))
+                held.append(float(grasps[i][1]))
                 groups.append(i)
     return np.stack(states), np.array(held, np.float32), np.array(groups)
 
