@@ -776,7 +776,7 @@ class DynamicsTransformer(nn.Module):
             return forced, entropy
         if gumbel is None:
             return logits.argmax(-1), entropy
-        scores = logits.float() / temperature
+        scores = logits.float() if temperature == 1 else logits.float() / temperature
         if top_k is not None and top_k < scores.shape[-1]:
             kth = scores.topk(top_k, dim=-1).values[..., -1:]
             scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -840,8 +840,8 @@ class DynamicsTransformer(nn.Module):
                 raise ValueError(f"need one generator per sample: {len(generators)} != {b}")
             for i, g in enumerate(generators):
                 cache.noise[i].uniform_(generator=g)
-        u = cache.noise.to(self.lm_head.weight.device).clamp(1e-10, 1.0 - 1e-7)
-        return -torch.log(-torch.log(u))
+        u = cache.noise.to(self.lm_head.weight.device)  # in place: 4 fewer (B, n, V) buffers
+        return u.clamp_(1e-10, 1.0 - 1e-7).log_().neg_().log_().neg_()
 
     def resolve_decoding(self, decoding: str = "auto") -> str:
         """``auto`` -> ``parallel`` with the parallel head, else ``autoregressive``.
