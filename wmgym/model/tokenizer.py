@@ -333,6 +333,7 @@ class Decoder(nn.Module):
         self.up = nn.ModuleList(nn.Conv2d(cfg.channels(r), cfg.channels(2 * r), 3, padding=1)
                                 for r in res[:-1])
         c = cfg.channels(top)
+        self.map_size = c * top * top  # values per frame of its largest activation map
         self.head = nn.Sequential(_norm(c), nn.SiLU(),
                                   nn.Conv2d(c, cfg.in_channels * sub * sub, 3, padding=1))
         if sub > 1:

@@ -29,11 +29,13 @@ from wmgym.model.tokenizer import (
 )
 from wmgym.model.transformer import DynamicsConfig, DynamicsTransformer, KVCache
 
-#: Frames decoded at once on CPU. The decoder's 64x64 activations of a whole batch-256 step
-#: (67 MB a map) leave the caches; 32 frames at a time decoded 1.4-1.7x faster per frame on the
-#: project's 2-core CPU (interleaved one-thread timings, docs/experiments.md, session 11; 16
-#: and 64 were no better). A GPU wants the whole batch.
-CPU_DECODE_CHUNK = 32
+#: Activation values per chunk of frames decoded at once on CPU: 32 frames of the full
+#: decoder's 16 x 64 x 64 maps (8 MB). A whole batch-256 step's maps (67 MB each) leave the
+#: caches; 32 frames at a time decoded 1.4-1.7x faster per frame on the project's 2-core CPU
+#: (interleaved one-thread timings, docs/experiments.md, session 11; 16 and 64 were no better).
+#: The fast decoder's largest maps are 4x smaller, so it takes 128 frames at a time: 136 ms per
+#: 256 frames against 157 ms in chunks of 32 (session 23). A GPU wants the whole batch.
+CPU_DECODE_VALUES = 32 * 16 * 64 * 64
 
 #: Precisions the KV cache can hold keys and values in (``kv_cache=`` of the envs).
 KV_CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -236,6 +238,10 @@ class WorldModel(nn.Module):
             self.dynamics.set_state(state.cache, states.to(self.device), rows)
         return state
 
+    def cpu_decode_chunk(self, decoder: Decoder | None = None) -> int:
+        """Frames ``decoder`` (default: the tokenizer's own) decodes at once on CPU."""
+        return max(1, CPU_DECODE_VALUES // (decoder or self.tokenizer.fut_decoder).map_size)
+
     @torch.no_grad()
     def decode(self, tokens: Tensor, state: RolloutState, index: Tensor | None = None,
                decoder: Decoder | None = None) -> Tensor:
@@ -246,12 +252,13 @@ class WorldModel(nn.Module):
         """
         feats = state.ctx.feats if index is None else [f[index] for f in state.ctx.feats]
         n = tokens.shape[0]
-        if self.device.type != "cpu" or n <= CPU_DECODE_CHUNK:
+        chunk = self.cpu_decode_chunk(decoder)
+        if self.device.type != "cpu" or n <= chunk:
             return self.tokenizer.decode_future(tokens, feats, decoder)
         return torch.cat([
-            self.tokenizer.decode_future(tokens[i : i + CPU_DECODE_CHUNK],
-                                         [f[i : i + CPU_DECODE_CHUNK] for f in feats], decoder)
-            for i in range(0, n, CPU_DECODE_CHUNK)
+            self.tokenizer.decode_future(tokens[i : i + chunk], [f[i : i + chunk] for f in feats],
+                                         decoder)
+            for i in range(0, n, chunk)
         ])
 
     @torch.no_grad()
