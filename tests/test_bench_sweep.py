@@ -327,7 +327,8 @@ def test_bench_speed_writes_json(tmp_path):
     kernels = result["attention_kernels"]  # at the largest batch, per paired precision
     assert [k["kv_cache"] for k in kernels] == ["float32", "bfloat16"]
     assert all(k["batch"] == 4 for k in kernels)
-    assert all(k["ring_ms"] > 0 and k["fused_strided_ms"] > 0 for k in kernels)
+    assert all(k["ring_ms"] > 0 and k["ring_row_major_ms"] > 0 and k["fused_strided_ms"] > 0
+               for k in kernels)
     assert kernels[0]["floor_ms"] == pytest.approx(2 * kernels[1]["floor_ms"], abs=0.02)
     assert "ring" in format_speed_table(result)
 

@@ -532,7 +532,8 @@ def format_speed_table(result: dict) -> str:
     for row in result.get("attention_kernels") or []:
         lines.append(
             f"Attention of one layer's pass ({row['kv_cache']} cache, batch {row['batch']}, "
-            f"{row['positions']} positions): ring {row['ring_ms']} ms, PyTorch's fused kernel "
+            f"{row['positions']} positions): ring {row['ring_ms']} ms (keys position-major "
+            f"{row['ring_row_major_ms']} ms), PyTorch's fused kernel "
             f"over a strided slice {row['fused_strided_ms']} ms, memory floor "
             f"{row['floor_ms']} ms."
         )

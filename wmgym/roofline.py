@@ -91,11 +91,13 @@ def memory_floor(cfg: DynamicsConfig, decoding: str, sim_steps_per_s: float,
 
 def attention_kernels(cfg: DynamicsConfig, batch: int, kv_caches: tuple[str, ...],
                       bandwidth_gb_s: float, repeats: int = 10) -> list[dict[str, float | str]]:
-    """One layer's single-token attention over a full window, two ways, per cache precision.
+    """One layer's single-token attention over a full window, three ways, per cache precision.
 
-    ``ring``: :func:`~wmgym.model.kv_cache.cached_attention` over the contiguous ring (what the
-    model runs). ``fused_strided``: PyTorch's ``scaled_dot_product_attention`` over the same
-    positions as a slice of a longer buffer (the cache layout before the ring). Best of
+    ``ring``: :func:`~wmgym.model.kv_cache.cached_attention` over the ring as the model holds
+    it, keys channel-major (:class:`~wmgym.model.kv_cache.KVCache`). ``ring_row_major``: the
+    same over keys stored position-major (the layout before session 23). ``fused_strided``:
+    PyTorch's ``scaled_dot_product_attention`` over the same positions as a slice of a longer
+    buffer (the layout before the ring). Best of
     ``repeats`` calls each, random data, ``batch`` rows; ``floor_ms`` is the call's key and
     value bytes at ``bandwidth_gb_s``.
     """
@@ -120,6 +122,7 @@ def attention_kernels(cfg: DynamicsConfig, batch: int, kv_caches: tuple[str, ...
         dtype = resolve_kv_cache(kv)
         q = torch.randn(batch, n_head, 1, hd, generator=gen)
         k, v = (torch.randn(batch, n_head, n, hd, generator=gen).to(dtype) for _ in range(2))
+        k_cm = k.transpose(-1, -2).contiguous().transpose(-1, -2)  # channel-major, same values
         longer = torch.zeros(2, batch, n_head, n + n // 2, hd, dtype=dtype)
         longer[:, :, :, :n] = torch.stack([k, v])
         ks, vs = longer[0, :, :, :n], longer[1, :, :, :n]  # strided views, as the old layout
@@ -128,7 +131,8 @@ def attention_kernels(cfg: DynamicsConfig, batch: int, kv_caches: tuple[str, ...
             "kv_cache": kv,
             "batch": batch,
             "positions": n,
-            "ring_ms": best_ms(cached_attention, q, k, v, None),
+            "ring_ms": best_ms(cached_attention, q, k_cm, v, None),
+            "ring_row_major_ms": best_ms(cached_attention, q, k, v, None),
             "fused_strided_ms": best_ms(F.scaled_dot_product_attention, q.to(dtype), ks, vs),
             "floor_ms": round(nbytes / (bandwidth_gb_s * 1e9) * 1e3, 2),
         })
