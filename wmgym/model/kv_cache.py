@@ -204,8 +204,10 @@ class KVCache:
             self.ctx_v[layer, :, :, self.end : self.end + t] = v
         same = self.k.dtype == k.dtype
         for src, dst in self._ring(self.end, t):
-            if same:
-                apply_rope(k[:, :, src], cos[src], sin[src], out=self.k[layer, :, :, dst])
+            if same:  # rotated in contiguous memory, then one strided write (channel-major)
+                rotated = apply_rope(k[:, :, src], cos[src], sin[src],
+                                     out=torch.empty_like(k[:, :, src]))
+                self.k[layer, :, :, dst] = rotated
             else:  # rotate in the model's precision, round once
                 self.k[layer, :, :, dst] = apply_rope(k[:, :, src], cos[src], sin[src])
             self.v[layer, :, :, dst] = v[:, :, src]
@@ -240,11 +242,12 @@ class KVCache:
             s = self.start_min
             cos, sin = rope_at(self.slots[:nc] + s, inv_freq, self.ctx_k.dtype)
             for src, dst in self._ring(s, nc):
-                out = self.k[:, :, :, dst]
-                if self.k.dtype == self.ctx_k.dtype:
-                    apply_rope(self.ctx_k[:, :, :, src], cos[src], sin[src], out=out)
+                ctx = self.ctx_k[:, :, :, src]
+                if self.k.dtype == self.ctx_k.dtype:  # as in append
+                    rotated = apply_rope(ctx, cos[src], sin[src], out=torch.empty_like(ctx))
                 else:
-                    out.copy_(apply_rope(self.ctx_k[:, :, :, src], cos[src], sin[src]))
+                    rotated = apply_rope(ctx, cos[src], sin[src])
+                self.k[:, :, :, dst] = rotated
                 self.v[:, :, :, dst] = self.ctx_v[:, :, :, src]
             return
         rows = self.rows if rows is None else rows
