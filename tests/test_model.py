@@ -274,6 +274,8 @@ def test_kv_cache_matches_full_forward(kv_heads):
         assert torch.allclose(frame.state, full.state[:, t], atol=1e-4)
         assert torch.equal(frame.tokens, batch["frame_tokens"][:, t])
     assert (cache.lengths == cfg.max_seq_len).all()
+    # keys live channel-major (the score matmul reads a contiguous matrix), values row-major
+    assert cache.k.transpose(-1, -2).is_contiguous() and cache.v.is_contiguous()
     # actions matter: a different last action changes the prediction
     model.prefill(cache, batch["ctx_tokens"])
     logits2, _ = model.teacher_force_frame(cache, -batch["actions"][:, 0],
@@ -723,3 +725,15 @@ def test_memory_floor_counts_the_positions_the_passes_attend_to(decoding, monkey
         model.generate_frame(cache, batch["actions"][:, t], decoding=decoding)
     assert sum(read) == cfg.n_layer * kv_positions_per_step(cfg, decoding)
     assert kv_bytes_per_step(cfg, decoding) == sum(read) * 2 * cfg.d_model * 4
+
+
+def test_cpu_decode_chunk_follows_the_decoders_largest_map():
+    from wmgym.model.fast_decoder import build_fast_decoder
+    from wmgym.model.tokenizer import Decoder
+    from wmgym.model.world_model import cpu_decode_chunk
+
+    cfg = TokenizerConfig()  # the shipped tokenizer's shape: 16 channels at 64 x 64
+    full = Decoder(cfg, cfg.future_downsample, cfg.resolution // cfg.ctx_downsample)
+    _, fast = build_fast_decoder(cfg)  # stops at 32 x 32 with 16 channels
+    assert (full.map_size, fast.map_size) == (16 * 64 * 64, 16 * 32 * 32)
+    assert (cpu_decode_chunk(full), cpu_decode_chunk(fast)) == (32, 128)

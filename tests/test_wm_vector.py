@@ -326,11 +326,11 @@ def test_render_returns_a_frame_per_sub_env(ckpt):
 def test_cpu_decoding_in_chunks_matches_one_pass(ckpt):
     """``WorldModel.decode`` splits big CPU batches; the frames are those of one pass."""
     from wmgym.model.frames import obs_to_frames
-    from wmgym.model.world_model import WorldModel
+    from wmgym.model.world_model import WorldModel, cpu_decode_chunk
 
     wm = WorldModel.load(ckpt, "cpu")
     start = load_checkpoint(ckpt, load_spec("pick"), "cpu").start_obs
-    n = 2 * wm.cpu_decode_chunk() + 3  # two full chunks and a short one
+    n = 2 * cpu_decode_chunk(wm.tokenizer.fut_decoder) + 3  # two full chunks and a short one
     rows = np.arange(n) % len(start["rgb"])
     frames = obs_to_frames(start["rgb"][rows], start["depth"][rows], start["mask"][rows],
                            wm.depth_range)

@@ -49,7 +49,7 @@ class BenchSpeedArgs:
 
     checkpoint: str = ""
     """World-model checkpoint directory (default: the task spec's)."""
-    batch_sizes: tuple[int, ...] = (1, 16, 64, 256)
+    batch_sizes: tuple[int, ...] = (1, 16, 64, 256, 512)
     """Numbers of imagined envs stepped together (one ``WM-<Task>-v0`` vector env each)."""
     gpu_batch_sizes: tuple[int, ...] = (1024, 4096)
     """Batch sizes added when the model runs on CUDA."""
@@ -77,8 +77,9 @@ class BenchSpeedArgs:
     """Rounds of the paired measurement: each times ``Sim-<Task>-v0`` (cameras, one process)
     and then ``WM-<Task>-v0`` at every ``paired_batches`` size, with the envs kept between
     rounds; the speed-up is the median of the rounds' own ratios (0 = skip)."""
-    paired_batches: tuple[int, ...] = (64, 256)
-    """Batch sizes of the paired rounds."""
+    paired_batches: tuple[int, ...] = (256, 512)
+    """Batch sizes of the paired rounds (on session 23's 2-core host 512 was the best in
+    every round, 256 second, 64 never)."""
     kv_cache: str = "auto"
     """Precision of the world model's cached keys and values in every timed run but the
     paired rounds' (``auto``, ``float32``, ``bfloat16``)."""

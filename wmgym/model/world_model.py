@@ -37,6 +37,11 @@ from wmgym.model.transformer import DynamicsConfig, DynamicsTransformer, KVCache
 #: 256 frames against 157 ms in chunks of 32 (session 23). A GPU wants the whole batch.
 CPU_DECODE_VALUES = 32 * 16 * 64 * 64
 
+
+def cpu_decode_chunk(decoder: Decoder) -> int:
+    """Frames ``decoder`` decodes at once on CPU (:data:`CPU_DECODE_VALUES`)."""
+    return max(1, CPU_DECODE_VALUES // decoder.map_size)
+
 #: Precisions the KV cache can hold keys and values in (``kv_cache=`` of the envs).
 KV_CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -238,10 +243,6 @@ class WorldModel(nn.Module):
             self.dynamics.set_state(state.cache, states.to(self.device), rows)
         return state
 
-    def cpu_decode_chunk(self, decoder: Decoder | None = None) -> int:
-        """Frames ``decoder`` (default: the tokenizer's own) decodes at once on CPU."""
-        return max(1, CPU_DECODE_VALUES // (decoder or self.tokenizer.fut_decoder).map_size)
-
     @torch.no_grad()
     def decode(self, tokens: Tensor, state: RolloutState, index: Tensor | None = None,
                decoder: Decoder | None = None) -> Tensor:
@@ -252,7 +253,7 @@ class WorldModel(nn.Module):
         """
         feats = state.ctx.feats if index is None else [f[index] for f in state.ctx.feats]
         n = tokens.shape[0]
-        chunk = self.cpu_decode_chunk(decoder)
+        chunk = cpu_decode_chunk(decoder or self.tokenizer.fut_decoder)
         if self.device.type != "cpu" or n <= chunk:
             return self.tokenizer.decode_future(tokens, feats, decoder)
         return torch.cat([
