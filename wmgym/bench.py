@@ -79,7 +79,7 @@ class BenchSpeedArgs:
     rounds; the speed-up is the median of the rounds' own ratios (0 = skip)."""
     paired_batches: tuple[int, ...] = (256, 512)
     """Batch sizes of the paired rounds (on session 23's 2-core host 512 was the best in
-    every round, 256 second, 64 never)."""
+    every round; on session 21's, 256 beat 64 in every round)."""
     kv_cache: str = "auto"
     """Precision of the world model's cached keys and values in every timed run but the
     paired rounds' (``auto``, ``float32``, ``bfloat16``)."""

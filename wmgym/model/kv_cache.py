@@ -191,6 +191,16 @@ class KVCache:
             pairs.append((slice(first, n), slice(0, n - first)))
         return pairs
 
+    def _rotated(self, k: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """Keys ``k`` rotated in contiguous memory, in ``k``'s precision, for one strided write.
+
+        With the cache's dtype they are rotated by a multiply and an ``addcmul_`` (the values
+        that rotating straight into the cache gave, bit for bit); otherwise rounded once after.
+        """
+        if k.dtype == self.k.dtype:
+            return apply_rope(k, cos, sin, out=torch.empty_like(k))
+        return apply_rope(k, cos, sin)
+
     def append(self, layer: int, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor
                ) -> tuple[Tensor, Tensor]:
         """Store a pass's ``t`` new keys (rotated here) and values ``(B, H, t, hd)`` at ``end``.
@@ -202,14 +212,8 @@ class KVCache:
         if self.capturing:
             self.ctx_k[layer, :, :, self.end : self.end + t] = k
             self.ctx_v[layer, :, :, self.end : self.end + t] = v
-        same = self.k.dtype == k.dtype
         for src, dst in self._ring(self.end, t):
-            if same:  # rotated in contiguous memory, then one strided write (channel-major)
-                rotated = apply_rope(k[:, :, src], cos[src], sin[src],
-                                     out=torch.empty_like(k[:, :, src]))
-                self.k[layer, :, :, dst] = rotated
-            else:  # rotate in the model's precision, round once
-                self.k[layer, :, :, dst] = apply_rope(k[:, :, src], cos[src], sin[src])
+            self.k[layer, :, :, dst] = self._rotated(k[:, :, src], cos[src], sin[src])
             self.v[layer, :, :, dst] = v[:, :, src]
         return self.k[layer], self.v[layer]
 
@@ -242,12 +246,7 @@ class KVCache:
             s = self.start_min
             cos, sin = rope_at(self.slots[:nc] + s, inv_freq, self.ctx_k.dtype)
             for src, dst in self._ring(s, nc):
-                ctx = self.ctx_k[:, :, :, src]
-                if self.k.dtype == self.ctx_k.dtype:  # as in append
-                    rotated = apply_rope(ctx, cos[src], sin[src], out=torch.empty_like(ctx))
-                else:
-                    rotated = apply_rope(ctx, cos[src], sin[src])
-                self.k[:, :, :, dst] = rotated
+                self.k[:, :, :, dst] = self._rotated(self.ctx_k[:, :, :, src], cos[src], sin[src])
                 self.v[:, :, :, dst] = self.ctx_v[:, :, :, src]
             return
         rows = self.rows if rows is None else rows
