@@ -3,15 +3,20 @@
     python examples/policy_sweep.py --episodes 20               # the shipped WM-Pick-v0
     python examples/policy_sweep.py --episodes 2 --max-steps 20 --checkpoint path/to/checkpoint
 
-Writes out/policy_sweep/sweep.json and sweep.png (real vs imagined success per policy).
+Writes runs/policy_sweep/sweep.json and sweep.png (real vs imagined success per policy).
 """
 
-import argparse
+from dataclasses import dataclass
 
 import numpy as np
+import tyro
 
-from wmgym.policies import ScriptedPick
+from wmgym.spec import load_spec
 from wmgym.sweep import SweepArgs, sweep_main
+from wmgym.tasks.pick import ScriptedPick
+
+PICK = load_spec("pick")
+EEF, CUBE = list(PICK.positions["eef"]), list(PICK.positions["cube"])
 
 
 class Hesitant:
@@ -28,12 +33,12 @@ class Hesitant:
 
     def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         self.t += 1
-        return np.zeros(4, np.float32) if self.t <= 15 else self.pick(obs)
+        return np.zeros(PICK.action_dim, np.float32) if self.t <= 15 else self.pick(obs)
 
 
 def reach_only(obs: dict[str, np.ndarray]) -> np.ndarray:
     """A plain function: moves the open gripper onto the cube and never closes it."""
-    eef, cube = obs["state"][:3], obs["state"][5:8]
+    eef, cube = obs["state"][EEF], obs["state"][CUBE]
     return np.r_[np.clip(12.0 * (cube - eef), -1.0, 1.0), -1.0].astype(np.float32)
 
 
@@ -49,21 +54,25 @@ POLICIES = {
     "random": "random",
 }
 
+
+@dataclass
+class Args:
+    episodes: int = 20
+    """Episodes per policy and twin."""
+    max_steps: int = 0
+    """Truncate episodes after this many steps (0: the task's episode length)."""
+    checkpoint: str = ""
+    """World-model checkpoint (default: the shipped WM-Pick-v0)."""
+    device: str = "auto"
+    """Device of the world model."""
+    out: str = "runs/policy_sweep"
+    """Where sweep.json and sweep.png go."""
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--episodes", type=int, default=20)
-    parser.add_argument("--max-steps", type=int, default=0, help="0 = the task's episode length")
-    parser.add_argument("--checkpoint", default="", help="default: the shipped WM-Pick-v0")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", default="out/policy_sweep")
-    cli = parser.parse_args()
-    args = SweepArgs(
-        episodes=cli.episodes,
-        max_steps=cli.max_steps,
-        checkpoint=cli.checkpoint,
-        device=cli.device,
-        out=cli.out,
-    )
-    result = sweep_main(args, POLICIES)
+    args = tyro.cli(Args)
+    sweep = SweepArgs(task="pick", episodes=args.episodes, max_steps=args.max_steps,
+                      checkpoint=args.checkpoint, device=args.device, out=args.out)
+    result = sweep_main(sweep, POLICIES)
     print(f"MMRV {result['metrics']['success']['mmrv']} (0 = the twins rank every pair alike)")
     print(f"camera observations rendered: {result['images']} (every policy here reads state only)")

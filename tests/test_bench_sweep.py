@@ -3,9 +3,11 @@
 Speed numbers are never asserted (only that they exist and are positive).
 """
 
+import cProfile
 import json
 import math
 import os
+import pstats
 import subprocess
 import sys
 from dataclasses import replace
@@ -21,11 +23,10 @@ from wmgym import sweep as sw
 from wmgym.bench import BenchSpeedArgs, bench_speed_main, format_speed_table, time_env
 from wmgym.cli import COMMANDS
 from wmgym.env.testing import make_tiny_checkpoint, synthetic_start_obs
-from wmgym.policies import RandomPolicy, ScriptedPick, reads_images
-from wmgym.profiling import time_breakdown
+from wmgym.policies import RandomPolicy, reads_images
+from wmgym.profiling import top_functions
 from wmgym.spec import load_spec
-from wmgym.train.distill import TrainDecoderArgs, train_decoder
-from wmgym.train.fast_dynamics import TrainFastDynamicsArgs, train_fast_dynamics
+from wmgym.tasks.pick import ScriptedPick
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -94,12 +95,12 @@ def test_agreement_and_bad_inputs():
 
 def test_policy_factory_kinds():
     state = {"state": np.zeros(8, np.float32)}
-    for source in ("pick:error=0.02", "random:repeat=2", "wmgym.policies:ScriptedPick"):
-        make = policy_sources.policy_factory(source)
+    for source in ("pick:error=0.02", "random:repeat=2", "wmgym.tasks.pick:ScriptedPick"):
+        make = policy_sources.policy_factory(source, task="pick")
         a, b = make(), make()
         assert a is not b and a(state).shape == (4,)
     assert isinstance(policy_sources.policy_factory(ScriptedPick)(), ScriptedPick)  # a class
-    instance = RandomPolicy(repeat=3)
+    instance = RandomPolicy(4, repeat=3)
     copy = policy_sources.policy_factory(instance)()  # an instance: one copy per episode
     assert isinstance(copy, RandomPolicy) and copy is not instance and copy.repeat == 3
 
@@ -107,9 +108,11 @@ def test_policy_factory_kinds():
         return np.ones(4, np.float32)
 
     assert policy_sources.policy_factory(fixed)()(state).tolist() == [1.0] * 4  # a plain function
-    for bad in ("nope", "sac:", "no_such_module_xyz:thing", 3):
+    for bad in ("nope", "sac:", "no_such_module_xyz:thing", "pick:bogus=1", 3):
         with pytest.raises(ValueError):
-            policy_sources.policy_factory(bad)
+            policy_sources.policy_factory(bad, task="pick")
+    with pytest.raises(ValueError, match="task"):  # random play needs the task's action size
+        policy_sources.policy_factory("random")
 
 
 @pytest.mark.parametrize("keys", [None, ["state"]])
@@ -141,6 +144,18 @@ def test_sb3_zip_policy(tmp_path, keys):
         policy_sources.policy_factory(f"sac:{tmp_path / 'missing.zip'}")()
 
 
+def test_reads_images():
+    assert not reads_images(ScriptedPick()) and not reads_images(RandomPolicy(4))
+    assert reads_images(lambda obs: obs["state"][:4])  # undeclared: may read anything
+
+    class Model:
+        observation_space = load_spec("pick").observation_space(images=False)
+
+    assert not reads_images(policy_sources.SB3Policy(Model()))
+    Model.observation_space = load_spec("pick").observation_space()
+    assert reads_images(policy_sources.SB3Policy(Model()))
+
+
 # ----------------------------------------------------------------------------- episodes
 
 
@@ -150,7 +165,7 @@ class CountingPolicy(RandomPolicy):
     instances: list["CountingPolicy"] = []
 
     def __init__(self):
-        super().__init__()
+        super().__init__(4)
         self.calls, self.first = 0, None
         CountingPolicy.instances.append(self)
 
@@ -165,95 +180,70 @@ def test_run_imagined_one_episode_per_env(tiny):
     spec = load_spec("pick")
     starts = synthetic_start_obs(spec, 6, seed=1)
     contexts = [{k: v[i] for k, v in starts.items()} for i in range(6)]
-    seeds = [3, 1, 4, 1, 5, 9]
-    kwargs = {"progress": False, "checkpoint": tiny, "device": "cpu"}
+    kwargs = {"seeds": [3, 1, 4, 1, 5, 9], "contexts": contexts, "max_steps": 12,
+              "progress": False, "checkpoint": tiny, "device": "cpu"}
     CountingPolicy.instances = []
-    out = sw.run_imagined(spec, [CountingPolicy] * 6, seeds, contexts, 12, **kwargs)
+    out = sw.run_imagined(spec, [CountingPolicy] * 6, **kwargs)
     policies = CountingPolicy.instances
     assert len(policies) == 6 and len({id(p) for p in policies}) == 6
     assert [p.calls for p in policies] == out.length.tolist()  # stopped at its first done
     assert out.length.max() <= 12 and len(set(out.length.tolist())) > 1  # ragged ends
     assert out.success[out.length < 12].all()  # ended early = terminated on success
+    assert (out.uncertainty > 0).all()  # mean token entropy of the imagined frames
     for p, c in zip(policies, contexts):  # every env started from its own real observation
         for k in c:
             np.testing.assert_array_equal(p.first[k], c[k])
-    again = sw.run_imagined(spec, [CountingPolicy] * 6, seeds, contexts, 12, **kwargs)
+    again = sw.run_imagined(spec, [CountingPolicy] * 6, **kwargs)
     for a, b in zip(out, again):  # seeded: the same episodes again
         np.testing.assert_array_equal(a, b)
 
 
 def test_time_env_counts_sub_env_steps(tiny):
-    envs = gym.make_vec(
-        "WM-Pick-v0",
-        num_envs=3,
-        vectorization_mode="vector_entry_point",
-        checkpoint=tiny,
-        device="cpu",
-    )
+    envs = gym.make_vec("WM-Pick-v0", num_envs=3, vectorization_mode="vector_entry_point",
+                        checkpoint=tiny, device="cpu")
     assert time_env(envs, 3, warmup=1) > 0
     envs.close()
 
 
-def test_time_breakdown_fractions():
-    cum = dict.fromkeys(
-        [
-            "vector_env.step",
-            "core.step",
-            "core.reset",
-            "model.step",
-            "transformer._frame",
-            "transformer._append",
-            "transformer.prefill",
-            "transformer._head_logits",
-            "transformer._gumbel",
-            "transformer._make_room",
-            "tokenizer.decode_future",
-            "frames_to_obs",
-            "check_action",
-        ],
-        0.0,
-    )
-    cum.update(
-        {
-            "vector_env.step": 10.0,
-            "core.step": 9.0,
-            "model.step": 8.0,
-            "transformer._frame": 5.0,
-            "transformer._append": 3.5,  # 0.5 of it inside a prefill (an autoreset)
-            "transformer.prefill": 0.5,
-            "transformer._head_logits": 1.0,
-            "tokenizer.decode_future": 3.0,
-        }
-    )
-    parts = time_breakdown(cum)
-    assert parts["transformer_forward"] == 0.3 and parts["decoder"] == 0.3
-    assert parts["parallel_head"] == 0.1
-    assert parts["token_sampling"] == 0.1 and parts["obs_conversion"] == 0.1
-    assert parts["env_overhead"] == 0.1
+def test_top_functions_shares():
+    def inner():
+        return sum(i * i for i in range(20_000))
+
+    def outer():
+        return [inner() for _ in range(5)]
+
+    profiler = cProfile.Profile()
+    profiler.runcall(outer)
+    stats = pstats.Stats(profiler)
+    total = sum(v[2] for v in stats.stats.values())  # every function's own time
+    top = top_functions(stats, total, n=3)
+    assert top["cumulative"] == []  # no wmgym code ran
+    assert len(top["self"]) == 3 and top["self"][0]["share"] >= top["self"][1]["share"]
+    assert all(0 <= f["share"] <= 1 and f["calls"] >= 1 for f in top["self"])
 
 
 # ----------------------------------------------------------------------------- commands
 
 
 def test_commands_registered():
-    assert COMMANDS[("bench", "speed")][1:] == ("BenchSpeedArgs", "bench_speed_main")
+    assert COMMANDS[("bench", "speed")] == ("wmgym.bench", "BenchSpeedArgs", "bench_speed_main")
     assert COMMANDS[("sweep",)] == ("wmgym.sweep", "SweepArgs", "sweep_main")
-    args = tyro.cli(sw.SweepArgs, args=["--policies", "pick", "random", "--episodes", "3"])
-    assert args.policies == ("pick", "random") and args.episodes == 3
-    assert len(sw.SweepArgs().policies) >= 8
+    assert COMMANDS[("mbpo",)] == ("wmgym.mbpo_compare", "MBPOArgs", "mbpo_main")
+    args = tyro.cli(sw.SweepArgs, args=["--task", "pick", "--policies", "pick", "random",
+                                        "--episodes", "3", "--fast", "fast"])
+    assert args.policies == ("pick", "random") and args.episodes == 3 and args.fast == "fast"
+    assert sw.SweepArgs().out.startswith("runs/")  # never into a committed folder
+    with pytest.raises(ValueError, match="name a task"):  # no task, no checkpoint
+        sw.run_sweep(None, sw.SweepArgs())
 
 
+@pytest.mark.slow
 def test_bench_speed_writes_json(tmp_path):
     out = tmp_path / "speed.json"
-    tiny = make_tiny_checkpoint(tmp_path / "tiny", success_bias=0.0, parallel_head=True)
-    train_decoder(TrainDecoderArgs(checkpoint=str(tiny), rollouts=3, horizon=2, heldout=1,
-                                   steps=2, batch=2, base_channels=2, out=str(tmp_path / "fd"),
-                                   device="cpu"))
-    train_fast_dynamics(TrainFastDynamicsArgs(checkpoint=str(tiny), rollouts=3, horizon=2,
-                                              heldout=1, steps=2, batch=2, eval_windows=2,
-                                              out=str(tmp_path / "fdyn"), device="cpu"))
+    tiny = make_tiny_checkpoint(tmp_path / "tiny", success_bias=0.0)
     args = BenchSpeedArgs(
         checkpoint=str(tiny),
+        presets=("default", "fast", "full"),  # the tiny checkpoint has no fast transformer
         batch_sizes=(1, 4),
         steps=3,
         warmup=1,
@@ -272,10 +262,13 @@ def test_bench_speed_writes_json(tmp_path):
     )
     bench_speed_main(args)
     result = json.loads(out.read_text())
+    assert result["wm_env"] == "WM-Pick-v0"  # the checkpoint's own task
     assert {"machine", "wm", "sim", "window", "speedup", "profile"} <= set(result)
-    assert [(row["decoding"], row["batch"]) for row in result["wm"]] == [
-        ("autoregressive", 1), ("autoregressive", 4), ("parallel", 1), ("parallel", 4)]
-    assert set(result["speedup_by_decoding"]) == {"autoregressive", "parallel"}
+    assert result["presets"] == ["default", "full"]  # "fast" skipped: nothing to run it with
+    assert [(row["preset"], row["batch"]) for row in result["wm"]] == [
+        ("default", 1), ("default", 4), ("full", 1), ("full", 4)]
+    assert {row["decoder"] for row in result["wm"]} == {"full"}  # no distilled decoder either
+    assert set(result["speedup_by_preset"]) == {"default", "full"}
     for row in result["wm"]:
         assert row["steps_per_s"] > 0 and row["peak_rss_mb"] > 0 and row["rss_added_mb"] >= 0
     assert result["sim"]["single_process"]["steps_per_s"] > 0
@@ -286,55 +279,33 @@ def test_bench_speed_writes_json(tmp_path):
     assert w["early_steps"] == [1, 3] and w["full_steps"] == [5, 7] and w["late_steps"] == [8, 10]
     assert result["speedup"]["best_batch"] in (1, 4)
     assert result["speedup"]["vs_single_process"] > 0
-    parts = result["profile"]["breakdown"]  # time_breakdown's arithmetic: its own test above
-    assert all(0 <= v <= 1 for v in parts.values()) and sum(parts.values()) <= 1.02
-    assert parts["transformer_forward"] > 0 and parts["decoder"] > 0
-    # not sum == 1: time inside WorldModel.step that no profiled function owns is left out, and
-    # in a tiny model's millisecond step it once came to 11% (the full suite on a loaded machine)
+    functions = result["profile"]["functions"]
+    assert functions["cumulative"] and functions["self"] and result["profile"]["top_ops"]
+    assert any("wmgym/env/vector_env.py:step" == f["function"] for f in functions["cumulative"])
     so = result["state_only"]
     assert so["sim"]["steps_per_s"] > 0 and [r["batch"] for r in so["wm"]] == [2]
     assert so["wm"][0]["steps_per_s"] > 0 and so["vs_single_process"] > 0
     paired = result["paired"]  # JSON keys: the batch sizes as strings
-    configs = ["float32/full", "bfloat16/full", "float32/fast", "bfloat16/fast"]
-    configs += [f"{c}/fast-dynamics" for c in configs]  # and all of it with the fast transformer
     for r in paired["rounds"]:
-        assert list(r["wm_steps_per_s"]) == configs
-        for c in configs:
+        assert list(r["wm_steps_per_s"]) == ["default", "full"]
+        for c in ("default", "full"):
             by_batch = r["wm_steps_per_s"][c]
             assert sorted(by_batch) == ["1", "2"]
             best = by_batch[str(r["ratio"][c]["batch"])]
             assert best == max(by_batch.values())
             assert r["ratio"][c]["ratio"] == pytest.approx(best / r["sim_steps_per_s"], abs=0.01)
-    for c in configs:
-        q = paired["by_config"][c]
+    for q in paired["by_preset"].values():
         assert q["min_ratio"] <= q["median_ratio"] <= q["max_ratio"]
-    assert paired["median_ratio"] == paired["by_config"][paired["best_config"]]["median_ratio"]
+    assert paired["median_ratio"] == paired["by_preset"][paired["best_preset"]]["median_ratio"]
     table = format_speed_table(result)
-    assert "Median of the rounds' ratios by KV cache/decoder: float32/full" in table
-    assert "autoregressive, fast decoder) | 4 |" in table  # auto: the distilled decoder
-    floors = {(f["decoding"], f["kv_cache"]): f for f in result["memory_floor"]
-              if f["dynamics"] == "full"}
-    fast = {(f["decoding"], f["kv_cache"]): f for f in result["memory_floor"]
-            if f["dynamics"] == "fast"}  # one key/value head of the tiny model's two
-    assert all(2 * fast[k]["kv_bytes_per_step"] == floors[k]["kv_bytes_per_step"] for k in fast)
-    assert (floors[("autoregressive", "float32")]["kv_bytes_per_step"]
-            == 2 * floors[("autoregressive", "bfloat16")]["kv_bytes_per_step"])
-    # the counting itself: test_model's memory-floor test
-    ar, par = floors[("autoregressive", "float32")], floors[("parallel", "float32")]
-    assert (ar["decoding"], par["decoding"]) == ("autoregressive", "parallel")
-    assert ar["read_gb_s"] == par["read_gb_s"] > 0 and ar["kv_mb_per_step"] > par["kv_mb_per_step"]
-    assert ar["max_vs_sim"] > 0 and "Memory floor (parallel, bfloat16" in format_speed_table(result)
-    kernels = result["attention_kernels"]  # at the largest batch, per paired precision
-    assert [k["kv_cache"] for k in kernels] == ["float32", "bfloat16"]
-    assert all(k["batch"] == 4 for k in kernels)
-    assert all(k["ring_ms"] > 0 and k["ring_row_major_ms"] > 0 and k["fused_strided_ms"] > 0
-               for k in kernels)
-    assert kernels[0]["floor_ms"] == pytest.approx(2 * kernels[1]["floor_ms"], abs=0.02)
-    assert "ring" in format_speed_table(result)
+    assert "Median of the rounds' ratios by preset: default" in table
+    assert "| WM-Pick-v0 (cpu) | full | 4 |" in table
 
 
+@pytest.mark.slow
 def test_sweep_writes_json_and_plot(tiny, tmp_path):
     args = sw.SweepArgs(
+        task="pick",
         policies=("pick", "pick:error=0.05", "random"),
         episodes=2,
         max_steps=8,
@@ -348,8 +319,7 @@ def test_sweep_writes_json_and_plot(tiny, tmp_path):
     assert (tmp_path / "sweep.png").stat().st_size > 0
     saved = json.loads((tmp_path / "sweep.json").read_text())
     assert [p["name"] for p in saved["policies"]] == list(args.policies)
-    assert saved["seeds"] == [0, 1] and saved["max_steps"] == 8
-    assert saved["dynamics"] == "auto" and saved["fast_dynamics_sha256"] is None  # the full one
+    assert saved["seeds"] == [0, 1] and saved["max_steps"] == 8 and saved["fast"] == "default"
     real = [p["real"]["success"] for p in saved["policies"]]
     imagined = [p["imagined"]["success"] for p in saved["policies"]]
     for p in saved["policies"]:
@@ -359,6 +329,7 @@ def test_sweep_writes_json_and_plot(tiny, tmp_path):
             assert s["success"] == pytest.approx(np.mean(s["per_episode"]["success"]), abs=1e-4)
         gap = p["imagined"]["success"] - p["real"]["success"]
         assert p["success_gap"] == pytest.approx(gap, abs=1e-4)
+        assert p["imagined"]["uncertainty"] > 0 and "uncertainty" not in p["real"]
     m = saved["metrics"]["success"]
     assert m["mmrv"] == pytest.approx(metrics.mmrv(real, imagined), abs=1e-4)
     gap = np.mean(np.abs(np.subtract(real, imagined)))
@@ -367,7 +338,7 @@ def test_sweep_writes_json_and_plot(tiny, tmp_path):
 
     # re-scoring: the real episodes come from the saved sweep; only the imagined side runs, from
     # the same reset observations, so the result is the same
-    again = sw.run_sweep(args.policies, replace(args, real_from=str(tmp_path / "sweep.json")))
+    again = sw.run_sweep(None, replace(args, real_from=str(tmp_path / "sweep.json")))
     for a, b in zip(again["policies"], saved["policies"]):
         assert a["imagined"] == b["imagined"] and a["success_gap"] == b["success_gap"]
         assert a["real"]["per_episode"] == b["real"]["per_episode"]
@@ -397,30 +368,20 @@ def test_sweep_writes_json_and_plot(tiny, tmp_path):
     assert pooled["metrics"]["success"] == metrics.agreement(*rates)
     with pytest.raises(ValueError, match="seeds .* are in another file"):
         sw.pool_sweeps([files[0], files[0]])
-    other = json.loads(Path(files[1]).read_text()) | {"dynamics": "fast"}
+    other = json.loads(Path(files[1]).read_text()) | {"fast": "fast"}
     (tmp_path / "other.json").write_text(json.dumps(other))
-    with pytest.raises(ValueError, match="other.json: dynamics is 'fast'"):
+    with pytest.raises(ValueError, match="other.json: fast is 'fast'"):
         sw.pool_sweeps([files[0], str(tmp_path / "other.json")])
 
 
-def test_reads_images():
-    assert not reads_images(ScriptedPick()) and not reads_images(RandomPolicy())
-    assert reads_images(lambda obs: obs["state"][:4])  # undeclared: may read anything
-
-    class Model:
-        observation_space = load_spec("pick").observation_space(images=False)
-
-    assert not reads_images(policy_sources.SB3Policy(Model()))
-    Model.observation_space = load_spec("pick").observation_space()
-    assert reads_images(policy_sources.SB3Policy(Model()))
-
-
+@pytest.mark.slow
 def test_sweep_state_only_runs_the_same_episodes(tiny, tmp_path):
     args = sw.SweepArgs(policies=("pick:error=0.03", "random"), episodes=2, max_steps=6,
                         checkpoint=str(tiny), device="cpu", progress=False, seed=3)
-    fast = sw.run_sweep(args.policies, args)  # state-only policies: no camera in either twin
-    slow = sw.run_sweep(args.policies, replace(args, images="always"))
+    fast = sw.run_sweep(None, args)  # state-only policies: no camera in either twin
+    slow = sw.run_sweep(None, replace(args, images="always"))
     assert fast["images"] is False and slow["images"] is True
+    assert fast["task"] == "Pick"  # the checkpoint's own task
     assert fast["policies"] == slow["policies"]  # the same episodes, outcome for outcome
 
     def stay(obs):  # declares nothing: it may read images, so both twins render them
@@ -430,22 +391,12 @@ def test_sweep_state_only_runs_the_same_episodes(tiny, tmp_path):
     assert mixed["images"] is True
 
 
+@pytest.mark.slow
 def test_example_runs(tiny, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl"}
-    cmd = [
-        sys.executable,
-        str(REPO / "examples" / "policy_sweep.py"),
-        "--episodes",
-        "1",
-        "--max-steps",
-        "4",
-        "--checkpoint",
-        str(tiny),
-        "--device",
-        "cpu",
-        "--out",
-        str(tmp_path),
-    ]
+    cmd = [sys.executable, str(REPO / "examples" / "policy_sweep.py"), "--episodes", "1",
+           "--max-steps", "4", "--checkpoint", str(tiny), "--device", "cpu", "--out",
+           str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "camera observations rendered: False" in proc.stdout  # declared state-only policies

@@ -4,16 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from wmgym.data.collect import MIXES, CollectArgs, choose_policy, collect
-from wmgym.data.dataset import heldout_ids, read_dataset, read_metadata, write_dataset
+from wmgym.data.collect import CollectArgs, choose_policy, collect
+from wmgym.data.dataset import heldout_ids, stored_space, read_dataset, read_metadata, write_dataset
 from wmgym.policies import make_policy
 from wmgym.spec import load_spec
+from wmgym.tasks.pick import MIXES
 
 
 @pytest.fixture(scope="module")
 def small_dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "pick"
-    summary = collect(CollectArgs(out=str(out), episodes=4, workers=2, max_steps=12, seed=5))
+    summary = collect(CollectArgs(task="pick", out=str(out), episodes=4, workers=2, max_steps=12, seed=5))
     return out, summary
 
 
@@ -32,8 +33,8 @@ def test_every_mix_policy_is_valid_and_drawn(mix):
     weights = MIXES[mix]
     assert abs(sum(weights.values()) - 1.0) < 1e-9, f"{mix}: weights sum to {sum(weights.values())}"
     for name in weights:
-        make_policy(name)  # raises on an unknown policy or knob
-    drawn = {choose_policy(mix, s) for s in range(400)}
+        make_policy(name, task="pick")  # raises on an unknown policy or knob
+    drawn = {choose_policy(mix, s, MIXES) for s in range(400)}
     assert drawn == set(weights), f"{mix}: never drew {set(weights) - drawn}"
 
 
@@ -42,8 +43,8 @@ def test_episodes_are_in_the_spaces_and_ordered(small_dataset):
     spec = load_spec("pick")
     episodes = read_dataset(out)
     assert [e.seed for e in episodes] == [5, 6, 7, 8]
-    assert [e.policy for e in episodes] == [choose_policy("mix", s) for s in (5, 6, 7, 8)]
-    space = spec.observation_space()
+    assert [e.policy for e in episodes] == [choose_policy("mix", s, MIXES) for s in (5, 6, 7, 8)]
+    space = stored_space(spec)
     for ep in episodes:
         assert len(ep.actions) == 12 and ep.truncations[-1] and not ep.truncations[:-1].any()
         for t in range(len(ep) + 1):
@@ -87,6 +88,7 @@ def test_failed_write_leaves_nothing(tmp_path):
 def _tokenized(closing_at: int | None, steps: int = 60, stride: int = 20):
     """A synthetic tokenized episode whose gripper closes from ``closing_at`` on (tokens = frame
     index, so a clip's frames can be read off its tokens)."""
+    from wmgym.model.event_latent import first_run
     from wmgym.train.data import EpisodeTensors, TokenizedEpisode
 
     actions = torch.full((steps, 4), -1.0)
@@ -95,6 +97,7 @@ def _tokenized(closing_at: int | None, steps: int = 60, stride: int = 20):
         actions[closing_at:, 3] = 1.0
     source = EpisodeTensors(torch.zeros(steps + 1, 5, 2, 2), actions, torch.zeros(steps),
                             torch.zeros(steps), torch.zeros(steps + 1, 8))
+    source.event_start = first_run(actions.numpy(), trigger=3, run=3)
     ctx = list(range(0, steps, stride))
     frames = [torch.arange(c + 1, steps + 1)[:, None].repeat(1, 2) for c in ctx]
     return TokenizedEpisode(ctx, torch.zeros(len(ctx), 4, dtype=torch.long), frames, source)
@@ -104,9 +107,9 @@ def test_grasp_clips_start_just_before_the_grasp():
     from wmgym.train.data import sample_clips
 
     grasp, plain = _tokenized(closing_at=37), _tokenized(closing_at=None)
-    assert grasp.source.closing == 37 and plain.source.closing is None
+    assert grasp.source.event_start == 37 and plain.source.event_start is None
     length = 8
-    clips = sample_clips([grasp, plain], 64, length, np.random.default_rng(0), grasp_share=1.0)
+    clips = sample_clips([grasp, plain], 64, length, np.random.default_rng(0), event_share=1.0)
     first = clips["tokens"][:, 0, 0].numpy()  # absolute index of each clip's first frame
     assert np.all((first >= 37 + 1 - length // 2) & (first <= 37))  # 1-4 frames before it
     assert np.all(clips["actions"][:, :, 3].max(1).values.numpy() == 1.0)  # the grasp is in it
@@ -114,8 +117,8 @@ def test_grasp_clips_start_just_before_the_grasp():
     assert np.all(clips["gap"].numpy() == (first != 21))
     # a share of 0 draws exactly as the sampler always did
     a = sample_clips([grasp, plain], 16, length, np.random.default_rng(1))
-    b = sample_clips([grasp, plain], 16, length, np.random.default_rng(1), grasp_share=0.0)
+    b = sample_clips([grasp, plain], 16, length, np.random.default_rng(1), event_share=0.0)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    mixed = sample_clips([grasp, plain], 400, length, np.random.default_rng(2), grasp_share=0.5)
+    mixed = sample_clips([grasp, plain], 400, length, np.random.default_rng(2), event_share=0.5)
     near = (mixed["actions"][:, :, 3].max(1).values == 1.0).float().mean().item()
     assert 0.5 < near < 0.9  # the grasp clips, plus uniform ones that happen to hold it

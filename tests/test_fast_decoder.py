@@ -53,8 +53,8 @@ def test_distillation_learns_the_teacher(fast, tmp_path):
 
 def test_envs_with_the_fast_decoder(fast):
     # same tokens, so the same state, reward and success; other pixels, in the same spaces
-    full = gym.make("WM-Pick-v0", checkpoint=fast, device=DEVICE, decoder="full")
-    quick = gym.make("WM-Pick-v0", checkpoint=fast, device=DEVICE)  # auto: fast when present
+    full = gym.make("WM-Pick-v0", checkpoint=fast, device=DEVICE, fast="full")
+    quick = gym.make("WM-Pick-v0", checkpoint=fast, device=DEVICE)  # default: fast if present
     assert quick.unwrapped.core.decoder == "fast" and full.unwrapped.core.decoder == "full"
     check_env(quick.unwrapped, skip_render_check=True)
     o1, _ = full.reset(seed=4)
@@ -65,7 +65,7 @@ def test_envs_with_the_fast_decoder(fast):
     differ = sum(not np.array_equal(a["rgb"], b["rgb"]) for a, b in pairs)
     assert differ
     envs = gym.make_vec("WM-Pick-v0", num_envs=3, vectorization_mode="vector_entry_point",
-                        checkpoint=fast, device=DEVICE, decoder="fast", render_mode="rgb_array")
+                        checkpoint=fast, device=DEVICE, render_mode="rgb_array")
     obs, _ = envs.reset(seed=0)
     for _ in range(3):
         obs, *_ = envs.step(envs.action_space.sample())
@@ -73,22 +73,20 @@ def test_envs_with_the_fast_decoder(fast):
     assert envs.render()[0].shape == (64, 3 * 64, 3)
 
 
-def test_decoder_option_errors(fast, tmp_path):
+def test_a_checkpoint_without_a_fast_decoder(tmp_path):
     plain = make_tiny_checkpoint(tmp_path / "plain")
     assert not has_fast_decoder(plain)
     assert gym.make("WM-Pick-v0", checkpoint=plain).unwrapped.core.decoder == "full"
     with pytest.raises(CheckpointError, match="wmgym train decoder"):
-        gym.make("WM-Pick-v0", checkpoint=plain, decoder="fast")
-    with pytest.raises(ValueError, match="decoder must be one of"):
-        gym.make("WM-Pick-v0", checkpoint=fast, decoder="small")
+        load_fast_decoder(plain)
 
 
 def test_stale_or_damaged_fast_decoder_names_the_files(fast, tmp_path):
     stale = check_companion_errors(load_fast_decoder, fast, SUBDIR, tmp_path)
     clear_cache()
     with pytest.raises(CheckpointError, match="distilled from weights"):
-        gym.make("WM-Pick-v0", checkpoint=stale)  # auto picks it and fails loudly
-    assert gym.make("WM-Pick-v0", checkpoint=stale, decoder="full").reset(seed=0)
+        gym.make("WM-Pick-v0", checkpoint=stale)  # the default picks it and fails loudly
+    assert gym.make("WM-Pick-v0", checkpoint=stale, fast="full").reset(seed=0)
 
 
 def test_saving_new_weights_removes_the_stale_fast_decoder(fast, tmp_path):
@@ -134,10 +132,6 @@ def test_init_from_starts_from_another_checkpoints_decoder(fast, tmp_path):
     assert report["heldout_vs_teacher_at_start"]["psnr"] > scratch["psnr"] + 2.0
     assert abs(report["heldout_vs_teacher_at_start"]["psnr"] - first["psnr"]) < 3.0
     assert load_fast_decoder(copy) is not None  # bound to the new weights
-    from wmgym.card import CardArgs, fast_decoder_section
-
-    card = fast_decoder_section(CardArgs(checkpoint=str(copy)), {})
-    assert f"Started from `{fast}`'s fast decoder" in card
 
 
 def test_state_only_envs_load_the_decoder_when_rendering(fast, tmp_path):

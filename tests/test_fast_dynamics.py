@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from wmgym.env import clear_cache
 from wmgym.env.testing import check_companion_errors, make_tiny_checkpoint
-from wmgym.model.checkpoint import WEIGHTS, CheckpointError, load_start_obs, read_config
+from wmgym.model.checkpoint import CONFIG, WEIGHTS, CheckpointError, load_start_obs, read_config
 from wmgym.model.fast_dynamics import (
     SUBDIR,
     has_fast_dynamics,
@@ -27,11 +27,12 @@ from wmgym.model.fast_dynamics import (
 from wmgym.model.kv_cache import cached_attention
 from wmgym.model.transformer import DynamicsConfig, DynamicsTransformer
 from wmgym.model.world_model import WorldModel
+from wmgym.spec import load_spec
 from wmgym.train.fast_dynamics import (
     Pool,
     TrainFastDynamicsArgs,
     distill_loss,
-    grasp_begins,
+    event_begins,
     train_fast_dynamics,
 )
 from wmgym.train.imagined import ImaginedRollouts, imagine_many, load_rollouts
@@ -133,44 +134,43 @@ def test_distillation_learns_the_teacher(fast):
 
 
 def test_envs_with_the_fast_transformer(fast):
-    full = gym.make("WM-Pick-v0", checkpoint=fast, device=DEVICE)  # auto: the full one
-    quick = gym.make("WM-Pick-v0", checkpoint=fast, device=DEVICE, dynamics="fast")
+    full = gym.make("WM-Pick-v0", checkpoint=fast, device=DEVICE)  # default: the full one
+    quick = gym.make("WM-Pick-v0", checkpoint=fast, device=DEVICE, fast=True)
     assert full.unwrapped.core.dynamics == "full" and quick.unwrapped.core.dynamics == "fast"
     assert quick.unwrapped.core.model.tokenizer is full.unwrapped.core.model.tokenizer
     check_env(quick.unwrapped, skip_render_check=True)
     o1, _ = full.reset(seed=4)
     o2, _ = quick.reset(seed=4)
     np.testing.assert_array_equal(o1["rgb"], o2["rgb"])  # the real start frame
-    rng = np.random.default_rng(0)
-    for _ in range(6):  # another transformer: near the teacher's states, not equal to them
-        a = rng.uniform(-1, 1, 4).astype(np.float32)
-        s1, s2 = full.step(a)[0], quick.step(a)[0]
-        assert quick.observation_space.contains(s2)
-        assert np.abs(s1["state"] - s2["state"]).max() < 0.05  # measured: 0.002 at step 1
+    a = np.random.default_rng(0).uniform(-1, 1, 4).astype(np.float32)
+    s1, s2 = full.step(a)[0], quick.step(a)[0]
+    assert quick.observation_space.contains(s2)
+    # another transformer: near the teacher's first state, not equal to it
+    assert 0 < np.abs(s1["state"] - s2["state"]).max() < 0.05
     envs = gym.make_vec("WM-Pick-v0", num_envs=3, vectorization_mode="vector_entry_point",
-                        checkpoint=fast, device=DEVICE, dynamics="fast", images=False)
+                        checkpoint=fast, device=DEVICE, fast=True, images=False)
     obs, _ = envs.reset(seed=0)
     for _ in range(20):  # past the window: the cache drops frames
         obs, reward, *_ = envs.step(envs.action_space.sample())
     assert envs.observation_space.contains(obs) and np.isfinite(reward).all()
 
 
-def test_dynamics_option_errors(fast, tmp_path):
+def test_fast_option_errors(fast, tmp_path):
     plain = make_tiny_checkpoint(tmp_path / "plain")
     assert not has_fast_dynamics(plain)
     with pytest.raises(CheckpointError, match="wmgym train fast-dynamics"):
-        gym.make("WM-Pick-v0", checkpoint=plain, dynamics="fast")
-    with pytest.raises(ValueError, match="dynamics must be one of"):
-        gym.make("WM-Pick-v0", checkpoint=fast, dynamics="small")
+        WorldModel.load(plain, dynamics="fast")
+    with pytest.raises(CheckpointError, match="wmgym train fast-dynamics"):
+        gym.make("WM-Pick-v0", checkpoint=plain, fast=True)
     with pytest.raises(ValueError, match="n_kv_head"):
-        DynamicsTransformer(DynamicsConfig(n_head=4, n_kv_head=3))
+        DynamicsTransformer(DynamicsConfig(action_dim=4, state_dim=8, n_head=4, n_kv_head=3))
 
 
 def test_stale_or_damaged_fast_transformer_names_the_files(fast, tmp_path):
     stale = check_companion_errors(load_fast_dynamics, fast, SUBDIR, tmp_path)
     clear_cache()
     with pytest.raises(CheckpointError, match="distilled from weights"):
-        gym.make("WM-Pick-v0", checkpoint=stale, dynamics="fast")
+        WorldModel.load(stale, dynamics="fast")
     copy = tmp_path / "copy"
     shutil.copytree(fast, copy)
     model, bank = WorldModel.load(copy), load_start_obs(copy)
@@ -186,6 +186,8 @@ def test_resume_continues_the_shipped_student(fast, tmp_path, capsys):
     first = read_config(copy / SUBDIR)["distill"]
     run = tmp_path / "run"
     shutil.copytree(fast.parent / "run", run)
+    config = json.loads((copy / SUBDIR / CONFIG).read_text())  # a record of another fit
+    (copy / SUBDIR / CONFIG).write_text(json.dumps({**config, "head_refit": {"events": 3}}))
 
     def resume(seed: int) -> None:
         train_fast_dynamics(TrainFastDynamicsArgs(
@@ -194,21 +196,16 @@ def test_resume_continues_the_shipped_student(fast, tmp_path, capsys):
             resume=True, seed=seed,
         ))
 
-    from wmgym.env.loading import load_checkpoint
-    from wmgym.spec import load_spec
-
-    loaded = load_checkpoint(copy, load_spec("pick"), DEVICE)
-    before = loaded.world_model("fast")
+    before = load_fast_dynamics(copy)
     resume(seed=1)  # other rollouts than the kept ones: imagined anew
-    # the process's loaded checkpoint serves the student now on disk, not the one it had
-    after = loaded.world_model("fast")
-    assert after is not before and after is loaded.world_model("fast")
-    assert not torch.equal(after.dynamics.slot, before.dynamics.slot)
+    after = load_fast_dynamics(copy)
+    assert not torch.equal(after.slot, before.slot)
     assert "imagining anew" in capsys.readouterr().out
     resume(seed=1)  # the same teacher, policies and seed: reused
     assert "reusing 8 of the 8" in capsys.readouterr().out
     again = read_config(copy / SUBDIR)["distill"]
     assert again["resumed_from"]["resumed_from"] == first
+    assert read_config(copy / SUBDIR)["head_refit"] == {"events": 3}  # kept: no loss reached it
     # it starts where the first run ended, not from the teacher's averaged heads
     start = again["heldout_vs_teacher_at_init"]["token_kl"]
     assert start < first["heldout_vs_teacher_at_init"]["token_kl"]
@@ -236,14 +233,14 @@ def test_init_from_starts_from_another_checkpoints_student(fast, tmp_path):
 
 
 def test_init_from_takes_what_the_other_student_lacks_from_the_teacher(fast, tmp_path):
-    # a fine-tune that added the grasp latent: the other student has no grasp head or vector
-    latent = make_tiny_checkpoint(tmp_path / "latent", grasp_latent=True)
+    # a fine-tune that added the event latent: the other student has no event head or vector
+    latent = make_tiny_checkpoint(tmp_path / "latent", event=True)
     teacher, previous = WorldModel.load(latent).dynamics, load_fast_dynamics(fast)
     student, fresh = init_student_from(teacher, previous)
-    assert student.cfg.grasp_latent and student.cfg.kv_heads == previous.cfg.kv_heads
+    assert student.cfg.event and student.cfg.kv_heads == previous.cfg.kv_heads
     own, theirs, got = previous.state_dict(), teacher.state_dict(), student.state_dict()
     assert sorted(fresh) == sorted(n for n, _ in student.named_parameters() if n not in own)
-    assert {"grasp_emb", "grasp_head.mlp.0.weight"} <= set(fresh)
+    assert {"event_emb", "event_head.mlp.0.weight"} <= set(fresh)
     for name, value in got.items():
         assert torch.equal(value, theirs[name] if name in fresh or name not in own
                            else own[name]), name
@@ -254,34 +251,30 @@ def test_init_from_takes_what_the_other_student_lacks_from_the_teacher(fast, tmp
         device=DEVICE, init_from=str(fast)))
     report = read_config(latent / SUBDIR)["distill"]["initialised_from"]
     assert sorted(report["parameters_from_teacher"]) == sorted(fresh)
-    assert load_fast_dynamics(latent).cfg.grasp_latent
-    from wmgym.card import CardArgs, fast_dynamics_section
-
-    card = fast_dynamics_section(CardArgs(checkpoint=str(latent)))
-    assert f"Started from `{fast}`'s fast transformer (the parameters it lacks, grasp_emb" in card
+    assert load_fast_dynamics(latent).cfg.event == load_spec("pick").event.as_config()
 
 
-def test_grasp_windows_start_a_few_frames_before_a_grasp_begins():
+def test_event_windows_start_a_few_frames_before_an_event_begins():
     r, t, length = 6, 40, 8
-    grasp = torch.zeros(r, t, dtype=torch.long)
-    grasp[1, 20:26] = 2  # one grasp in rollout 1, one in rollout 3, none in the others
-    grasp[3, 30:] = 1
+    event = torch.zeros(r, t, dtype=torch.long)
+    event[1, 20:26] = 2  # one event in rollout 1, one in rollout 3, none in the others
+    event[3, 30:] = 1
     data = ImaginedRollouts(torch.zeros(r, 5, 4, 4), torch.zeros(r, 3, dtype=torch.long),
                             torch.arange(t).repeat(r, 1)[..., None], torch.zeros(r, t, 4),
-                            torch.zeros(r, t + 1, 8), grasp)
-    rows, steps = grasp_begins(data, 4)
+                            torch.zeros(r, t + 1, 8), event)
+    rows, steps = event_begins(data, 4)
     assert rows.tolist() == [1, 3] and steps.tolist() == [20, 30]
-    assert len(grasp_begins(data, 2)[0]) == 1  # training rows only
+    assert len(event_begins(data, 2)[0]) == 1  # training rows only
     gen = torch.Generator().manual_seed(0)
-    batch = Pool(data, 4, grasp_share=0.75).draw(400, length, 0.25, gen)
+    batch = Pool(data, 4, event_share=0.75).draw(400, length, 0.25, gen)
     first = batch["frame_tokens"][:, 0, 0]  # the window's first step (tokens hold the step)
-    at_grasp = (batch["grasp"][:, 1: length // 2 + 1] != 0).any(1) & (batch["grasp"][:, 0] == 0)
-    assert 0.65 < at_grasp.float().mean() < 0.85, at_grasp.float().mean()
-    assert set(first[at_grasp].tolist()) <= set(range(16, 20)) | set(range(26, 30))
+    at_event = (batch["event"][:, 1: length // 2 + 1] != 0).any(1) & (batch["event"][:, 0] == 0)
+    assert 0.65 < at_event.float().mean() < 0.85, at_event.float().mean()
+    assert set(first[at_event].tolist()) <= set(range(16, 20)) | set(range(26, 30))
     uniform = Pool(data, 4).draw(400, length, 0.25, gen)
-    assert (uniform["grasp"][:, 1: length // 2 + 1] != 0).any(1).float().mean() < 0.2
-    with pytest.raises(ValueError, match="hold no grasp"):
-        Pool(data, 1, grasp_share=0.5)
+    assert (uniform["event"][:, 1: length // 2 + 1] != 0).any(1).float().mean() < 0.2
+    with pytest.raises(ValueError, match="hold no event"):
+        Pool(data, 1, event_share=0.5)
 
 
 def test_on_policy_windows_come_from_the_students_own_rollouts(fast, tmp_path, capsys):
@@ -301,45 +294,11 @@ def test_on_policy_windows_come_from_the_students_own_rollouts(fast, tmp_path, c
     own, meta = load_rollouts(run / "student_rollouts.safetensors")
     assert len(own) == 6 and meta["student_sha256"] == student_sha
     # imagined by the fast transformer: the teacher acting alike imagines other frames
-    teacher = imagine_many("pick", copy, 6, 6, args.policies, args.seed + 7919,
-                           torch.device(DEVICE))
+    teacher = imagine_many(copy, task=load_spec("pick"), rollouts=6, horizon=6,
+                           policies=args.policies, seed=args.seed + 7919, device=DEVICE)
     np.testing.assert_array_equal(own.actions[:, 0], teacher.actions[:, 0])  # same starts
     assert (own.tokens != teacher.tokens).any()
     report = read_config(copy / SUBDIR)["distill"]
     start = report["heldout_own_rollouts_vs_teacher_at_start"]
     assert report["heldout_own_rollouts_vs_teacher"]["token_kl"] < start["token_kl"]
     assert report["args"]["on_policy"] == 6
-    from wmgym.card import CardArgs, fast_dynamics_section
-
-    text = " ".join(fast_dynamics_section(CardArgs(checkpoint=str(copy))).split())
-    assert "4 (50% of them from 6 rollouts it imagined itself) steps" in text
-    assert "On held-out rollouts it imagined itself" in text
-
-
-def test_sweep_records_which_fast_transformer_ran(fast, tmp_path):
-    from wmgym.sweep import SweepArgs, pool_sweeps, run_sweep
-
-    args = SweepArgs(episodes=1, max_steps=3, checkpoint=str(fast), device=DEVICE,
-                     dynamics="fast", progress=False, out=str(tmp_path))
-    result = run_sweep(("random",), args)
-    assert result["fast_dynamics_sha256"] == read_config(fast / SUBDIR)["sha256"]
-    a, b = tmp_path / "a.json", tmp_path / "b.json"
-    a.write_text(json.dumps(result))
-    b.write_text(json.dumps(result | {"seeds": [1], "fast_dynamics_sha256": "retrained"}))
-    with pytest.raises(ValueError, match="fast_dynamics_sha256 is 'retrained'"):
-        pool_sweeps([a, b])  # another student's episodes are not more of the same
-
-
-def test_card_section_reads_the_recorded_report(fast, tmp_path):
-    from wmgym.card import CardArgs, fast_dynamics_section
-
-    report = read_config(fast / SUBDIR)["distill"]
-    sweep = tmp_path / "sweep.json"
-    sweep.write_text(json.dumps({"policies": [{}, {}], "episodes": 3, "metrics": {"success": {
-        "pearson": 0.91, "spearman": 0.92, "mmrv": 0.017, "mean_abs_gap": 0.144}}}))
-    text = fast_dynamics_section(CardArgs(checkpoint=str(fast), fast_sweep=str(sweep)))
-    assert "sharing\n1 key/value head" in text and "2× fewer cached bytes" in text
-    trained = report["heldout_vs_teacher"]["token_kl"]
-    assert f"after token KL {trained:.3f}" in text
-    assert "Pearson 0.91, Spearman 0.92" in text and "mean |gap| 0.144" in text
-    assert fast_dynamics_section(CardArgs(checkpoint=str(tmp_path))) == ""  # none: no section

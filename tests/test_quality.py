@@ -82,14 +82,17 @@ def test_shipped_fast_transformer_stays_close_to_the_full_one():
     from wmgym.model.fast_dynamics import FAST_DYNAMICS, load_fast_dynamics
     from wmgym.model.world_model import WorldModel
     from wmgym.train.fast_dynamics import compare
-    from wmgym.train.imagined import POLICIES, imagine_many
+    from wmgym.train.imagined import distill_policies, imagine_many
 
     if not FAST_DYNAMICS.exists(CHECKPOINT):
         pytest.skip("the checkpoint ships no fast transformer")
     torch.manual_seed(0)
     cpu = torch.device("cpu")
-    n = len(POLICIES)
-    data = imagine_many("pick", CHECKPOINT, n, 24, POLICIES, seed=3, device=cpu, batch=n)
+    task = load_spec("pick")
+    policies = distill_policies(task)
+    n = len(policies)
+    data = imagine_many(CHECKPOINT, task=task, rollouts=n, horizon=24, policies=policies, seed=3,
+                        device=cpu, batch=n)
     teacher = WorldModel.load(CHECKPOINT).dynamics
     rows, starts = torch.arange(n).repeat(2), torch.tensor([0] * n + [8] * n)
     got = compare(load_fast_dynamics(CHECKPOINT), teacher, data, rows, starts,

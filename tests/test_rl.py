@@ -23,19 +23,18 @@ from wmgym.mbpo import (
     ModelBuffer,
     make_real_env,
 )
-from wmgym.mbpo_experiment import MBPOArgs, mbpo_main, summarize
+from wmgym.mbpo_compare import MBPOArgs, mbpo_main, summarize
 from wmgym.policies import make_policy
-from wmgym.rl import (
-    PICK_RECIPE,
+from wmgym.rl import RLArgs, sac_recipe, steps_to, task_of
+from wmgym.sac import (
     DemoReplayBuffer,
     LayerNormCritic,
-    RLArgs,
     StandardizedState,
     WarmupSAC,
     make_sac,
-    steps_to,
+    position_offsets,
 )
-from wmgym.spec import IMAGE_KEYS
+from wmgym.spec import IMAGE_KEYS, load_spec
 from wmgym.transfer import TransferArgs, plot_transfer, transfer_main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,6 +71,7 @@ def test_real_env_keeps_contexts_with_the_images_a_camera_env_sees():
     for _ in range(4):
         env.step(np.zeros((1, 4), np.float32))
     assert len(bank) == 3  # observations 0, 2, 4
+    assert task_of(env).name == "Pick"  # an SB3 VecEnv over the real twin knows its task
     env.close()
     camera.close()
 
@@ -110,6 +110,7 @@ def test_mixed_buffer_draws_the_set_ratio_and_delegates_the_rest():
     assert copy.real_ratio == 0.25 and copy.model.size == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_uncertainty, full", [(None, True), (0.0, False)])
 def test_mbpo_branches_fill_the_model_buffer(ckpt, max_uncertainty, full):
     env, bank = make_real_env("Sim-Pick-v0", seed=0)
@@ -118,6 +119,7 @@ def test_mbpo_branches_fill_the_model_buffer(ckpt, max_uncertainty, full):
                 checkpoint=str(ckpt), device="cpu")
     agent.learn(50, callback=mbpo)
     assert isinstance(agent.replay_buffer, MixedReplayBuffer)
+    assert mbpo.task.name == "Pick"  # the real env's task
     if full:  # two branchings of 4 rollouts x 3 steps
         assert mbpo.buffer.size == mbpo.imagined_steps == 2 * 4 * 3 and mbpo.cut_short == 0
         assert np.isfinite(mbpo.buffer.rewards[:24]).all()
@@ -136,7 +138,7 @@ def test_warmup_policy_acts_until_learning_starts(tmp_path):
     """The replay buffer's warm-up actions are the scripted policy's, reseeded per episode."""
     name = "pick:noise=0.3"
     env = _real_state_env(seed=3, max_episode_steps=12)
-    agent = make_sac(env, name, learning_starts=30, seed=7, device="cpu")
+    agent = make_sac(env, warmup_policy=name, learning_starts=30, seed=7, device="cpu")
     assert isinstance(agent, WarmupSAC)
     agent.learn(34)
     buf = agent.replay_buffer
@@ -157,11 +159,12 @@ def test_warmup_policy_acts_until_learning_starts(tmp_path):
     env.close()
 
 
+@pytest.mark.slow
 def test_imagined_warmup_replaces_the_real_one(ckpt):
     """Demonstrations from the warm-up policy in imagination; all real steps are the agent's."""
     name = "pick:noise=0.3"
     env = _real_state_env(seed=3)
-    agent = make_sac(env, name, learning_starts=500, bc_steps=3, demo_ratio=0.5,
+    agent = make_sac(env, warmup_policy=name, learning_starts=500, bc_steps=3, demo_ratio=0.5,
                      standardize_state=True, seed=7, device="cpu")
     stats = imagine_warmup(agent, steps=203, num_envs=2, checkpoint=str(ckpt), device="cpu",
                            seed=1)
@@ -200,8 +203,8 @@ def test_imagined_warmup_replaces_the_real_one(ckpt):
 def test_demo_buffer_keeps_the_demonstrations_share_of_every_batch():
     """After warm-up, each batch is ``demo_ratio`` demonstration rows, the rest the agent's own."""
     env = _real_state_env(seed=1, max_episode_steps=20)
-    agent = make_sac(env, "pick:noise=0.3", demo_ratio=0.25, learning_starts=30, seed=0,
-                     device="cpu", batch_size=64)
+    agent = make_sac(env, warmup_policy="pick:noise=0.3", demo_ratio=0.25, learning_starts=30,
+                     seed=0, device="cpu", batch_size=64)
     buf = agent.replay_buffer
     assert isinstance(buf, DemoReplayBuffer) and buf.demo_rows == 0
     agent.learn(90)
@@ -214,15 +217,16 @@ def test_demo_buffer_keeps_the_demonstrations_share_of_every_batch():
     assert 0.2 < np.mean([float(buf.sample(64).rewards.mean()) for _ in range(50)]) < 0.45
     env.close()
     with pytest.raises(ValueError, match="demo_ratio"):
-        make_sac(env, None, demo_ratio=0.5)
+        make_sac(env, demo_ratio=0.5)
     with pytest.raises(ValueError, match="demo_ratio"):
-        make_sac(env, "pick", demo_ratio=1.0)
+        make_sac(env, warmup_policy="pick", demo_ratio=1.0)
 
 
 def test_standardized_state_is_fitted_on_the_warmup_and_saved_with_the_agent(tmp_path):
     env = _real_state_env(seed=2, max_episode_steps=25)
-    agent = make_sac(env, "pick:noise=0.3", standardize_state=True, critic_layer_norm=True,
-                     bc_steps=3, learning_starts=50, seed=0, device="cpu", batch_size=16)
+    agent = make_sac(env, warmup_policy="pick:noise=0.3", standardize_state=True,
+                     critic_layer_norm=True, bc_steps=3, learning_starts=50, seed=0, device="cpu",
+                     batch_size=16)
     extractors = [agent.actor.features_extractor, agent.critic.features_extractor,
                   agent.critic_target.features_extractor]
     assert all(isinstance(m, StandardizedState) and not m.fitted for m in extractors)
@@ -239,6 +243,7 @@ def test_standardized_state_is_fitted_on_the_warmup_and_saved_with_the_agent(tmp
     features = extractors[0]({"state": states})
     assert features.shape == (51, 11)
     torch.testing.assert_close(features[:, :8].mean(0), torch.zeros(8), atol=1e-4, rtol=0)
+    assert position_offsets("pick") == (((0, 1, 2), (5, 6, 7)),)  # the cube from the gripper
     relative = states[:, 5:8] - states[:, :3]  # cube - gripper
     torch.testing.assert_close(features[:, 8:] * extractors[0].relative_std, relative)
     agent.save(tmp_path / "sac.zip")
@@ -255,8 +260,8 @@ def test_standardized_state_is_fitted_on_the_warmup_and_saved_with_the_agent(tmp
 
 def test_warmup_cloning_fits_the_demos_then_holds_the_actor_while_critics_learn():
     env = _real_state_env(seed=0)
-    agent = make_sac(env, "pick", bc_steps=600, learning_starts=40, seed=0, device="cpu",
-                     batch_size=32)
+    agent = make_sac(env, warmup_policy="pick", bc_steps=600, learning_starts=40, seed=0,
+                     device="cpu", batch_size=32)
     untrained = {k: v.clone() for k, v in agent.actor.state_dict().items()}
     agent.learn(41)  # the first update: 600 cloning steps, then 1 of 600 critic-only steps
     buf = agent.replay_buffer
@@ -277,16 +282,16 @@ def test_warmup_cloning_fits_the_demos_then_holds_the_actor_while_critics_learn(
     assert any(not torch.equal(a, b) for a, b in zip(critic, agent.critic.parameters()))
     env.close()
     with pytest.raises(ValueError, match="warmup_policy"):
-        make_sac(env, None, bc_steps=10)
+        make_sac(env, bc_steps=10)
     with pytest.raises(ValueError, match="learning_starts"):
-        make_sac(env, "pick", bc_ratio=1.0, learning_starts=0)
+        make_sac(env, warmup_policy="pick", bc_ratio=1.0, learning_starts=0)
 
 
 @pytest.mark.parametrize("prefer_demo", [True, False])
 def test_q_filter_clones_only_where_the_critics_prefer_the_demonstration(prefer_demo):
     env = _real_state_env(seed=0)
-    agent = make_sac(env, "pick", bc_ratio=1.0, learning_starts=30, seed=0, device="cpu",
-                     batch_size=16)
+    agent = make_sac(env, warmup_policy="pick", bc_ratio=1.0, learning_starts=30, seed=0,
+                     device="cpu", batch_size=16)
     agent.learn(33)  # 3 SAC steps, each followed by one filtered cloning step
     assert agent._demo_rows == 30 and agent.bc_loss is not None
     assert agent.bc_optimizer.state_dict()["state"][0]["step"] == 3
@@ -308,8 +313,8 @@ def test_q_filter_clones_only_where_the_critics_prefer_the_demonstration(prefer_
 def test_unfiltered_cloning_and_a_slower_actor():
     """``bc_filter=False`` clones beside every SAC step; ``actor_lr_scale`` slows the actor only."""
     env = _real_state_env(seed=0)
-    agent = make_sac(env, "pick", bc_ratio=2.0, bc_filter=False, actor_lr_scale=0.1,
-                     learning_starts=30, seed=0, device="cpu", batch_size=16)
+    agent = make_sac(env, warmup_policy="pick", bc_ratio=2.0, bc_filter=False,
+                     actor_lr_scale=0.1, learning_starts=30, seed=0, device="cpu", batch_size=16)
     assert agent.bc_filter is False
     agent.learn(33)  # 3 SAC steps, each followed by two unfiltered cloning steps
     assert agent.bc_optimizer.state_dict()["state"][0]["step"] == 6
@@ -318,20 +323,26 @@ def test_unfiltered_cloning_and_a_slower_actor():
     assert agent.actor.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * lr)
     env.close()
     with pytest.raises(ValueError, match="actor_lr_scale"):
-        make_sac(env, None, actor_lr_scale=0.0)
+        make_sac(env, actor_lr_scale=0.0)
 
 
-def test_pick_recipe_is_the_agent_of_the_transfer_benchmark():
-    """``PICK_RECIPE`` (examples, README) and ``benchmarks/transfer.json`` name the same agent."""
-    saved = json.loads((REPO / "benchmarks" / "transfer.json").read_text())
+def test_sac_recipe_sets_every_agent_option():
+    """A task's recipe names every option the RL commands compare runs by, and only those."""
+    recipe = sac_recipe("pick")
     flag = {"bc_steps": "warmup_bc_steps", "bc_ratio": "warmup_bc_ratio",
             "bc_filter": "warmup_bc_filter"}
-    assert {k: saved[flag.get(k, k)] for k in PICK_RECIPE} == PICK_RECIPE
-    assert {flag.get(k, k) for k in PICK_RECIPE} == set(RLArgs.AGENT_SETTINGS)
+    assert {flag.get(k, k) for k in recipe} == set(RLArgs.AGENT_SETTINGS)
+    assert recipe["warmup_policy"].startswith("pick")
+    recipe["learning_starts"] = 1  # a copy: the task's own stays as it is
+    assert sac_recipe("pick")["learning_starts"] != 1
+    with pytest.raises(ValueError, match="cannot tell the task"):
+        task_of(gym.make("CartPole-v1"))
 
 
+@pytest.mark.slow
 def test_transfer_trains_in_both_twins_and_evaluates_in_sim(ckpt, tmp_path):
     args = TransferArgs(
+        task="pick",
         steps=64, learning_starts=32, wm_envs=2, eval_every=32, curve_episodes=1,
         eval_episodes=2, checkpoint=str(ckpt), device="cpu", out=tmp_path / "runs",
         result=tmp_path / "transfer.json", plot=tmp_path / "transfer.png", progress=False,
@@ -348,16 +359,19 @@ def test_transfer_trains_in_both_twins_and_evaluates_in_sim(ckpt, tmp_path):
         assert 0.0 <= rec["real_success"] <= 1.0 and rec["train_seconds"] > 0
         assert SAC.load(rec["model"]).observation_space.spaces.keys() == {"state"}
     assert 0.0 <= saved["twins"]["wm"]["imagined_success"] <= 1.0
-    assert set(result["summary"]) >= {"ratio", "target_ratio_met", "target_absolute_met"}
+    assert set(result["summary"]) >= {"ratio", "exploitation_gap"}
+    assert load_spec(saved["task"]).name == "Pick" and saved["fast"] == "default"
     # a second run of one twin keeps the other's record
-    transfer_main(TransferArgs(**{**args.__dict__, "twins": ("sim",), "plot": None}))
+    transfer_main(TransferArgs(**{**args.__dict__, "twins": ("sim",),
+                                  "plot": tmp_path / "again.png"}))
     again = json.loads((tmp_path / "transfer.json").read_text())
     assert again["twins"]["wm"] == saved["twins"]["wm"]
     assert again["standardize_state"] is True and again["warmup_bc_filter"] is False
     assert plot_transfer([saved, again], tmp_path / "seeds.png").exists()  # several seeds
 
 
-def test_mbpo_experiment_reports_crossings(ckpt, tmp_path):
+@pytest.mark.slow
+def test_mbpo_reports_crossings(ckpt, tmp_path):
     args = MBPOArgs(
         steps=60, learning_starts=20, eval_every=30, curve_episodes=1, checkpoint=str(ckpt),
         mbpo=MBPOConfig(every=20, rollouts=4, horizon=2, max_uncertainty=None), device="cpu",
@@ -369,37 +383,31 @@ def test_mbpo_experiment_reports_crossings(ckpt, tmp_path):
     assert result["runs"][0]["imagined_steps"] > 0 and (tmp_path / "mbpo.png").exists()
     assert json.loads((tmp_path / "mbpo.json").read_text())["summary"] == result["summary"]
     # another seed later: the first run's records stay
-    again = mbpo_main(MBPOArgs(**{**args.__dict__, "seeds": (1,), "methods": ("sac",),
-                                  "plot": None}))
+    again = mbpo_main(MBPOArgs(**{**args.__dict__, "seeds": (1,), "methods": ("sac",)}))
     assert [(r["method"], r["seed"]) for r in again["runs"]] == [
         ("mbpo", 0), ("sac", 0), ("sac", 1)]
 
 
-def test_mbpo_experiment_with_the_imagined_warmup(ckpt, tmp_path):
-    """MBPO and the ablation imagine their warm-up; plain SAC still spends it in the real twin."""
+@pytest.mark.slow
+def test_mbpo_with_the_imagined_warmup(ckpt, tmp_path):
+    """MBPO imagines its warm-up; plain SAC still spends it in the real twin."""
     args = MBPOArgs(
         steps=30, learning_starts=20, warmup_policy="pick:noise=0.1", eval_every=30,
         curve_episodes=1, checkpoint=str(ckpt), imagined_warmup=True,
-        methods=("mbpo", "sac_imagined", "sac"),
         mbpo=MBPOConfig(every=10, rollouts=4, horizon=2, max_uncertainty=None), device="cpu",
-        out=tmp_path / "runs", result=tmp_path / "mbpo.json", plot=tmp_path / "mbpo.png",
-        progress=False,
+        out=tmp_path / "runs", progress=False,
     )
     result = mbpo_main(args)
     runs = {r["method"]: r for r in result["runs"]}
-    assert {m: r["warmup"] for m, r in runs.items()} == {
-        "mbpo": "imagined", "sac_imagined": "imagined", "sac": "real"}
-    for method in ("mbpo", "sac_imagined"):
-        assert runs[method]["imagined_warmup"]["steps"] == 20
-        assert runs[method]["real_steps"] == 30
-    assert runs["mbpo"]["imagined_steps"] > 0 and "imagined_steps" not in runs["sac_imagined"]
-    assert {"speedup_50", "speedup_50_sac_imagined"} <= result["summary"].keys()
-    assert (tmp_path / "mbpo.png").exists()
+    assert {m: r["warmup"] for m, r in runs.items()} == {"mbpo": "imagined", "sac": "real"}
+    assert runs["mbpo"]["imagined_warmup"]["steps"] == 20 and runs["mbpo"]["real_steps"] == 30
+    assert runs["mbpo"]["imagined_steps"] > 0 and "imagined_steps" not in runs["sac"]
+    assert "speedup_50" in result["summary"]
+    assert (tmp_path / "runs" / "mbpo.png").exists()  # the defaults: under --out
     # a later call with a real warm-up does not mix its MBPO runs with these
     again = mbpo_main(MBPOArgs(**{**args.__dict__, "imagined_warmup": False, "seeds": (1,),
-                                  "methods": ("sac",), "plot": None}))
-    assert [(r["method"], r["seed"]) for r in again["runs"]] == [
-        ("sac_imagined", 0), ("sac", 0), ("sac", 1)]
+                                  "methods": ("sac",)}))
+    assert [(r["method"], r["seed"]) for r in again["runs"]] == [("sac", 0), ("sac", 1)]
 
 
 def test_steps_to_and_summary():
@@ -412,6 +420,7 @@ def test_steps_to_and_summary():
     assert s["sac"]["steps_to_80_reached"] == "0/1"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["train_in_imagination.py", "mbpo_sac.py"])
 def test_examples_run(ckpt, tmp_path, script):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl"}

@@ -15,9 +15,8 @@ from wmgym.env import SB3VecEnv, WorldModelVectorEnv, make_sb3_env
 DEVICE = "cpu"
 
 
-
 def test_make_sb3_env_wraps_the_native_vector_env(ckpt):
-    env = make_sb3_env(num_envs=2, seed=0, checkpoint=ckpt, device=DEVICE)
+    env = make_sb3_env("WM-Pick-v0", num_envs=2, seed=0, checkpoint=ckpt, device=DEVICE)
     assert isinstance(env, VecMonitor) and isinstance(env.venv, SB3VecEnv)
     assert isinstance(env.unwrapped.venv, WorldModelVectorEnv)
     assert env.num_envs == 2
@@ -26,12 +25,14 @@ def test_make_sb3_env_wraps_the_native_vector_env(ckpt):
         == gym.make("WM-Pick-v0", checkpoint=ckpt, device=DEVICE).observation_space
     )
     obs = env.reset()
-    assert set(obs) == {"rgb", "depth", "mask", "state"} and obs["rgb"].shape == (2, 64, 64, 3)
+    assert set(obs) == {"rgb", "depth", "mask", "proprio", "state"}
+    assert obs["rgb"].shape == (2, 64, 64, 3) and obs["proprio"].shape == (2, 5)
     assert env.venv.reset_infos == [{"success": False, "success_prob": 0.0, "uncertainty": 0.0}] * 2
 
 
 def test_step_follows_the_vec_env_contract(ckpt):
     env = make_sb3_env(
+        "WM-Pick-v0",
         num_envs=2,
         seed=0,
         monitor=False,
@@ -56,7 +57,8 @@ def test_step_follows_the_vec_env_contract(ckpt):
 
 
 def test_seed_and_attributes(ckpt):
-    env = make_sb3_env(num_envs=2, seed=None, monitor=False, checkpoint=ckpt, device=DEVICE)
+    env = make_sb3_env("WM-Pick-v0", num_envs=2, seed=None, monitor=False, checkpoint=ckpt,
+                       device=DEVICE)
     assert env.seed(5) == [5, 6]
     a = env.reset()
     env.seed(5)
@@ -73,6 +75,7 @@ def test_seed_and_attributes(ckpt):
 
 def test_state_only_keys(ckpt):
     env = make_sb3_env(
+        "WM-Pick-v0",
         num_envs=2,
         seed=0,
         keys=["state"],
@@ -90,7 +93,7 @@ def test_state_only_keys(ckpt):
     assert set(obs) == {"state"} and dones.all()
     assert set(infos[0]["terminal_observation"]) == {"state"}
     with pytest.raises(ValueError, match="subset"):
-        make_sb3_env(num_envs=2, keys=["lidar"], checkpoint=ckpt, device=DEVICE)
+        make_sb3_env("WM-Pick-v0", num_envs=2, keys=["lidar"], checkpoint=ckpt, device=DEVICE)
 
 
 def test_rejects_next_step_autoreset():
@@ -102,6 +105,7 @@ def test_rejects_next_step_autoreset():
 @pytest.mark.parametrize("keys", [None, ["state"]], ids=["images", "state"])
 def test_ppo_runs(ckpt, keys):
     env = make_sb3_env(
+        "WM-Pick-v0",
         num_envs=2, seed=0, keys=keys, checkpoint=ckpt, device=DEVICE, max_episode_steps=10
     )
     model = PPO(
@@ -117,6 +121,7 @@ def test_ppo_runs(ckpt, keys):
 @pytest.mark.parametrize("keys", [None, ["state"]], ids=["images", "state"])
 def test_sac_runs(ckpt, keys):
     env = make_sb3_env(
+        "WM-Pick-v0",
         num_envs=2, seed=0, keys=keys, checkpoint=ckpt, device=DEVICE, max_episode_steps=10
     )
     model = SAC(

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from wmgym.policies import RandomPolicy, ScriptedPick
-from wmgym.spec import CUBE_POS, EEF_POS, load_spec
+from wmgym.policies import RandomPolicy
+from wmgym.spec import load_spec
+from wmgym.tasks.pick import CUBE_POS, EEF_POS, ScriptedPick
 
 
 def test_spaces_are_exactly_the_spec(sim_env):
@@ -18,6 +19,7 @@ def test_spaces_are_exactly_the_spec(sim_env):
     assert obs_space["depth"] == gym.spaces.Box(0.0, spec.depth_range[1], (64, 64, 1), np.float32)
     assert obs_space["mask"] == gym.spaces.Box(0, 1, (64, 64, 1), np.uint8)
     assert obs_space["state"].shape == (8,) and obs_space["state"].dtype == np.float32
+    assert obs_space["proprio"] == gym.spaces.Box(-5.0, 5.0, (5,), np.float32)
     assert sim_env.action_space == gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
     assert sim_env.spec.max_episode_steps == spec.max_episode_steps
 
@@ -33,10 +35,11 @@ def test_check_env_without_warnings():
 
 def test_state_only_mode_check_env():
     env = gym.make("Sim-Pick-v0", images=False)
-    assert list(env.observation_space.spaces) == ["state"]
+    assert list(env.observation_space.spaces) == ["proprio", "state"]
     check_env(env.unwrapped)
     obs, _ = env.reset(seed=1)
-    assert set(obs) == {"state"}
+    assert set(obs) == {"proprio", "state"}
+    np.testing.assert_array_equal(obs["proprio"], obs["state"][:5])  # eef and fingers
     env.close()
 
 
@@ -156,7 +159,7 @@ def test_scripted_pick_succeeds_and_random_does_not():
                 break
         wins.append(info["success"] and terminated and reward == pytest.approx(1.0))
     assert all(wins)
-    policy = RandomPolicy()
+    policy = RandomPolicy(4)
     policy.reset(0)
     obs, _ = env.reset(seed=0)
     for _ in range(30):
@@ -170,14 +173,14 @@ def test_success_is_the_spec_rule_on_state():
     spec = load_spec("pick")
     env = gym.make("Sim-Pick-v0", images=False, terminate_on_success=False)
     arena_top = env.unwrapped._rs.model.mujoco_arena.table_offset[2]
-    assert spec.success_cube_z == pytest.approx(arena_top + 0.04)
+    assert spec.success_above == pytest.approx(arena_top + 0.04)
     policy = ScriptedPick()
     policy.reset(0)
     obs, _ = env.reset(seed=0)
     seen = set()
     for _ in range(60):
         obs, _, _, _, info = env.step(policy(obs))
-        rule = bool(obs["state"][CUBE_POS][2] > spec.success_cube_z)
+        rule = bool(spec.state_success(obs["state"]))
         assert info["success"] == rule
         seen.add(rule)
     assert seen == {False, True}  # the pick crosses the height within the episode

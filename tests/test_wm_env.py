@@ -19,7 +19,7 @@ from gymnasium.wrappers import FilterObservation, RenderCollection
 from wmgym.env import load_checkpoint
 from wmgym.env.testing import step_in_lockstep
 from wmgym.model.checkpoint import CONFIG, START_OBS, WEIGHTS, CheckpointError
-from wmgym.spec import CUBE_POS, load_spec
+from wmgym.spec import load_spec
 from wmgym.viz import tile_frame
 
 # exact reproducibility is promised on CPU (CUDA kernels may add in any order)
@@ -62,7 +62,7 @@ def test_registered_with_both_entry_points():
     assert spec.entry_point == "wmgym.env.world_model_env:WorldModelEnv"
     assert spec.vector_entry_point == "wmgym.env.vector_env:WorldModelVectorEnv"
     assert spec.max_episode_steps == load_spec("pick").max_episode_steps
-    assert spec.kwargs == {"spec": "Pick"}
+    assert spec.kwargs == {"task": "Pick"}
 
 
 def test_spaces_are_exactly_the_twins(ckpt):
@@ -72,6 +72,43 @@ def test_spaces_are_exactly_the_twins(ckpt):
     assert env.action_space == task.action_space()
     auto = gym.make("WM-Pick-v0", checkpoint=ckpt).unwrapped.core.device
     assert auto.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_keyword_arguments_only_and_few(ckpt):
+    import inspect
+
+    from wmgym.env import WorldModelEnv
+
+    params = inspect.signature(WorldModelEnv).parameters
+    assert len(params) <= 10
+    assert all(p.kind == p.KEYWORD_ONLY for name, p in params.items() if name != "task")
+    with pytest.raises(TypeError):
+        WorldModelEnv("pick", ckpt)  # noqa: the checkpoint is keyword-only
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_a_clear_value_error(ckpt):
+    with pytest.raises(ValueError, match="no CUDA device"):
+        gym.make("WM-Pick-v0", checkpoint=ckpt, device="cuda")
+
+
+def test_proprio_is_the_robots_own_part_of_state(ckpt):
+    env = gym.make("WM-Pick-v0", checkpoint=ckpt, device=DEVICE)
+    obs, _ = env.reset(seed=0)
+    spec = load_spec("pick")
+    for _ in range(3):
+        np.testing.assert_array_equal(obs["proprio"], obs["state"][spec.proprio_index])
+        obs, *_ = env.step(env.action_space.sample())
+
+
+def test_speed_presets(ckpt):
+    from wmgym.env.core import resolve_preset
+
+    assert resolve_preset(False) == resolve_preset("default") == ("full", "auto")
+    assert resolve_preset(True) == resolve_preset("fast") == ("fast", "auto")
+    assert resolve_preset("full") == ("full", "full")
+    with pytest.raises(ValueError, match="fast must be"):
+        gym.make("WM-Pick-v0", checkpoint=ckpt, device=DEVICE, fast="warp")
 
 
 def test_check_env_without_warnings(ckpt):
@@ -107,7 +144,7 @@ def test_reset_draws_a_real_start_observation(ckpt):
         match = [
             i
             for i in range(len(bank["state"]))
-            if all(np.array_equal(obs[k], bank[k][i]) for k in obs)
+            if all(np.array_equal(obs[k], bank[k][i]) for k in bank)
         ]
         assert len(match) == 1
         seen.add(match[0])
@@ -118,6 +155,7 @@ def test_reset_from_context(ckpt):
     env = gym.make("WM-Pick-v0", checkpoint=ckpt, device=DEVICE)
     bank = load_checkpoint(ckpt, load_spec("pick")).start_obs
     real = [{k: v[i] for k, v in bank.items()} for i in range(3)]
+    real = [{**r, "proprio": r["state"][:5]} for r in real]  # as Sim-Pick-v0 returns them
     obs, _ = env.reset(seed=0, options={"context": real[2]})
     assert_same(obs, real[2])
     first = [env.step(np.zeros(4, np.float32))[0] for _ in range(5)]
@@ -196,7 +234,7 @@ def test_step_contract(ckpt):
         assert isinstance(reward, float) and 0.0 <= reward <= 1.0
         assert isinstance(info["success"], bool)
         assert 0.0 <= info["success_prob"] <= 1.0
-        lifted = obs["state"][CUBE_POS][2] > load_spec("pick").success_cube_z
+        lifted = load_spec("pick").state_success(obs["state"])
         assert info["success"] == (info["success_prob"] > 0.5 and lifted)
         assert terminated == info["success"]  # the spec terminates on success
         if terminated or truncated:
@@ -205,21 +243,19 @@ def test_step_contract(ckpt):
     assert ended, "the tiny model should end some episodes"
 
 
-@pytest.mark.parametrize("needs_state", [True, False])
-def test_success_needs_the_head_and_the_state(tmp_path, needs_state):
+def test_success_needs_the_head_and_the_state(tmp_path):
     from wmgym.env.testing import make_tiny_checkpoint
 
     often = make_tiny_checkpoint(tmp_path / "wm", success_bias=0.0)  # the head fires often
     envs = gym.make_vec("WM-Pick-v0", num_envs=16, vectorization_mode="vector_entry_point",
-                        checkpoint=often, device=DEVICE, terminate_on_success=False,
-                        success_needs_state=needs_state)
+                        checkpoint=often, device=DEVICE, terminate_on_success=False)
     envs.reset(seed=0)
-    height, kept, vetoed = load_spec("pick").success_cube_z, 0, 0
+    spec, kept, vetoed = load_spec("pick"), 0, 0
     for _ in range(30):
         obs, _, _, _, info = envs.step(envs.action_space.sample())
         head = info["success_prob"] > 0.5
-        lifted = obs["state"][:, CUBE_POS][:, 2] > height
-        np.testing.assert_array_equal(info["success"], head & lifted if needs_state else head)
+        lifted = spec.state_success(obs["state"])
+        np.testing.assert_array_equal(info["success"], head & lifted)
         kept, vetoed = kept + (head & lifted).sum(), vetoed + (head & ~lifted).sum()
     assert kept and vetoed  # both cases occur, so the assertion above tells the rules apart
     envs.close()
@@ -229,12 +265,10 @@ def test_spec_success_rule():
     """The rule both the env and ``wmgym eval`` apply: head above 0.5, cube above the height."""
     spec = load_spec("pick")
     state = np.zeros((4, 8), np.float32)
-    state[:, CUBE_POS.stop - 1] = [0.9, 0.9, 0.82, 0.82]  # above, above, below, below
+    state[:, spec.index("cube_z")[0]] = [0.9, 0.9, 0.82, 0.82]  # above, above, below, below
     prob = np.array([0.7, 0.3, 0.7, 0.3])
     np.testing.assert_array_equal(spec.success(prob, state), [True, False, False, False])
-    np.testing.assert_array_equal(spec.success(prob, state, needs_state=False),
-                                  [True, False, True, False])
-    no_rule = dataclasses.replace(spec, success_cube_z=None)
+    no_rule = dataclasses.replace(spec, success_field=None, success_above=None)
     np.testing.assert_array_equal(no_rule.success(prob, state), [True, False, True, False])
 
 
@@ -279,17 +313,6 @@ def test_long_rollout_stays_in_space_with_flat_memory(ckpt):
     grown = rss_kib() - before
     assert env.core.state.steps.item() == 1000
     assert grown < 8 * 1024, f"RSS grew by {grown} KiB over 800 steps"
-
-
-@pytest.mark.parametrize("kv_cache", ["float32", "bfloat16", "auto"])
-def test_kv_cache_precision_reaches_the_cache(ckpt, kv_cache):
-    env = gym.make("WM-Pick-v0", checkpoint=ckpt, device=DEVICE, kv_cache=kv_cache).unwrapped
-    env.reset(seed=0)
-    env.step(np.zeros(4, np.float32))
-    want = {"float32": torch.float32, "bfloat16": torch.bfloat16, "auto": torch.float32}[kv_cache]
-    assert env.core.state.cache.k.dtype == env.core.state.cache.v.dtype == want
-    with pytest.raises(ValueError, match="kv_cache must be"):
-        gym.make("WM-Pick-v0", checkpoint=ckpt, device=DEVICE, kv_cache="float16")
 
 
 def rss_kib() -> int:
@@ -427,37 +450,12 @@ def test_state_only_mode_imagines_the_same_states_faster_path(ckpt):
     full = gym.make("WM-Pick-v0", checkpoint=ckpt, device=DEVICE, render_mode="rgb_array")
     lean = gym.make("WM-Pick-v0", checkpoint=ckpt, device=DEVICE, render_mode="rgb_array",
                     images=False)
-    assert list(lean.observation_space.spaces) == ["state"]
+    assert list(lean.observation_space.spaces) == ["proprio", "state"]
     check_env(lean.unwrapped, skip_render_check=True)
     o1, _ = full.reset(seed=5)
     o2, _ = lean.reset(seed=5)
-    assert set(o2) == {"state"}
+    assert set(o2) == {"proprio", "state"}
     np.testing.assert_array_equal(o1["state"], o2["state"])
     np.testing.assert_array_equal(full.render(), lean.render())  # the start image
     step_in_lockstep(full, lean, steps=12)
     np.testing.assert_array_equal(full.render(), lean.render())  # decoded on demand
-
-
-def test_parallel_decoding_env(tmp_path):
-    # a checkpoint with the parallel head decodes in parallel by default ("auto"), passes
-    # Gymnasium's checks and reproduces seeded rollouts; without the head, asking for it fails
-    from wmgym.env.testing import make_tiny_checkpoint
-
-    par = make_tiny_checkpoint(tmp_path / "par", parallel_head=True)
-    env = gym.make("WM-Pick-v0", checkpoint=par, device=DEVICE)
-    assert env.unwrapped.core.decoding == "parallel"
-    check_env(env.unwrapped, skip_render_check=True)
-    assert_same(rollout(env, seed=3, steps=30), rollout(env, seed=3, steps=30))
-    ar = gym.make("WM-Pick-v0", checkpoint=par, device=DEVICE, decoding="autoregressive")
-    assert ar.unwrapped.core.decoding == "autoregressive"
-    a, b = rollout(env, seed=3, steps=5), rollout(ar, seed=3, steps=5)
-    assert not np.array_equal(a[3][0]["rgb"], b[3][0]["rgb"])  # two samplers, two rollouts
-    envs = gym.make_vec("WM-Pick-v0", num_envs=3, vectorization_mode="vector_entry_point",
-                        checkpoint=par, device=DEVICE)
-    envs.reset(seed=0)
-    for _ in range(6):  # the batched path of parallel decoding runs too
-        envs.step(envs.action_space.sample())
-    plain = make_tiny_checkpoint(tmp_path / "plain")
-    assert gym.make("WM-Pick-v0", checkpoint=plain).unwrapped.core.decoding == "autoregressive"
-    with pytest.raises(ValueError, match="parallel head"):
-        gym.make("WM-Pick-v0", checkpoint=plain, decoding="parallel")

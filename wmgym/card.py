@@ -9,36 +9,43 @@ from pathlib import Path
 
 from wmgym.data.dataset import read_metadata
 from wmgym.evaluation import format_table
-from wmgym.model.checkpoint import read_config
+from wmgym.model.checkpoint import atomic_write, read_config
 from wmgym.model.fast_decoder import SUBDIR, has_fast_decoder
 from wmgym.model.fast_dynamics import FAST_DYNAMICS
-from wmgym.results import machine
+from wmgym.results import machine, resolve_task
+from wmgym.spec import TaskSpec
 
 
 @dataclass
 class CardArgs:
     """Options of ``wmgym card``."""
 
-    checkpoint: str = "checkpoints/WM-Pick-v0"
-    """Checkpoint directory; ``card.md`` is written into it."""
-    eval: str = "out/eval/metrics.json"
+    checkpoint: str
+    """Checkpoint directory the card describes."""
+    eval: str = "runs/eval/metrics.json"
     """``wmgym eval``'s metrics.json for this checkpoint."""
-    data: tuple[str, ...] = ("data/pick",)
+    data: tuple[str, ...] = ()
     """The datasets it was trained on."""
-    recipe: str = "scripts/recipe_wm_pick.sh"
-    """The script that produced it."""
+    recipe: str = ""
+    """The script that produced it (empty: not named)."""
     notes: str = ""
     """A Markdown file appended to the card: measured findings beyond ``wmgym eval``'s."""
     full_eval: str = ""
-    """``wmgym eval --decoder full``'s metrics.json, shown beside ``eval`` when that one ran
-    with the fast decoder (empty: none)."""
+    """``wmgym eval --fast full``'s metrics.json, shown beside ``eval`` when that one ran with
+    the fast decoder (empty: none)."""
     fast_sweep: str = ""
-    """``wmgym sweep --dynamics fast``'s sweep.json, shown in the fast transformer's section
+    """``wmgym sweep --fast fast``'s sweep.json, shown in the fast transformer's section
     (empty: none)."""
+    probes: str = ""
+    """A JSON of probe summaries (``action_probe``, ``grasp_probe``) measured outside wmgym, shown
+    after the evaluation (empty: none)."""
+    out: str = "runs/card/card.md"
+    """Where to write the card (e.g. ``<checkpoint>/card.md``)."""
 
 
 def render_card(args: CardArgs) -> str:
     """The card's Markdown."""
+    spec, _ = resolve_task("", args.checkpoint)
     config = read_config(args.checkpoint)
     metrics = json.loads(Path(args.eval).read_text())
     train = config.get("train", {})
@@ -66,30 +73,58 @@ def render_card(args: CardArgs) -> str:
                  f"open loop from one real frame, temperature {metrics['args']['temperature']}")
     notes = "\n" + Path(args.notes).read_text() if args.notes else ""
     fast = fast_decoder_section(args, metrics) + fast_dynamics_section(args)
-    return f"""# WM-Pick-v0 — model card
+    probes = probe_lines(json.loads(Path(args.probes).read_text())) if args.probes else ""
+    recipe = f"`{args.recipe}` (" if args.recipe else "("
+    r = spec.resolution
+    return f"""# {spec.wm_id} — model card
 
-Learned twin of `Sim-Pick-v0` (robosuite Lift, Panda, OSC_POSITION, 64×64 rgb + depth + mask).
+Learned twin of `{spec.sim_id}` (robosuite {spec.env}, {spec.robot}, {spec.controller}, {r}×{r}
+rgb + depth + mask).
 {n_params / 1e6:.2f}M parameters: tokenizer {tok['quantizer'].upper()}, {tok['base_channels']} base
 channels; dynamics transformer d={dyn['d_model']}, {dyn['n_layer']} layers, window
 {dyn['max_frames']} frames. float32 safetensors, sha256 `{config['sha256'][:16]}…`,
 wmgym {config['wmgym_version']}.
 
 ## Data
-{"".join(data_section(path) for path in args.data)}
+{"".join(data_section(path, spec) for path in args.data)}
 ## Recipe
-`{args.recipe}` (collect → train tokenizer → train dynamics → fine-tune on every dataset →
-eval → card).
+{recipe}collect → train tokenizer → train dynamics → fine-tune on every dataset → eval →
+card).
 Training time: {times}; on {where}.{grasp_head_line(train)}
 
 ## Evaluation (`wmgym eval`: {eval_what})
 {format_table(metrics)}
-
+{probes}
 {fast}## Limits
 - Trained on scripted/random policies only: states far from that data (e.g. an RL agent's
   unusual motions) are imagined less faithfully.
 - `state` and reward come from heads on the transformer, not from physics; check policies trained
-  in imagination on `Sim-Pick-v0`.
+  in imagination on `{spec.sim_id}`.
 {notes}"""
+
+
+def probe_lines(probes: dict) -> str:
+    """Probe summaries measured outside wmgym (action and grasp probes), as card lines."""
+    lines = []
+    if "action_probe" in probes:
+        p = probes["action_probe"]
+        lines.append(
+            f"Action probes ({p['starts']} real starts x {len(p['per_pattern_eef_err_m'])} "
+            f"constant actions): gripper error " + ", ".join(
+                f"{h} {v:.3f} m" for h, v in p["eef_err_m"].items())
+            + f"; false successes {p['false_success']:.2f}; imagined/real gripper travel "
+            f"{p['move_ratio']:.2f}")
+    if "grasp_probe" in probes:
+        g = probes["grasp_probe"]
+        lines.append(
+            f"Grasp probes ({g['episodes']} real starts, scripted pick closed loop): with the "
+            f"gripper held open, imagined lifts {g['open_success']:.2f} (real "
+            f"{g['open_success_real']:.2f}), fingers closing on their own "
+            f"{g['open_fingers_closed']:.2f} (real {g['open_fingers_closed_real']:.2f}); "
+            f"the plain pick lifts {g['pick_success']:.2f} (real {g['pick_success_real']:.2f}); "
+            f"an arm stopped above the cube sinks {100 * g['hover_drop_m']:.1f} cm (real "
+            f"{100 * g['hover_drop_m_real']:.1f})")
+    return "".join(f"\n{line}\n" for line in lines)
 
 
 def grasp_head_line(train: dict) -> str:
@@ -97,7 +132,8 @@ def grasp_head_line(train: dict) -> str:
     head = train.get("grasp_head")
     if not head:
         return ""
-    return (f"\nGrasp head (`--grasp-latent`): fitted on {head['grasps']} grasps "
+    return (f"\nGrasp head (the drawn-once event of `[world_model.event]`): fitted on "
+            f"{head['grasps']} grasps "
             f"({head['held']:.1%} held), held-out accuracy {head['heldout_accuracy']:.3f}, "
             f"then frozen.")
 
@@ -121,7 +157,8 @@ def fast_decoder_section(args: CardArgs, metrics: dict) -> str:
 imagine and decode them, {d['train_seconds'] / 60:.1f} min for {a['steps']} steps). On
 {a['heldout']} held-out rollouts it draws the full decoder's frames at rgb PSNR
 {vs['psnr']:.1f} dB, depth L1 {vs['depth_l1']:.4f}, mask IoU {vs['mask_iou']:.3f}. The envs use it
-by default (`decoder="auto"`); reward, success and state do not depend on it.{started}
+with every speed preset but `fast="full"`; reward, success and state do not depend on
+it.{started}
 """
     if args.full_eval and metrics.get("decoder") == "fast":
         full = json.loads(Path(args.full_eval).read_text())
@@ -194,7 +231,7 @@ def fast_dynamics_section(args: CardArgs) -> str:
 ({minutes:.1f} min). On {a['heldout']} held-out rollouts, against the transformer: at the start
 {closeness(first['heldout_vs_teacher_at_init'])}; after {closeness(last['heldout_vs_teacher'])}.
 {own_section}{grasp_calibration_line(config)}Parameters stored in float16. Used only when asked for
-(`dynamics="fast"`).
+(`fast=True`).
 """
     if args.fast_sweep:
         sweep = json.loads(Path(args.fast_sweep).read_text())
@@ -224,7 +261,7 @@ def grasp_calibration_line(config: dict) -> str:
             f"{c['fit']['heldout_accuracy']:.3f}).\n")
 
 
-def data_section(path: str) -> str:
+def data_section(path: str, spec: TaskSpec) -> str:
     """One dataset's size, split, collection time and per-policy table."""
     meta = read_metadata(path)
     summary = meta.get("summary", {})
@@ -234,7 +271,7 @@ def data_section(path: str) -> str:
         f"| `{name}` | {row['episodes']} | {row['success_rate']:.2f} |"
         for name, row in summary.get("per_policy", {}).items())
     return f"""`{path}`: {meta['total_episodes']} episodes, {meta['total_steps']} steps of
-`Sim-Pick-v0` (terminate-on-success off, {steps_each} steps each), {len(meta['heldout'])} held out
+`{spec.sim_id}` (terminate-on-success off, {steps_each} steps each), {len(meta['heldout'])} held out
 (seed {meta['split_seed']}). Collected in {collected}.
 
 | policy | episodes | success |
@@ -244,8 +281,11 @@ def data_section(path: str) -> str:
 """
 
 
-def card_main(args: CardArgs) -> None:
-    """Writes ``card.md`` into the checkpoint directory."""
-    path = Path(args.checkpoint) / "card.md"
-    path.write_text(render_card(args))
+def card_main(args: CardArgs) -> Path:
+    """``wmgym card``: renders the card and writes it to ``args.out``."""
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = render_card(args)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
     print(f"wrote {path}")
+    return path

@@ -1,6 +1,6 @@
 """An agent's warm-up demonstrations, imagined in the learned twin instead of spent in the real one.
 
-:class:`~wmgym.rl.WarmupSAC` spends its first ``learning_starts`` real steps on a scripted
+:class:`~wmgym.sac.WarmupSAC` spends its first ``learning_starts`` real steps on a scripted
 policy's demonstrations. With a world model those steps can be imagined: :func:`imagine_warmup`
 runs copies of the same warm-up policy in ``WM-<Task>-v0`` (each episode starting from a real
 observation in the checkpoint's bank) and writes their transitions into the agent's replay
@@ -8,10 +8,11 @@ buffer as its demonstrations, with the same count and the same cloning, demonstr
 state standardisation as real ones would get. The agent then learns from its first real step.
 
 >>> from wmgym.env.sb3 import make_sb3_env
->>> from wmgym.rl import PICK_RECIPE, make_sac
+>>> from wmgym.rl import sac_recipe
+>>> from wmgym.sac import make_sac
 >>> env = make_sb3_env("Sim-Pick-v0", num_envs=1, keys=["state"], images=False)
->>> agent = make_sac(env, **PICK_RECIPE)  # doctest: +SKIP
->>> imagine_warmup(agent, steps=PICK_RECIPE["learning_starts"])  # doctest: +SKIP
+>>> agent = make_sac(env, **sac_recipe("pick"))  # doctest: +SKIP
+>>> imagine_warmup(agent)  # its learning_starts steps, imagined  # doctest: +SKIP
 >>> agent.learn(5_000)  # every real step is the agent's own  # doctest: +SKIP
 """
 
@@ -24,36 +25,36 @@ from tqdm.auto import tqdm
 
 from wmgym.env.sb3 import make_sb3_env
 from wmgym.policies import make_policy
-from wmgym.rl import WarmupSAC, act_each
-from wmgym.spec import load_spec
+from wmgym.rl import task_of
+from wmgym.sac import WarmupSAC, act_each
 
 #: Warm-up policy copies in the imagination get seeds from here on (the real warm-up's start at
 #: ``WarmupSAC.warmup_seed``), so the two never share a noise sequence.
 IMAGINED_SEED_OFFSET = 500_000
 
 
-def imagine_warmup(agent: WarmupSAC, steps: int | None = None, num_envs: int = 16,
-                   checkpoint: str | None = None, device: str = "auto", task: str = "pick",
-                   seed: int = 0, kv_cache: str = "auto", progress: bool = False
+def imagine_warmup(agent: WarmupSAC, *, steps: int | None = None, num_envs: int = 16,
+                   checkpoint: str | None = None, device: str = "auto",
+                   fast: bool | str = False, seed: int = 0, progress: bool = False
                    ) -> dict[str, Any]:
     """Fills ``agent``'s replay buffer with ``steps`` imagined demonstrations; no real step.
 
     The agent's own warm-up policy (``agent.warmup_policy``) acts in ``num_envs`` imagined
-    episodes at a time (state observations, episodes not ended on success, as in the real
-    training env). Their transitions become the agent's demonstrations
-    (:meth:`~wmgym.rl.WarmupSAC.add_demonstrations`) and ``agent.learning_starts`` is set to 0:
-    the warm-up is done, so the agent acts and learns from its first real step.
+    episodes at a time of the agent's task (the one of its real env; state observations,
+    episodes not ended on success, as in the real training env). Their transitions become the
+    agent's demonstrations (:meth:`~wmgym.sac.WarmupSAC.add_demonstrations`) and
+    ``agent.learning_starts`` is set to 0: the warm-up is done, so the agent acts and learns
+    from its first real step.
 
     Args:
-        agent: A :class:`~wmgym.rl.WarmupSAC` (``make_sac(..., warmup_policy=...)``) that has
+        agent: A :class:`~wmgym.sac.WarmupSAC` (``make_sac(..., warmup_policy=...)``) that has
             not learned yet, with state-only observations.
         steps: Imagined transitions to add; default the agent's ``learning_starts``.
         num_envs: Imagined episodes run side by side.
         checkpoint: World-model checkpoint; default the task spec's.
         device: World-model device (``auto``: CUDA when present).
-        task: Task spec name.
+        fast: Speed preset of the world model (see ``WM-<Task>-v0``).
         seed: Seed of the imagined episodes' start observations and sampling.
-        kv_cache: Precision of the world model's cached keys and values.
         progress: Show a progress bar.
 
     Returns:
@@ -73,14 +74,11 @@ def imagine_warmup(agent: WarmupSAC, steps: int | None = None, num_envs: int = 1
     steps = agent.learning_starts if steps is None else steps
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    spec = load_spec(task)
-    kwargs: dict[str, Any] = {"images": False, "device": device, "kv_cache": kv_cache,
-                              "terminate_on_success": False}
-    if checkpoint:
-        kwargs["checkpoint"] = checkpoint
-    env = make_sb3_env(spec.wm_id, num_envs=num_envs, seed=seed, keys=["state"],
-                       monitor=False, **kwargs)
-    policies = [make_policy(agent.warmup_policy) for _ in range(num_envs)]
+    spec = task_of(agent.get_env())
+    env = make_sb3_env(spec.wm_id, num_envs=num_envs, seed=seed, keys=["state"], monitor=False,
+                       checkpoint=checkpoint or None, device=device, fast=fast, images=False,
+                       terminate_on_success=False)
+    policies = [make_policy(agent.warmup_policy, task=spec) for _ in range(num_envs)]
     next_seed = agent.warmup_seed + IMAGINED_SEED_OFFSET
     for policy in policies:
         policy.reset(seed=next_seed)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -37,6 +37,7 @@ from stable_baselines3.common.type_aliases import DictReplayBufferSamples
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 
 from wmgym.env.sb3 import SB3VecEnv
+from wmgym.rl import task_of
 from wmgym.spec import IMAGE_KEYS
 
 Obs = dict[str, np.ndarray]
@@ -54,7 +55,7 @@ class ContextBank:
 
     """
 
-    def __init__(self, capacity: int = 4096, seed: int = 0) -> None:
+    def __init__(self, capacity: int = 4096, *, seed: int = 0) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
@@ -67,7 +68,7 @@ class ContextBank:
         return self._size
 
     def add(self, obs: Mapping[str, np.ndarray]) -> None:
-        """Stores one observation (a dict with the image keys and ``state``)."""
+        """Stores one observation (a dict with the image keys and ``state``, as every later one)."""
         if self._data is None:
             self._data = {k: np.zeros((self.capacity, *np.shape(v)), np.asarray(v).dtype)
                           for k, v in obs.items()}
@@ -91,7 +92,7 @@ class RecordContexts(gym.Wrapper):
     rendered for it alone (``SimEnv.render_images``).
     """
 
-    def __init__(self, env: gym.Env, bank: ContextBank, stride: int = 1) -> None:
+    def __init__(self, env: gym.Env, bank: ContextBank, *, stride: int = 1) -> None:
         super().__init__(env)
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
@@ -115,7 +116,8 @@ class RecordContexts(gym.Wrapper):
 
 
 def make_real_env(
-    env_id: str = "Sim-Pick-v0",
+    env_id: str,
+    *,
     num_envs: int = 1,
     seed: int | None = 0,
     keys: tuple[str, ...] = ("state",),
@@ -145,7 +147,7 @@ def make_real_env(
     venv = gym.make_vec(
         env_id, num_envs=num_envs, vectorization_mode="sync",
         vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
-        wrappers=[lambda env: RecordContexts(env, bank, stride)], **kwargs,
+        wrappers=[lambda env: RecordContexts(env, bank, stride=stride)], **kwargs,
     )
     env: VecEnv = SB3VecEnv(venv, list(keys))
     if seed is not None:
@@ -159,7 +161,7 @@ def make_real_env(
 class ModelBuffer:
     """A ring buffer of imagined transitions, sampled as SB3 ``DictReplayBufferSamples``."""
 
-    def __init__(self, capacity: int, observation_space: spaces.Dict, action_dim: int,
+    def __init__(self, capacity: int, observation_space: spaces.Dict, action_dim: int, *,
                  device: torch.device | str = "cpu") -> None:
         self.capacity, self.device = capacity, torch.device(device)
         self.obs = {k: np.zeros((capacity, *s.shape), s.dtype)
@@ -202,7 +204,8 @@ class MixedReplayBuffer:
     Everything but ``sample`` (``add``, ``size``, ``pos``, …) goes to the real buffer.
     """
 
-    def __init__(self, real: Any, model: ModelBuffer, real_ratio: float, seed: int = 0) -> None:
+    def __init__(self, real: Any, model: ModelBuffer, *, real_ratio: float, seed: int = 0
+                 ) -> None:
         self.real, self.model, self.real_ratio = real, model, real_ratio
         self.rng = np.random.default_rng(seed)
 
@@ -250,11 +253,8 @@ class MBPOConfig:
     """Stop a branch at the first frame whose mean token entropy (nats) is above this."""
     temperature: float = 1.0
     """Token sampling temperature of the world model."""
-    decoding: str = "auto"
-    """World-model decoding (``auto``: the parallel head when the checkpoint has one)."""
-    kv_cache: str = "auto"
-    """Precision of the world model's cached keys and values (``auto``, ``float32``,
-    ``bfloat16``). The README's MBPO runs used float32."""
+    fast: Literal["default", "fast", "full"] = "default"
+    """Speed preset of the world model (see ``WM-<Task>-v0``'s ``fast``)."""
     seed: int = 0
     """Seed of the model's sampling and of batch mixing."""
 
@@ -262,24 +262,30 @@ class MBPOConfig:
 class MBPO(BaseCallback):
     """MBPO replay augmentation around an SB3 off-policy agent, as a training callback.
 
+    The task is the agent's real env's (a ``Sim-<Task>-v0``): branches run in its
+    ``WM-<Task>-v0``.
+
     Args:
         bank: The real observations branches start from (:func:`make_real_env`).
         config: :class:`MBPOConfig`; keyword arguments override its fields.
         checkpoint: World-model checkpoint; defaults to the task spec's.
         device: World-model device (``auto``: CUDA when present).
-        task: Task spec name.
+        verbose: SB3's callback verbosity.
+        **overrides: :class:`MBPOConfig` fields.
 
+    Raises:
+        ValueError: ``real_ratio`` outside [0, 1].
     """
 
-    def __init__(self, bank: ContextBank, config: MBPOConfig | None = None,
-                 checkpoint: str | None = None, device: str = "auto", task: str = "pick",
-                 verbose: int = 0, **overrides: Any) -> None:
+    def __init__(self, bank: ContextBank, config: MBPOConfig | None = None, *,
+                 checkpoint: str | None = None, device: str = "auto", verbose: int = 0,
+                 **overrides: Any) -> None:
         super().__init__(verbose)
         base = config or MBPOConfig()
         self.config = replace(base, **overrides)
         if not 0.0 <= self.config.real_ratio <= 1.0:
             raise ValueError(f"real_ratio must be in [0, 1], got {self.config.real_ratio}")
-        self.bank, self.checkpoint, self.device, self.task = bank, checkpoint, device, task
+        self.bank, self.checkpoint, self.device = bank, checkpoint, device
         self.imagined_steps = 0
         self.cut_short = 0
         self._next = self.config.every
@@ -294,19 +300,20 @@ class MBPO(BaseCallback):
         if not isinstance(space, spaces.Dict):
             raise TypeError("MBPO needs a Dict-observation agent (make_real_env's env)")
         self.keys = list(space.spaces)
+        self.task = task_of(agent.get_env())
         self.wm = WorldModelVectorEnv(
-            cfg.rollouts, self.task, max_episode_steps=cfg.horizon + 1, device=self.device,
-            checkpoint=self.checkpoint, temperature=cfg.temperature, decoding=cfg.decoding,
-            images=any(k in IMAGE_KEYS for k in self.keys), terminate_on_success=False,
-            kv_cache=cfg.kv_cache,
+            self.task, num_envs=cfg.rollouts, max_episode_steps=cfg.horizon + 1,
+            checkpoint=self.checkpoint, device=self.device,
+            images=any(k in IMAGE_KEYS for k in self.keys), fast=cfg.fast,
+            temperature=cfg.temperature, terminate_on_success=False,
         )
         self.buffer = ModelBuffer(cfg.model_buffer_size, space, agent.action_space.shape[0],
-                                  agent.device)
+                                  device=agent.device)
         if isinstance(agent.replay_buffer, MixedReplayBuffer):  # learn() called again
             agent.replay_buffer.model = self.buffer
         else:
             agent.replay_buffer = MixedReplayBuffer(agent.replay_buffer, self.buffer,
-                                                    cfg.real_ratio, cfg.seed)
+                                                    real_ratio=cfg.real_ratio, seed=cfg.seed)
         self._seeded = False
 
     def _on_step(self) -> bool:

@@ -1,17 +1,16 @@
-"""Scripted and random policies acting on the privileged ``state`` (both twins expose it).
+"""Policies for both twins: the protocol, random play, and scripted experts by name.
 
 A policy is any callable ``policy(obs) -> action``; ones with memory also have
 ``reset(seed)``, called at the start of each episode. A policy may declare the observation keys
 it reads as ``observation_keys``: one that reads ``state`` only lets evaluations skip camera
 observations (see :func:`reads_images`); one without it is taken to read every key.
 
-The scripted pick has two knobs of incompetence: ``noise`` (Gaussian action noise, std in action
-units) and ``error`` (a per-episode offset of where it believes the cube is, std in metres).
+Scripted experts live with their task (:mod:`wmgym.tasks`); :func:`make_policy` finds them by
+name, with their knobs of incompetence: ``make_policy("pick:noise=0.3,error=0.02")``.
 
->>> policy = ScriptedPick(noise=0.1)
+>>> policy = make_policy("random:repeat=4", task="pick")
 >>> policy.reset(seed=0)
->>> action = policy({"state": np.zeros(8, np.float32)})
->>> action.shape
+>>> policy({}).shape
 (4,)
 """
 
@@ -21,17 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from wmgym.spec import CUBE_POS, EEF_POS, IMAGE_KEYS
-
-HOVER = 0.06  # height above the cube to line up at, metres
-GRASP_DEPTH = 0.0  # eef height relative to the cube centre when closing
-LIFT = 0.15  # lift height above the grasp point, metres
-CLOSE_STEPS = 6  # steps to hold still while the fingers close
-GAIN = 12.0  # action units per metre of position error (action 1 = 5 cm target delta)
-WAIT_HEIGHT = 0.03  # hesitate=: highest hold above the grasp point, metres
-WAIT_STEPS = 25  # hesitate=, hover=: longest hold with the gripper open at the cube, steps
-HOVER_HEIGHTS = (0.015, 0.045)  # hover=: where the descent is told to stop (the arm coasts ~1 cm)
-FEINT_STEPS = 10  # hesitate=: steps of lifting the open gripper before starting over
+from wmgym.spec import IMAGE_KEYS, TaskSpec, load_spec
 
 
 class Policy(Protocol):
@@ -50,191 +39,76 @@ def reads_images(policy: object) -> bool:
 
     True unless it declares ``observation_keys`` without any of rgb, depth or mask.
 
-    >>> reads_images(ScriptedPick()), reads_images(lambda obs: obs["rgb"].mean())
+    >>> reads_images(RandomPolicy(4)), reads_images(lambda obs: obs["rgb"].mean())
     (False, True)
     """
     keys = getattr(policy, "observation_keys", None)
     return keys is None or any(k in IMAGE_KEYS for k in keys)
 
 
-class ScriptedPick:
-    """Approach, descend, close, lift — driven by ``state`` with tunable incompetence.
+class RandomPolicy:
+    """Uniform random actions in [-1, 1], each held for ``repeat`` steps (smoother play).
 
     Args:
-        noise: Std of Gaussian noise added to every action (action units).
-        error: Std of a per-episode xy offset of the believed cube position (metres).
-        drop_prob: Probability per episode of opening the gripper mid-lift (makes drops).
-        give_up_prob: Probability per episode of switching to random actions at a random step.
-        explore: Probability per step of an excursion: one action held for 2-``hold`` steps, after
-            which the script (driven by the state) carries on. Half the excursions are uniform
-            random actions; the rest are primitives: full-speed moves along a random subset of
-            the axes (none: standing still) with the gripper open or closed. They break the tie
-            between an action and the phase of the pick that scripted data otherwise has
-            (standing still with the gripper open, say, happens only right above the cube).
-        gain: Multiplies the script's gain (action per metre of position error). Below 1 the
-            pick is slower and its actions smaller: the script's unsaturated actions are
-            proportional to the distance to its target, so at one gain a small action means
-            "almost there"; several gains break that tie.
-        pause: Probability per step of pausing: zero motion for 2-8 steps, the gripper kept as
-            it was, anywhere in the pick.
-        hold: Longest excursion, in steps. Long ones take the arm far from any pick path (an
-            agent early in training holds saturated actions like this).
-        lead: Probability per episode of starting with an excursion, from the reset frame.
-        hesitate: Probability per episode of hesitating at the grasp: after the descent the arm
-            holds 0-3 cm above the grasp point with the gripper open for 3-25 steps; then it
-            either closes as usual or (half the time) feints: lifts with the gripper open and
-            starts the pick over, without hesitating again. Without such data a model reads
-            "the fingers close" off "the open gripper is at the cube", whatever the action says.
-        hover: Probability per episode of stopping the descent 1.5-4.5 cm above the grasp point
-            (the arm coasts about 1 cm further) and holding it still there, gripper open, for
-            3-25 steps (zero motion, as an agent at rest commands); then the descent goes on, or
-            (half the time) the gripper closes right there and robosuite decides the grasp.
-            Without such data a model finishes the descent for an arm told to stay.
-
+        action_dim: Size of the action.
+        repeat: Steps each action is held.
     """
-
-    observation_keys = ("state",)
-
-    def __init__(
-        self, noise: float = 0.0, error: float = 0.0, drop_prob: float = 0.0,
-        give_up_prob: float = 0.0, explore: float = 0.0, gain: float = 1.0, pause: float = 0.0,
-        hold: int = 8, lead: float = 0.0, hesitate: float = 0.0, hover: float = 0.0,
-    ):
-        if hold < 2:
-            raise ValueError(f"hold must be at least 2 steps, got {hold}")
-        self.noise, self.error, self.gain, self.pause = noise, error, gain, pause
-        self.hold, self.lead, self.hesitate, self.hover = int(hold), lead, hesitate, hover
-        self.drop_prob, self.give_up_prob, self.explore = drop_prob, give_up_prob, explore
-        self.reset()
-
-    def reset(self, seed: int | None = None) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.offset = np.r_[self.rng.normal(0.0, self.error, 2), 0.0] if self.error else np.zeros(3)
-        self.phase, self.t_phase, self.t = "approach", 0, 0
-        self.drop_at = int(self.rng.integers(3, 15)) if self.rng.random() < self.drop_prob else None
-        self.give_up_at = (
-            int(self.rng.integers(5, 60)) if self.rng.random() < self.give_up_prob else None
-        )
-        self.lift_from: np.ndarray | None = None
-        self.excursion, self.excursion_left = np.zeros(4), 0
-        self.last_grip = -1.0
-        if self.lead and self.rng.random() < self.lead:  # no draw at lead=0: old seeds replay
-            self._start_excursion()
-        self.wait: tuple[float, int, bool] | None = None  # height, steps, feint
-        if self.hesitate and self.rng.random() < self.hesitate:  # no draw at 0, as for lead
-            self.wait = (float(self.rng.uniform(0.0, WAIT_HEIGHT)),
-                         int(self.rng.integers(3, WAIT_STEPS + 1)), bool(self.rng.random() < 0.5))
-        self.stop: tuple[float, int, bool] | None = None  # height, steps, close there
-        if self.hover and self.rng.random() < self.hover:  # no draw at 0, as for lead
-            self.stop = (float(self.rng.uniform(*HOVER_HEIGHTS)),
-                         int(self.rng.integers(3, WAIT_STEPS + 1)), bool(self.rng.random() < 0.5))
-
-    def _start_excursion(self) -> None:
-        self.excursion = self._excursion()
-        self.excursion_left = int(self.rng.integers(2, self.hold + 1))
-
-    def _goto(self, eef: np.ndarray, target: np.ndarray, grip: float) -> np.ndarray:
-        return np.r_[np.clip(self.gain * GAIN * (target - eef), -1.0, 1.0), grip]
-
-    def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        state = np.asarray(obs["state"], np.float64)
-        eef, cube = state[EEF_POS], state[CUBE_POS] + self.offset
-        self.t += 1
-        self.t_phase += 1
-        if self.explore and not self.excursion_left and self.rng.random() < self.explore:
-            self._start_excursion()
-        if self.pause and not self.excursion_left and self.rng.random() < self.pause:
-            self.excursion = np.r_[0.0, 0.0, 0.0, self.last_grip]
-            self.excursion_left = int(self.rng.integers(2, 9))
-        if self.give_up_at is not None and self.t >= self.give_up_at:
-            action = self.rng.uniform(-1.0, 1.0, 4)
-        elif self.excursion_left:
-            self.excursion_left -= 1
-            action = self.excursion
-        else:
-            action = self._scripted(eef, cube)
-        self.last_grip = float(action[3])
-        if self.noise:
-            action = action + self.rng.normal(0.0, self.noise, 4)
-        return np.clip(action, -1.0, 1.0).astype(np.float32)
-
-    def _excursion(self) -> np.ndarray:
-        if self.rng.random() < 0.5:
-            return self.rng.uniform(-1.0, 1.0, 4)
-        axes = self.rng.random(3) < 0.5
-        move = np.where(axes, self.rng.choice([-1.0, 1.0], 3), 0.0)
-        return np.r_[move, self.rng.choice([-1.0, 1.0])]
-
-    def _next(self, phase: str) -> None:
-        self.phase, self.t_phase = phase, 0
-
-    def _scripted(self, eef: np.ndarray, cube: np.ndarray) -> np.ndarray:
-        hover = cube + [0.0, 0.0, HOVER]
-        if self.phase == "approach":
-            if np.linalg.norm((hover - eef)[:2]) < 0.01 and abs(hover[2] - eef[2]) < 0.02:
-                self._next("descend")
-            return self._goto(eef, hover, -1.0)
-        if self.phase == "descend":
-            grasp = cube + [0.0, 0.0, GRASP_DEPTH]
-            if self.stop is not None and eef[2] - grasp[2] < self.stop[0]:
-                self._next("hover")
-            elif eef[2] - grasp[2] < 0.008 or self.t_phase > 30:
-                self._next("close" if self.wait is None else "wait")
-            return self._goto(eef, grasp, -1.0)
-        if self.phase == "hover":  # hover=: the arm held still above the cube, gripper open
-            _, steps, close_there = self.stop  # type: ignore[misc]
-            if self.t_phase >= steps:
-                self.stop = None
-                self._next("close" if close_there else "descend")
-            return np.r_[0.0, 0.0, 0.0, -1.0]
-        if self.phase == "wait":  # hesitate=: open gripper held at the cube
-            height, steps, feint = self.wait  # type: ignore[misc]
-            if self.t_phase >= steps:
-                self._next("feint" if feint else "close")
-                self.lift_from = eef.copy()
-            return self._goto(eef, cube + [0.0, 0.0, GRASP_DEPTH + height], -1.0)
-        if self.phase == "feint":  # lift the open gripper, then start over
-            if self.t_phase >= FEINT_STEPS:
-                self.wait = None
-                self._next("approach")
-            return self._goto(eef, self.lift_from + [0.0, 0.0, LIFT], -1.0)
-        if self.phase == "close":
-            if self.t_phase >= CLOSE_STEPS:
-                self._next("lift")
-                self.lift_from = eef.copy()
-            return np.r_[0.0, 0.0, 0.0, 1.0]
-        # lift (and hold)
-        target = self.lift_from + [0.0, 0.0, LIFT]
-        grip = -1.0 if self.drop_at is not None and self.t_phase >= self.drop_at else 1.0
-        return self._goto(eef, target, grip)
-
-
-class RandomPolicy:
-    """Uniform random actions, each held for ``repeat`` steps (smoother, more coverage)."""
 
     observation_keys = ()  # reads nothing
 
-    def __init__(self, repeat: int = 1):
-        self.repeat = repeat
+    def __init__(self, action_dim: int, repeat: int = 1):
+        self.action_dim, self.repeat = int(action_dim), int(repeat)
         self.reset()
 
     def reset(self, seed: int | None = None) -> None:
         self.rng = np.random.default_rng(seed)
-        self.t, self.action = 0, np.zeros(4, np.float32)
+        self.t, self.action = 0, np.zeros(self.action_dim, np.float32)
 
     def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         if self.t % self.repeat == 0:
-            self.action = self.rng.uniform(-1.0, 1.0, 4).astype(np.float32)
+            self.action = self.rng.uniform(-1.0, 1.0, self.action_dim).astype(np.float32)
         self.t += 1
         return self.action
 
 
-def make_policy(name: str) -> Policy:
-    """A policy by name: ``pick``, ``pick:noise=0.3,error=0.02``, ``random:repeat=4``."""
+def parse_policy_name(name: str) -> tuple[str, dict[str, float]]:
+    """``"pick:noise=0.3,error=0.02"`` -> ``("pick", {"noise": 0.3, "error": 0.02})``."""
     kind, _, args = name.partition(":")
-    kwargs = {k: float(v) for k, v in (a.split("=") for a in args.split(",") if a)}
-    if kind == "pick":
-        return ScriptedPick(**kwargs)
+    try:
+        kwargs = {k.strip(): float(v) for k, v in (a.split("=") for a in args.split(",") if a)}
+    except ValueError as e:
+        raise ValueError(f"policy {name!r}: options must read k=v,k=v ({e})") from e
+    return kind, kwargs
+
+
+def make_policy(name: str, *, task: str | TaskSpec | None = None) -> Policy:
+    """A policy by name: a task's scripted expert with knobs, or random play.
+
+    Args:
+        name: ``<expert>[:k=v,...]`` (e.g. ``pick:noise=0.3``: the expert of the task that
+            defines it, see :mod:`wmgym.tasks`) or ``random[:repeat=n]``.
+        task: The task, needed for ``random`` (its action size); for an expert it must be the
+            expert's own task when given.
+
+    Raises:
+        ValueError: An unknown name, bad options, or ``random`` without a task.
+    """
+    from wmgym.tasks import experts
+
+    kind, kwargs = parse_policy_name(name)
     if kind == "random":
-        return RandomPolicy(repeat=int(kwargs.get("repeat", 1)))
-    raise ValueError(f"unknown policy {name!r}; expected 'pick[:k=v,...]' or 'random[:repeat=n]'")
+        if task is None:
+            raise ValueError(f"policy {name!r} needs task= (random play takes its action size)")
+        return RandomPolicy(load_spec(task).action_dim, repeat=int(kwargs.get("repeat", 1)))
+    known = experts()
+    if kind not in known:
+        raise ValueError(f"unknown policy {name!r}; known: random[:repeat=n] and "
+                         f"{sorted(known)} with [:k=v,...] options")
+    cls, spec = known[kind]
+    if task is not None and load_spec(task).name != spec.name:
+        raise ValueError(f"policy {name!r} is an expert of task {spec.name!r}, not "
+                         f"{load_spec(task).name!r}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ValueError(f"policy {name!r}: {e}") from e

@@ -1,6 +1,7 @@
 """Policies from wherever users keep them: names, SB3 zip files, Python paths, objects.
 
-* names of :func:`wmgym.policies.make_policy`: ``pick``, ``pick:error=0.02``, ``random``;
+* names of :func:`wmgym.policies.make_policy`: a task's scripted experts with their knobs
+  (``pick``, ``pick:error=0.02``) and ``random[:repeat=n]``;
 * stable-baselines3 zip files: ``sac:path.zip``, ``ppo:path.zip`` (``td3``, ``a2c``, ``ddpg``),
   run with ``predict(obs, deterministic=True)`` on the keys they were trained on (see
   :class:`SB3Policy`);
@@ -23,7 +24,7 @@ import numpy as np
 from gymnasium import spaces
 
 from wmgym.policies import Policy, make_policy
-from wmgym.spec import STATE_FIELDS
+from wmgym.spec import TaskSpec
 
 #: stable-baselines3 algorithms a policy spec may name (``<algo>:<path.zip>``).
 SB3_ALGOS = ("sac", "ppo", "td3", "a2c", "ddpg")
@@ -43,18 +44,18 @@ class SB3Policy:
         model: A loaded SB3 model (anything with ``predict`` and ``observation_space``).
         deterministic: Take the mode of the action distribution.
 
+    Raises:
+        ValueError: The model observes neither a ``Dict`` nor a flat ``Box``.
     """
 
-    def __init__(self, model: Any, deterministic: bool = True) -> None:
+    def __init__(self, model: Any, *, deterministic: bool = True) -> None:
         self.model, self.deterministic = model, deterministic
         space = model.observation_space
         self.keys = list(space.spaces) if isinstance(space, spaces.Dict) else None
         self.observation_keys = tuple(self.keys) if self.keys is not None else ("state",)
-        if self.keys is None and space.shape != (len(STATE_FIELDS),):
-            raise ValueError(
-                f"SB3 model observes {space}: expected a Dict of env observation keys or the "
-                f"{len(STATE_FIELDS)}-D state Box"
-            )
+        if self.keys is None and len(getattr(space, "shape", ()) or ()) != 1:
+            raise ValueError(f"SB3 model observes {space}: expected a Dict of env observation "
+                             "keys or the flat state Box")
 
     def reset(self, seed: int | None = None) -> None:
         """Stateless: nothing to reset."""
@@ -91,7 +92,8 @@ def _required_args(fn: Callable[..., Any]) -> int | None:
     return sum(p.kind in kinds and p.default is p.empty for p in params)
 
 
-def policy_factory(source: PolicySource) -> Callable[[], Policy]:
+def policy_factory(source: PolicySource, *, task: str | TaskSpec | None = None
+                   ) -> Callable[[], Policy]:
     """A zero-argument callable that makes a fresh policy for one episode.
 
     >>> make = policy_factory("pick:error=0.02")
@@ -102,6 +104,7 @@ def policy_factory(source: PolicySource) -> Callable[[], Policy]:
     Args:
         source: A spec string (see the module doc), a policy class or factory, a policy
             instance or function, or a loaded SB3 model.
+        task: The task the policy acts in (``random`` takes its action size from it).
 
     Returns:
         The factory; it is picklable when ``source`` is (spec strings always are).
@@ -111,20 +114,21 @@ def policy_factory(source: PolicySource) -> Callable[[], Policy]:
     """
     if isinstance(source, str):
         kind, sep, rest = source.partition(":")
-        if kind in ("pick", "random"):
-            return functools.partial(make_policy, source)
         if kind.lower() in SB3_ALGOS and rest:
             return functools.partial(_sb3_policy, kind.lower(), rest)
-        if sep and rest:
+        if sep and rest and "=" not in rest:  # module:attr (expert options read k=v)
             try:
                 obj = getattr(importlib.import_module(kind), rest)
             except (ImportError, AttributeError) as e:
                 raise ValueError(f"policy {source!r}: cannot import {rest!r} from {kind!r}") from e
             return policy_factory(obj)
-        raise ValueError(
-            f"unknown policy {source!r}: expected 'pick[:k=v,...]', 'random[:repeat=n]', "
-            f"'<{'|'.join(SB3_ALGOS)}>:path.zip' or 'module:attr'"
-        )
+        make = functools.partial(make_policy, source, task=task)
+        try:
+            make()  # unknown names and bad options fail here, before any episode
+        except ValueError as e:
+            raise ValueError(f"{e}; or '<{'|'.join(SB3_ALGOS)}>:path.zip' or 'module:attr'"
+                             ) from e
+        return make
     if hasattr(source, "predict") and hasattr(source, "observation_space"):
         return functools.partial(SB3Policy, source)  # one shared model, stateless adapters
     if not callable(source):
@@ -135,12 +139,18 @@ def policy_factory(source: PolicySource) -> Callable[[], Policy]:
 
 
 def policy_name(source: PolicySource) -> str:
+    """A policy's display name: its spec string, else its ``__name__`` or type name."""
     if isinstance(source, str):
         return source
     return getattr(source, "__name__", type(source).__name__)
 
 
 def named_policies(policies: Mapping[str, PolicySource] | Iterable[PolicySource]) -> dict[str, Any]:
+    """Policies by display name: a mapping as given, a list named by :func:`policy_name`.
+
+    Raises:
+        ValueError: No policies, or two with one name.
+    """
     named = dict(policies) if isinstance(policies, Mapping) else {}
     if not named:
         for source in policies:

@@ -1,4 +1,4 @@
-"""Where an imagined step's time goes: cProfile totals split into parts, top torch ops."""
+"""Where a step's time goes: the heaviest functions in a cProfile run, the top torch ops."""
 
 from __future__ import annotations
 
@@ -6,64 +6,40 @@ import os
 import pstats
 from typing import Any
 
-#: (file suffix, function) -> label: the functions an imagined step's time is attributed to.
-_PROFILED = {
-    ("env/vector_env.py", "step"): "vector_env.step",
-    ("validation.py", "check_action"): "check_action",
-    ("env/core.py", "step"): "core.step",
-    ("env/core.py", "reset"): "core.reset",
-    ("model/world_model.py", "step"): "model.step",
-    ("model/transformer.py", "_frame"): "transformer._frame",
-    ("model/transformer.py", "_frame_parallel"): "transformer._frame",
-    ("model/transformer.py", "_append"): "transformer._append",
-    ("model/transformer.py", "prefill"): "transformer.prefill",
-    ("model/transformer.py", "_head_logits"): "transformer._head_logits",
-    ("model/transformer.py", "_gumbel"): "transformer._gumbel",
-    ("model/transformer.py", "_make_room"): "transformer._make_room",
-    ("model/tokenizer.py", "decode_future"): "tokenizer.decode_future",
-    ("model/frames.py", "frames_to_obs"): "frames_to_obs",
-}
+
+def _label(file: str, line: int, name: str) -> str:
+    """``package/module.py:function`` for wmgym's own code, else cProfile's usual name."""
+    path = file.replace(os.sep, "/")
+    if "/wmgym/" in path:
+        return f"wmgym/{path.rsplit('/wmgym/', 1)[1]}:{name}"
+    return name if file == "~" else f"{os.path.basename(file)}:{line}({name})"
 
 
-def cumulative(stats: pstats.Stats) -> dict[str, float]:
-    """Cumulative seconds of the functions in ``_PROFILED`` (0 for those never called)."""
-    out = dict.fromkeys(_PROFILED.values(), 0.0)
-    for (file, _, name), (_, _, _, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
-        for (suffix, fn), label in _PROFILED.items():
-            if name == fn and file.replace(os.sep, "/").endswith(suffix):
-                out[label] += cumtime
-    return out
-
-
-def time_breakdown(cum: dict[str, float]) -> dict[str, float]:
-    """Splits an imagined step's time into parts, as fractions of ``vector_env.step``.
+def top_functions(stats: pstats.Stats, total_s: float, *, n: int = 12) -> dict[str, list[dict]]:
+    """The functions that took the most time, as shares of ``total_s``.
 
     Args:
-        cum: Cumulative seconds per profiled function (see ``_PROFILED``).
+        stats: A cProfile run's statistics.
+        total_s: The seconds the shares are of (e.g. the profiled steps' wall time).
+        n: Functions per list.
 
     Returns:
-        Fractions of the vector env's step time: transformer forwards (one per token, or two
-        per frame with parallel decoding), the parallel head, token sampling (lm head,
-        Gumbel-argmax, embeddings), per-env Gumbel noise, the sliding window, the frame decoder,
-        tensor-to-numpy conversion, autoresets, and the env's own overhead.
+        ``cumulative``: wmgym's own functions by time spent in them and in what they call (they
+        nest: a caller's share includes its callees'); ``self``: all functions, torch's
+        kernels included, by time spent in their own code.
     """
-    total = cum["vector_env.step"] or 1e-12
-    forward = cum["transformer._append"] - cum["transformer.prefill"]  # prefill: in resets
-    parts = {
-        "transformer_forward": forward,
-        "parallel_head": cum["transformer._head_logits"],
-        "token_sampling": cum["transformer._frame"]
-        - forward
-        - cum["transformer._head_logits"]
-        - cum["transformer._make_room"],
-        "gumbel_noise": cum["transformer._gumbel"],
-        "sliding_window": cum["transformer._make_room"],
-        "decoder": cum["tokenizer.decode_future"],
-        "obs_conversion": cum["core.step"] - cum["model.step"],
-        "autoreset": cum["core.reset"],
-        "env_overhead": total - cum["core.step"] - cum["core.reset"],
-    }
-    return {k: round(max(v, 0.0) / total, 4) for k, v in parts.items()}
+    rows = stats.stats.items()  # type: ignore[attr-defined]
+    total_s = total_s or 1e-12
+
+    def entry(key: tuple[str, int, str], seconds: float, calls: int) -> dict[str, Any]:
+        return {"function": _label(*key), "calls": calls, "seconds": round(seconds, 4),
+                "share": round(seconds / total_s, 4)}
+
+    own = [(k, v) for k, v in rows if "/wmgym/" in k[0].replace(os.sep, "/")]
+    cumulative = sorted(own, key=lambda kv: -kv[1][3])[:n]
+    selfish = sorted(rows, key=lambda kv: -kv[1][2])[:n]
+    return {"cumulative": [entry(k, v[3], v[1]) for k, v in cumulative],
+            "self": [entry(k, v[2], v[1]) for k, v in selfish]}
 
 
 def top_ops(prof: Any, n: int = 12) -> list[dict]:

@@ -12,8 +12,9 @@ from wmgym.spec import all_specs
 def register_all() -> list[str]:
     """Registers ``Sim-<Task>-v0`` and ``WM-<Task>-v0`` for every spec; returns the ids.
 
-    ``WM-<Task>-v0`` is registered whether or not its checkpoint exists yet: making it without
-    one fails with the checkpoint's path (pass ``checkpoint=<dir>`` to use another). Its
+    Specs come from every data root (:mod:`wmgym.paths`). ``WM-<Task>-v0`` is registered
+    whether or not its checkpoint exists yet: making it without one fails with the checkpoint's
+    path (pass ``checkpoint=<dir>`` to use another). Its
     ``vector_entry_point`` is the native batched env, so ``gym.make_vec`` steps all sub-envs
     with one model call.
     """
@@ -22,9 +23,9 @@ def register_all() -> list[str]:
         if spec.sim_id not in gym.registry:
             gym.register(
                 spec.sim_id,
-                entry_point="wmgym.sim.pick_env:SimEnv",
+                entry_point="wmgym.sim.env:SimEnv",
                 max_episode_steps=spec.max_episode_steps,
-                kwargs={"spec": spec.name},
+                kwargs={"task": spec.name},
             )
         if spec.wm_id not in gym.registry:
             gym.register(
@@ -32,7 +33,7 @@ def register_all() -> list[str]:
                 entry_point="wmgym.env.world_model_env:WorldModelEnv",
                 vector_entry_point="wmgym.env.vector_env:WorldModelVectorEnv",
                 max_episode_steps=spec.max_episode_steps,
-                kwargs={"spec": spec.name},
+                kwargs={"task": spec.name},
             )
         ids += [spec.sim_id, spec.wm_id]
     return ids

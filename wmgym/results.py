@@ -1,4 +1,4 @@
-"""Result files of benchmarks and experiments: what they ran on, written atomically."""
+"""Result files of the uses (sweep, bench, transfer, MBPO): what they ran on, written atomically."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import os
 import platform
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wmgym.spec import TaskSpec
 
 #: CPU flags that decide which kernels PyTorch runs (bfloat16 matmuls and attention differ a lot).
 CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
@@ -49,6 +52,34 @@ def checkpoint_id(directory: str | Path) -> dict[str, str]:
     return {"path": str(Path(directory).resolve()), "sha256": read_config(directory)["sha256"]}
 
 
+def resolve_task(task: str = "", checkpoint: str | Path | None = None
+                 ) -> tuple[TaskSpec, Path]:
+    """The task and checkpoint a command runs on.
+
+    Args:
+        task: A task name or spec path; empty: the task the checkpoint was trained for (its
+            ``config.json`` names it).
+        checkpoint: A checkpoint directory; empty or None: the task's shipped one.
+
+    Returns:
+        ``(spec, checkpoint directory)``.
+
+    Raises:
+        ValueError: Neither a task nor a checkpoint.
+    """
+    from wmgym.model.checkpoint import read_config
+    from wmgym.spec import load_spec
+
+    if not task:
+        if not checkpoint:
+            raise ValueError("name a task (--task, e.g. pick) or a checkpoint (--checkpoint)")
+        task = str(read_config(checkpoint).get("task") or "")
+        if not task:
+            raise ValueError(f"{checkpoint}: its config.json names no task: pass --task")
+    spec = load_spec(task)
+    return spec, Path(checkpoint) if checkpoint else spec.checkpoint
+
+
 def matching_result(path: str | Path | None, expect: Mapping[str, Any]) -> dict:
     """The earlier result at ``path`` if it was run with the same settings, else ``{}``.
 
@@ -70,10 +101,12 @@ def matching_result(path: str | Path | None, expect: Mapping[str, Any]) -> dict:
     return old if all(get(k) == v for k, v in expect.items()) else {}
 
 
-def write_result(path: str | Path, result: dict) -> None:
-    """Writes a benchmark result as JSON, atomically."""
+def write_result(path: str | Path, result: dict) -> Path:
+    """Writes a result as JSON atomically (a temporary sibling, then a rename); returns its path."""
+    from wmgym.model.checkpoint import atomic_write
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(path)
+    text = json.dumps(result, indent=1)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+    return path

@@ -6,15 +6,19 @@ seed ``seed + e``, and ``WM-<Task>-v0`` starts from that very real observation
 it too. A policy in Sim sees real observations, in WM imagined ones. All imagined episodes
 (every policy, every seed) run as one native vector env, one sub-env per episode: each sub-env
 has its own policy instance and counts until its first ``terminated | truncated`` only. When
-every policy declares that it reads ``state`` only (``observation_keys``), neither twin makes
-camera observations after that first frame (``SweepArgs.images``): the same episodes, faster.
+every policy declares that it reads no camera observation (``observation_keys``), neither twin
+makes camera observations after that first frame (``SweepArgs.images``): the same episodes,
+faster.
 
-Reported per policy: success rate and mean return in both twins; over policies: Pearson and
-Spearman correlation of the success rates, SIMPLER's MMRV (mean maximum rank violation) and the
-mean absolute success gap. Written as ``sweep.json`` and ``sweep.png`` (real vs imagined success).
+Reported per policy: success rate and mean return in both twins, and the imagined episodes'
+mean ``info["uncertainty"]`` (where it is high, imagination and reality part); over policies:
+Pearson and Spearman correlation of the success rates, SIMPLER's MMRV (mean maximum rank
+violation) and the mean absolute success gap. ``wmgym sweep`` writes them as ``sweep.json`` and
+``sweep.png`` (real vs imagined success).
 
 Policies are given as names, SB3 zip files, Python paths or objects: see
-:mod:`wmgym.policy_sources`.
+:mod:`wmgym.policy_sources`. Without any, the task's own list of graded competence
+(:func:`wmgym.tasks.sweep_policies`) is ranked.
 """
 
 from __future__ import annotations
@@ -33,75 +37,72 @@ from tqdm.auto import tqdm
 from wmgym.metrics import agreement
 from wmgym.policies import Policy, reads_images
 from wmgym.policy_sources import PolicySource, named_policies, policy_factory
-from wmgym.results import checkpoint_id, machine, write_result
-from wmgym.spec import TaskSpec, load_spec
+from wmgym.results import checkpoint_id, machine, resolve_task, write_result
+from wmgym.spec import TaskSpec
 from wmgym.viz import save_figure
 
-#: Policies of clearly different competence (real success from 0 to 1 on Pick).
-DEFAULT_POLICIES = (
-    "pick",
-    "pick:error=0.01",
-    "pick:error=0.02",
-    "pick:error=0.03",
-    "pick:error=0.05",
-    "pick:noise=0.3,error=0.02",
-    "pick:noise=0.6",
-    "pick:give_up_prob=1",
-    "random",
-)
+Preset = Literal["default", "fast", "full"]
+
 
 @dataclass
 class SweepArgs:
     """Options of ``wmgym sweep``."""
 
-    policies: tuple[str, ...] = DEFAULT_POLICIES
-    """Policies: ``pick[:k=v,...]``, ``random[:repeat=n]``, ``sac:path.zip``, ``module:attr``."""
+    task: str = ""
+    """Task name, e.g. ``pick`` (empty: the task ``--checkpoint`` was trained for)."""
+    policies: tuple[str, ...] = ()
+    """Policies: ``<expert>[:k=v,...]``, ``random[:repeat=n]``, ``sac:path.zip``,
+    ``module:attr``; empty: the task's default list of graded competence."""
     episodes: int = 20
     """Episodes per policy and twin (seeds ``seed .. seed + episodes - 1``, shared)."""
     seed: int = 0
     """First episode seed (env reset, policy reset, imagination sampling)."""
     max_steps: int = 0
     """Truncate episodes after this many steps (0 = the task spec's ``max_episode_steps``)."""
-    task: str = "pick"
-    """Task spec name."""
     checkpoint: str = ""
     """World-model checkpoint directory (default: the task spec's)."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``: where the world model runs."""
+    fast: Preset = "default"
+    """Speed preset of ``WM-<Task>-v0``: ``default``, ``fast`` (the distilled transformer) or
+    ``full`` (also the tokenizer's own frame decoder)."""
     temperature: float = 1.0
     """Token sampling temperature of the world model (0 = greedy)."""
-    decoding: str = "auto"
-    """World-model decoding: ``auto`` (the parallel head when the checkpoint has one),
-    ``parallel`` or ``autoregressive``."""
-    kv_cache: str = "auto"
-    """Precision of the world model's cached keys and values: ``auto``, ``float32`` or
-    ``bfloat16``."""
-    dynamics: str = "auto"
-    """World-model transformer: ``auto`` (the full one), ``full`` or ``fast`` (the checkpoint's
-    distilled one with a single key/value head)."""
     images: Literal["auto", "always"] = "auto"
     """Camera observations: ``auto`` leaves them out of both twins when every policy declares
-    (``observation_keys``) that it reads ``state`` only. The episodes are the same, faster: Sim
-    renders only each episode's first frame (the world model's context) and the world model
-    decodes no frames. ``always``: render and decode every step."""
+    (``observation_keys``) that it reads none. The episodes are the same, faster: Sim renders
+    only each episode's first frame (the world model's context) and the world model decodes no
+    frames. ``always``: render and decode every step."""
     max_batch: int = 256
     """Most imagined episodes stepped together; more run as several vector envs in turn."""
     workers: int = 1
     """Processes running the Sim episodes (spawned; 1 = this process; >1 pickles the policies)."""
     real_from: str = ""
-    """A previous ``sweep.json`` whose real-twin episodes to reuse for the policies it holds
-    (same task, seeds and ``max_steps``; matched by policy name, so a name must mean the same
-    policy): only the imagined side, and policies it lacks, run. For re-scoring a new
-    checkpoint."""
+    """A ``sweep.json`` whose real-twin episodes to reuse for the policies it holds (same task,
+    seeds and ``max_steps``; matched by policy name, so a name must mean the same policy):
+    only the imagined side, and policies it lacks, run. For re-scoring a new checkpoint."""
     pool: tuple[str, ...] = ()
     """Run nothing: pool the episodes of these ``sweep.json`` files (the same policies,
-    checkpoint and settings, other seeds) and score the pooled episodes. Twenty episodes
-    a policy leave a success rate near 0.5 with a standard error of 0.11; pooled sweeps
-    narrow it."""
-    out: str = "out/sweep"
+    checkpoint and settings, other seeds) and score the pooled episodes. Twenty episodes a
+    policy leave a success rate near 0.5 with a standard error of 0.11; pooled sweeps narrow
+    it."""
+    out: str = "runs/sweep"
     """Output directory for sweep.json and sweep.png."""
     progress: bool = True
     """Show progress bars."""
+
+
+class Episodes(NamedTuple):
+    """Outcomes of a batch of episodes, one entry per episode."""
+
+    success: np.ndarray
+    """``(N,)`` bool: ``info["success"]`` at any step."""
+    ret: np.ndarray
+    """``(N,)`` float: sum of rewards."""
+    length: np.ndarray
+    """``(N,)`` int: steps taken."""
+    uncertainty: np.ndarray | None = None
+    """``(N,)`` float: mean ``info["uncertainty"]`` over the steps (imagined episodes only)."""
 
 
 def _start_episode(policy: Policy, seed: int) -> None:
@@ -109,15 +110,7 @@ def _start_episode(policy: Policy, seed: int) -> None:
         policy.reset(seed=seed)
 
 
-# ----------------------------------------------------------------------------- episodes
-
-
-class Episodes(NamedTuple):
-    """Outcomes of a batch of episodes, one entry per episode."""
-
-    success: np.ndarray  # (N,) bool: info["success"] at any step
-    ret: np.ndarray  # (N,) float: sum of rewards
-    length: np.ndarray  # (N,) int: steps taken
+# ----------------------------------------------------------------------------- the real twin
 
 
 def _sim_env(env_id: str, images: bool, **kwargs: Any) -> Any:
@@ -158,6 +151,7 @@ def _worker_episode(job: tuple[Callable[[], Policy], int]) -> tuple[Any, ...]:
 def run_real(
     spec: TaskSpec,
     jobs: Sequence[tuple[Callable[[], Policy], int]],
+    *,
     max_steps: int,
     workers: int = 1,
     progress: bool = True,
@@ -172,25 +166,24 @@ def run_real(
         workers: Processes (spawned, each with its own robosuite env); 1 runs in this process.
             With more, the factories are pickled to the workers.
         progress: Show a progress bar.
-        images: Camera observations at every step (else the policies see ``state`` only and
-            just the first observations are rendered).
+        images: Camera observations at every step (else the policies see ``proprio`` and
+            ``state`` only and just the first observations are rendered).
 
     Returns:
         The episodes' outcomes and each episode's first (reset) observation, images included,
         in job order.
     """
     bar = tqdm(total=len(jobs), desc=f"{spec.sim_id} episodes", disable=not progress)
+    results = []
     if workers <= 1:
         env = _sim_env(spec.sim_id, images, max_episode_steps=max_steps)
-        results = []
         for job in jobs:
             results.append(_real_episode(env, *job))
             bar.update()
         env.close()
     else:
-        ctx = mp.get_context("spawn")  # forked children hang on EGL (see wmgym.bench)
+        ctx = mp.get_context("spawn")  # a forked child inherits the parent's EGL state and hangs
         with ctx.Pool(workers, _init_worker, (spec.sim_id, max_steps, images)) as pool:
-            results = []
             for r in pool.imap(_worker_episode, jobs):
                 results.append(r)
                 bar.update()
@@ -208,7 +201,7 @@ def reset_observations(spec: TaskSpec, seeds: Sequence[int]) -> list[dict[str, n
 
 
 def reuse_real(
-    path: str | Path, names: Sequence[str], task: str, seeds: Sequence[int], max_steps: int
+    path: str | Path, names: Sequence[str], *, task: str, seeds: Sequence[int], max_steps: int
 ) -> dict[str, Episodes]:
     """The real-twin episodes of the policies in ``names`` that the sweep result ``path`` holds.
 
@@ -224,27 +217,27 @@ def reuse_real(
     out = {}
     for p in prev["policies"]:
         if p["name"] in names:
-            real = p["real"]
-            n = len(real["per_episode"]["success"])
-            out[p["name"]] = Episodes(
-                np.array(real["per_episode"]["success"], bool),
-                np.array(real["per_episode"]["return"], float),
-                np.array(real["per_episode"].get("length", [real["length"]] * n)),
-            )
+            per = p["real"]["per_episode"]
+            out[p["name"]] = Episodes(np.array(per["success"], bool),
+                                      np.array(per["return"], float), np.array(per["length"]))
     return out
 
 
-def _final_success(infos: dict[str, Any], done: np.ndarray) -> np.ndarray:
-    """``info["success"]`` of every sub-env's step, the finished ones' from ``final_info``."""
-    success = np.asarray(infos["success"], dtype=bool).copy()
+# ----------------------------------------------------------------------------- the learned twin
+
+
+def _final(infos: dict[str, Any], key: str, done: np.ndarray) -> np.ndarray:
+    """``infos[key]`` of every sub-env's step, the finished ones' from ``final_info``."""
+    value = np.asarray(infos[key]).copy()
     if done.any():
-        success[done] = np.asarray(infos["final_info"]["success"], dtype=bool)[done]
-    return success
+        value[done] = np.asarray(infos["final_info"][key])[done]
+    return value
 
 
 def run_imagined(
     spec: TaskSpec,
     factories: Sequence[Callable[[], Policy]],
+    *,
     seeds: Sequence[int],
     contexts: Sequence[dict[str, np.ndarray]],
     max_steps: int,
@@ -268,30 +261,26 @@ def run_imagined(
         progress: Show a progress bar (steps).
         observe: Called before every vector step with the observations, the actions about to
             be taken and which sub-envs are still counting (``(N,)`` bool).
-        **env_kwargs: For ``gym.make_vec`` (``checkpoint``, ``device``, ``temperature``).
+        **env_kwargs: For ``gym.make_vec`` (``checkpoint``, ``device``, ``fast``, ``images``,
+            ``temperature``).
 
     Returns:
-        The episodes' outcomes, in sub-env order.
+        The episodes' outcomes, in sub-env order, with their mean uncertainty.
     """
     import gymnasium as gym
 
-    import wmgym  # noqa: F401
+    import wmgym  # noqa: F401  (registers the envs)
 
     n = len(factories)
-    envs = gym.make_vec(
-        spec.wm_id,
-        num_envs=n,
-        vectorization_mode="vector_entry_point",
-        max_episode_steps=max_steps,
-        **env_kwargs,
-    )
+    envs = gym.make_vec(spec.wm_id, num_envs=n, vectorization_mode="vector_entry_point",
+                        max_episode_steps=max_steps, **env_kwargs)
     policies = [make() for make in factories]
     for policy, seed in zip(policies, seeds):
         _start_episode(policy, int(seed))
     stacked = {k: np.stack([c[k] for c in contexts]) for k in contexts[0]}
     obs, _ = envs.reset(seed=[int(s) for s in seeds], options={"context": stacked})
     active = np.ones(n, dtype=bool)
-    out = Episodes(np.zeros(n, bool), np.zeros(n), np.zeros(n, np.int64))
+    out = Episodes(np.zeros(n, bool), np.zeros(n), np.zeros(n, np.int64), np.zeros(n))
     actions = np.zeros(envs.action_space.shape, dtype=np.float32)
     bar = tqdm(total=max_steps, desc=f"{spec.wm_id} steps ({n} envs)", disable=not progress)
     while active.any():
@@ -302,13 +291,15 @@ def run_imagined(
             observe(obs, actions, active)
         obs, reward, terminated, truncated, infos = envs.step(actions)
         done = terminated | truncated
-        out.success[active] |= _final_success(infos, done)[active]
+        out.success[active] |= _final(infos, "success", done).astype(bool)[active]
+        out.uncertainty[active] += _final(infos, "uncertainty", done).astype(float)[active]
         out.ret[active] += reward[active]
         out.length[active] += 1
         active &= ~done
         bar.update()
     bar.close()
     envs.close()
+    out.uncertainty[:] /= np.maximum(out.length, 1)
     return out
 
 
@@ -316,7 +307,7 @@ def run_imagined(
 
 
 def _summary(episodes: Episodes, rows: np.ndarray) -> dict[str, Any]:
-    return {
+    out = {
         "success": round(float(episodes.success[rows].mean()), 4),
         "return": round(float(episodes.ret[rows].mean()), 4),
         "length": round(float(episodes.length[rows].mean()), 2),
@@ -326,32 +317,11 @@ def _summary(episodes: Episodes, rows: np.ndarray) -> dict[str, Any]:
             "length": [int(x) for x in episodes.length[rows]],
         },
     }
-
-
-def _imagine_all(
-    spec: TaskSpec,
-    jobs: Sequence[tuple[Callable[[], Policy], int]],
-    first_obs: Sequence[dict[str, np.ndarray]],
-    max_steps: int,
-    args: SweepArgs,
-    images: bool = True,
-) -> Episodes:
-    """Every job as one imagined episode, ``max_batch`` sub-envs per vector env at most."""
-    env_kwargs: dict[str, Any] = {"device": args.device, "temperature": args.temperature,
-                                  "decoding": args.decoding, "images": images,
-                                  "kv_cache": args.kv_cache, "dynamics": args.dynamics}
-    if args.checkpoint:
-        env_kwargs["checkpoint"] = args.checkpoint
-    size = max(args.max_batch, 1)
-    chunks = []
-    for lo in range(0, len(jobs), size):
-        part = jobs[lo : lo + size]
-        factories, seeds = [make for make, _ in part], [s for _, s in part]
-        contexts = first_obs[lo : lo + size]
-        chunks.append(
-            run_imagined(spec, factories, seeds, contexts, max_steps, args.progress, **env_kwargs)
-        )
-    return Episodes(*(np.concatenate(parts) for parts in zip(*chunks)))
+    if episodes.uncertainty is not None:
+        out["uncertainty"] = round(float(episodes.uncertainty[rows].mean()), 4)
+        out["per_episode"]["uncertainty"] = [round(float(x), 4)
+                                             for x in episodes.uncertainty[rows]]
+    return out
 
 
 def _compare(
@@ -371,68 +341,125 @@ def _compare(
     return per_policy, metrics
 
 
-def _fast_dynamics_sha256(checkpoint: str | Path, dynamics: str) -> str | None:
-    """The sha256 of the fast transformer ``dynamics`` picks, None for the full one."""
-    from wmgym.model.fast_dynamics import FAST_DYNAMICS, has_fast_dynamics, resolve_dynamics
+def _imagine_all(
+    spec: TaskSpec,
+    jobs: Sequence[tuple[Callable[[], Policy], int]],
+    first_obs: Sequence[dict[str, np.ndarray]],
+    *,
+    max_steps: int,
+    args: SweepArgs,
+    checkpoint: Path,
+    images: bool,
+) -> Episodes:
+    """Every job as one imagined episode, ``max_batch`` sub-envs per vector env at most."""
+    env_kwargs: dict[str, Any] = {"checkpoint": checkpoint, "device": args.device,
+                                  "fast": args.fast, "temperature": args.temperature,
+                                  "images": images}
+    size = max(args.max_batch, 1)
+    chunks = []
+    for lo in range(0, len(jobs), size):
+        part = jobs[lo : lo + size]
+        chunks.append(run_imagined(
+            spec, [make for make, _ in part], seeds=[s for _, s in part],
+            contexts=first_obs[lo : lo + size], max_steps=max_steps, progress=args.progress,
+            **env_kwargs))
+    return Episodes(*(np.concatenate(parts) for parts in zip(*chunks)))
 
-    if resolve_dynamics(dynamics, has_fast_dynamics(checkpoint)) == "full":
-        return None
-    return FAST_DYNAMICS.sha256(checkpoint)
+
+def _real_side(
+    spec: TaskSpec,
+    names: list[str],
+    factories: list[Callable[[], Policy]],
+    *,
+    seeds: list[int],
+    max_steps: int,
+    args: SweepArgs,
+    images: bool,
+) -> tuple[Episodes, list[dict[str, np.ndarray]]]:
+    """Real episodes of every policy and the first observation of every job, policy-major.
+
+    Policies that ``args.real_from`` holds are reused from it, the others run in Sim.
+    """
+    reused = (reuse_real(args.real_from, names, task=spec.name, seeds=seeds,
+                         max_steps=max_steps) if args.real_from else {})
+    todo = [i for i, name in enumerate(names) if name not in reused]
+    jobs = [(factories[i], s) for i in todo for s in seeds]
+    if jobs:
+        ran, first = run_real(spec, jobs, max_steps=max_steps, workers=args.workers,
+                              progress=args.progress, images=images)
+    else:
+        ran, first = None, reset_observations(spec, seeds)
+    parts, at = [], 0
+    for name in names:
+        if name in reused:
+            parts.append(reused[name])
+        else:
+            assert ran is not None
+            parts.append(Episodes(*(x[at:at + len(seeds)] for x in ran[:3])))
+            at += len(seeds)
+    per_seed = first[:len(seeds)]  # a reset's observation depends on its seed alone
+    return (Episodes(*(np.concatenate(x) for x in zip(*(p[:3] for p in parts)))),
+            [obs for _ in names for obs in per_seed])
 
 
 def run_sweep(
-    policies: Mapping[str, PolicySource] | Iterable[PolicySource], args: SweepArgs
+    policies: Mapping[str, PolicySource] | Iterable[PolicySource] | None, args: SweepArgs
 ) -> dict[str, Any]:
     """Evaluates policies in both twins on shared seeds and compares the two rankings.
 
+    >>> result = run_sweep(None, SweepArgs(task="pick", episodes=20))  # doctest: +SKIP
+    >>> result["metrics"]["success"]["spearman"]  # doctest: +SKIP
+
     Args:
         policies: Policies to evaluate, by display name (a dict) or as a list (named by their
-            spec string or ``__name__``); see the module doc for what a policy can be.
-        args: Episodes, seeds, checkpoint and the other options (``args.policies`` is ignored).
+            spec string or ``__name__``); see the module doc for what a policy can be. None:
+            ``args.policies``, or the task's default list when that is empty.
+        args: Task, episodes, seeds, checkpoint and the other options.
 
     Returns:
-        The result: per policy ``real`` and ``imagined`` success rate, mean return and length;
-        ``metrics`` over policies (``success`` and ``return``: Pearson, Spearman, MMRV, mean
-        absolute gap; None with fewer than two policies); seconds spent per twin; the settings
-        and machine.
+        The result: per policy ``real`` and ``imagined`` success rate, mean return and length
+        (and the imagined mean uncertainty); ``metrics`` over policies (``success`` and
+        ``return``: Pearson, Spearman, MMRV, mean absolute gap; None with fewer than two
+        policies); seconds spent per twin; the settings and machine.
 
     Raises:
-        ValueError: No policies, an unknown policy, or ``episodes < 1``.
+        ValueError: No task, no policies, an unknown policy, or ``episodes < 1``.
         CheckpointError: The checkpoint is missing or unfit (checked before any episode runs).
     """
     from wmgym.env.loading import load_checkpoint
+    from wmgym.tasks import sweep_policies
 
-    spec = load_spec(args.task)
+    spec, checkpoint = resolve_task(args.task, args.checkpoint)
     if args.episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {args.episodes}")
+    if policies is None:
+        policies = args.policies or sweep_policies(spec)
     named = named_policies(policies)
-    factories = [policy_factory(src) for src in named.values()]
-    load_checkpoint(args.checkpoint or spec.checkpoint, spec, args.device)  # fail fast
+    factories = [policy_factory(src, task=spec) for src in named.values()]
+    load_checkpoint(checkpoint, spec, args.device)  # fail fast
     max_steps = args.max_steps or spec.max_episode_steps
     seeds = [args.seed + e for e in range(args.episodes)]
     jobs = [(make, s) for make in factories for s in seeds]  # policy-major order
     images = args.images == "always" or any(reads_images(make()) for make in factories)
     start = time.perf_counter()
-    real, first_obs = _real_side(spec, list(named), factories, seeds, max_steps, args, images)
+    real, first_obs = _real_side(spec, list(named), factories, seeds=seeds, max_steps=max_steps,
+                                 args=args, images=images)
     sim_seconds = time.perf_counter() - start
-    imagined = _imagine_all(spec, jobs, first_obs, max_steps, args, images)
+    imagined = _imagine_all(spec, jobs, first_obs, max_steps=max_steps, args=args,
+                            checkpoint=checkpoint, images=images)
     wm_seconds = time.perf_counter() - start - sim_seconds
     per_policy, metrics = _compare(list(named), real, imagined, args.episodes)
     return {
         "task": spec.name,
         "sim_env": spec.sim_id,
         "wm_env": spec.wm_id,
-        "checkpoint": str(Path(args.checkpoint or spec.checkpoint).resolve()),
-        "checkpoint_sha256": checkpoint_id(args.checkpoint or spec.checkpoint)["sha256"],
+        "checkpoint": str(checkpoint.resolve()),
+        "checkpoint_sha256": checkpoint_id(checkpoint)["sha256"],
+        "fast": args.fast,
         "episodes": args.episodes,
         "seeds": seeds,
         "max_steps": max_steps,
         "temperature": args.temperature,
-        "decoding": args.decoding,
-        "kv_cache": args.kv_cache,
-        "dynamics": args.dynamics,
-        "fast_dynamics_sha256": _fast_dynamics_sha256(args.checkpoint or spec.checkpoint,
-                                                      args.dynamics),
         "images": images,
         "policies": per_policy,
         "metrics": metrics,
@@ -443,16 +470,7 @@ def run_sweep(
 
 
 #: Settings pooled sweeps must share: the same policies scored the same way.
-POOLED_ALIKE = ("task", "checkpoint_sha256", "max_steps", "temperature", "decoding",
-                "kv_cache", "dynamics", "fast_dynamics_sha256", "images")
-
-#: What a setting that results older than the option lack, or ``auto``, meant.
-_IMPLIED = {"kv_cache": {None: "auto"}, "dynamics": {None: "full", "auto": "full"}}
-
-
-def _setting(result: dict[str, Any], key: str) -> Any:
-    value = result.get(key)
-    return _IMPLIED.get(key, {}).get(value, value)
+POOLED_ALIKE = ("task", "checkpoint_sha256", "fast", "max_steps", "temperature", "images")
 
 
 def pool_sweeps(paths: Sequence[str | Path]) -> dict[str, Any]:
@@ -477,9 +495,9 @@ def pool_sweeps(paths: Sequence[str | Path]) -> dict[str, Any]:
     seen: set[int] = set()
     for path, r in zip(paths, results):
         for key in POOLED_ALIKE:
-            if _setting(r, key) != _setting(first, key):
-                raise ValueError(f"{path}: {key} is {_setting(r, key)!r}, {paths[0]} has "
-                                 f"{_setting(first, key)!r}: only sweeps run alike pool")
+            if r.get(key) != first.get(key):
+                raise ValueError(f"{path}: {key} is {r.get(key)!r}, {paths[0]} has "
+                                 f"{first.get(key)!r}: only sweeps run alike pool")
         if [p["name"] for p in r["policies"]] != names:
             raise ValueError(f"{path}: policies {[p['name'] for p in r['policies']]} differ "
                              f"from {paths[0]}'s {names}")
@@ -490,49 +508,19 @@ def pool_sweeps(paths: Sequence[str | Path]) -> dict[str, Any]:
 
     def twin(key: str) -> Episodes:
         per = [r["policies"][i][key]["per_episode"] for i in range(len(names)) for r in results]
-        return Episodes(*(np.concatenate([np.asarray(e[f]) for e in per])
-                          for f in ("success", "return", "length")))
+        fields = ["success", "return", "length"]
+        if all("uncertainty" in e for e in per):
+            fields.append("uncertainty")
+        return Episodes(*(np.concatenate([np.asarray(e[f]) for e in per]) for f in fields))
 
     episodes = sum(r["episodes"] for r in results)
     per_policy, metrics = _compare(names, twin("real"), twin("imagined"), episodes)
     seconds = {k: round(sum(r["seconds"][k] for r in results), 1) for k in ("sim", "wm")}
     return {**{k: first[k] for k in ("sim_env", "wm_env", "checkpoint")},
-            **{k: _setting(first, k) for k in POOLED_ALIKE}, "episodes": episodes,
+            **{k: first.get(k) for k in POOLED_ALIKE}, "episodes": episodes,
             "seeds": [s for r in results for s in r["seeds"]], "policies": per_policy,
             "metrics": metrics, "seconds": seconds, "pooled_from": [str(p) for p in paths],
             "machine": machine()}
-
-
-def _real_side(
-    spec: TaskSpec,
-    names: list[str],
-    factories: list[Callable[[], Policy]],
-    seeds: list[int],
-    max_steps: int,
-    args: SweepArgs,
-    images: bool = True,
-) -> tuple[Episodes, list[dict[str, np.ndarray]]]:
-    """Real episodes of every policy and the first observation of every job, policy-major.
-
-    Policies that ``args.real_from`` holds are reused from it, the others run in Sim.
-    """
-    reused = (reuse_real(args.real_from, names, spec.name, seeds, max_steps)
-              if args.real_from else {})
-    todo = [i for i, name in enumerate(names) if name not in reused]
-    jobs = [(factories[i], s) for i in todo for s in seeds]
-    ran, first = (run_real(spec, jobs, max_steps, args.workers, args.progress, images) if jobs
-                  else (None, reset_observations(spec, seeds)))
-    parts, at = [], 0
-    for name in names:
-        if name in reused:
-            parts.append(reused[name])
-        else:
-            assert ran is not None
-            parts.append(Episodes(*(x[at:at + len(seeds)] for x in ran)))
-            at += len(seeds)
-    per_seed = first[:len(seeds)]  # a reset's observation depends on its seed alone
-    return (Episodes(*(np.concatenate(x) for x in zip(*parts))),
-            [obs for _ in names for obs in per_seed])
 
 
 def plot_sweep(result: dict[str, Any], path: str | Path) -> Path:
@@ -576,16 +564,18 @@ def plot_sweep(result: dict[str, Any], path: str | Path) -> Path:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """Per-policy success and return in both twins, then the agreement metrics, as Markdown."""
+    """Per-policy success, return and uncertainty in both twins, then the metrics, as Markdown."""
     lines = [
-        "| policy | real success | imagined success | real return | imagined return |",
-        "|---|---|---|---|---|",
+        "| policy | real success | imagined success | real return | imagined return | "
+        "uncertainty |",
+        "|---|---|---|---|---|---|",
     ]
     for p in result["policies"]:
         r, s = p["real"], p["imagined"]
+        u = s.get("uncertainty")
         lines.append(
             f"| {p['name']} | {r['success']:.2f} | {s['success']:.2f} | "
-            f"{r['return']:.2f} | {s['return']:.2f} |"
+            f"{r['return']:.2f} | {s['return']:.2f} | {'–' if u is None else f'{u:.2f}'} |"
         )
     for key, m in result["metrics"].items():
         if m:
@@ -598,7 +588,7 @@ def format_table(result: dict[str, Any]) -> str:
 def sweep_main(
     args: SweepArgs, policies: Mapping[str, PolicySource] | Iterable[PolicySource] | None = None
 ) -> dict[str, Any]:
-    """``wmgym sweep``: run the sweep, print the table, write ``sweep.json`` and ``sweep.png``.
+    """``wmgym sweep``: run (or pool) the sweep, print the table, write the JSON and the plot.
 
     Args:
         args: The options.
@@ -607,10 +597,7 @@ def sweep_main(
     Returns:
         The result written to ``<out>/sweep.json``.
     """
-    if args.pool:
-        result = pool_sweeps(args.pool)
-    else:
-        result = run_sweep(args.policies if policies is None else policies, args)
+    result = pool_sweeps(args.pool) if args.pool else run_sweep(policies, args)
     out = Path(args.out)
     result["plot"] = str(plot_sweep(result, out / "sweep.png"))
     write_result(out / "sweep.json", result)

@@ -8,15 +8,17 @@ trained agent is also evaluated in imagination on the same number of episodes: a
 imagined-minus-real success gap means it learned to exploit the model's errors.
 
 Training episodes do not end on success (``terminate_on_success=False``, robosuite's usual
-setting): with Lift's shaped reward, ending the episode at the lift would pay less than hovering
-with the cube grasped, and the agent learns to lift and hold instead. Evaluation episodes follow
-the spec (they end at the lift) and count an episode as a success if the cube was lifted.
+setting): with a shaped reward, ending the episode at success can pay less than staying just
+short of it (for Pick: hovering with the cube grasped), so the agent learns to succeed and hold
+instead. Evaluation episodes follow the spec (for Pick they end at the lift) and count an episode
+as a success if ``info["success"]`` was ever true.
 
 State-only observations are the CPU default (``images=False``: the world model skips decoding
 frames); ``--images`` trains on camera observations, for a GPU.
 
-Written: ``<out>/<twin>/model.zip``, TensorBoard logs in ``<out>/tb``, the result JSON
-(``--result``) and the learning-curve plot (``--plot``).
+:func:`run_transfer` returns the result; ``wmgym transfer`` also writes ``<out>/<twin>/model.zip``,
+TensorBoard logs in ``<out>/tb``, the result JSON (``<out>/transfer.json``, or ``--result``)
+and the learning-curve plot (``<out>/transfer.png``, or ``--plot``).
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
 from wmgym.env.sb3 import make_sb3_env
-from wmgym.results import checkpoint_id, machine, matching_result, write_result
+from wmgym.results import checkpoint_id, machine, matching_result, resolve_task, write_result
 from wmgym.rl import EVAL_SEED_OFFSET, CurveCallback, RealEvaluator, RLArgs
-from wmgym.spec import TaskSpec, load_spec
+from wmgym.spec import TaskSpec
 from wmgym.viz import save_figure
 
 Twin = Literal["wm", "sim"]
@@ -65,33 +67,33 @@ class TransferArgs(RLArgs):
     eval_episodes: int = 50
     """Real (and, for the WM agent, imagined) episodes of the final evaluation."""
     images: bool = False
-    """Train on camera observations (rgb, depth, mask, state) instead of state only."""
-    kv_cache: str = "auto"
-    """Precision of the world model's cached keys and values (``auto``, ``float32``,
-    ``bfloat16``; see ``WM-<Task>-v0``). The README's transfer runs used float32."""
+    """Train on camera observations (rgb, depth, mask, proprio, state) instead of state only."""
+    fast: Literal["default", "fast", "full"] = "default"
+    """Speed preset of ``WM-<Task>-v0`` (see its ``fast``)."""
     agent_device: str = "cpu"
     """Device of the SB3 agent (small MLPs are fastest on CPU)."""
     out: Path = Path("runs/transfer")
-    """Models and TensorBoard logs go here."""
-    result: Path | None = Path("benchmarks/transfer.json")
-    """Result JSON (merged with the twins already in it); None to skip."""
-    plot: Path | None = Path("docs/transfer.png")
-    """Learning-curve plot; None to skip."""
+    """Models, TensorBoard logs, the result JSON and the plot go here."""
+    result: Path | None = None
+    """Result JSON (default ``<out>/transfer.json``); the twins of an earlier run with the same
+    settings already in it are kept."""
+    plot: Path | None = None
+    """Learning-curve plot (default ``<out>/transfer.png``)."""
 
 
 # ----------------------------------------------------------------------------- evaluation
 
 
-def imagined_eval(
-    model: BaseAlgorithm, args: TransferArgs, spec: TaskSpec, episodes: int
-) -> dict[str, float]:
+def imagined_eval(model: BaseAlgorithm, args: TransferArgs, *, spec: TaskSpec,
+                  checkpoint: Path, episodes: int) -> dict[str, float]:
     """Success rate and mean return of ``model`` in ``WM-<Task>-v0`` under the spec's rules.
 
     All episodes run as one batched vector env; each counts until its first end.
     """
     env = make_sb3_env(
         spec.wm_id, num_envs=episodes, seed=args.seed + EVAL_SEED_OFFSET, monitor=False,
-        keys=None if args.images else ["state"], **_wm_kwargs(args, terminate_on_success=None),
+        keys=None if args.images else ["state"],
+        **_wm_kwargs(args, checkpoint, terminate_on_success=None),
     )
     obs = env.reset()
     live = np.ones(episodes, bool)
@@ -109,27 +111,25 @@ def imagined_eval(
 # ----------------------------------------------------------------------------- training
 
 
-def _wm_kwargs(args: TransferArgs, terminate_on_success: bool | None = False) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"images": args.images, "device": args.device,
-                              "terminate_on_success": terminate_on_success,
-                              "kv_cache": args.kv_cache}
-    if args.checkpoint:
-        kwargs["checkpoint"] = args.checkpoint
-    return kwargs
+def _wm_kwargs(args: TransferArgs, checkpoint: Path, *,
+               terminate_on_success: bool | None = False) -> dict[str, Any]:
+    return {"checkpoint": checkpoint, "device": args.device, "images": args.images,
+            "fast": args.fast, "terminate_on_success": terminate_on_success}
 
 
-def make_train_env(args: TransferArgs, spec: TaskSpec, twin: Twin) -> VecEnv:
+def make_train_env(args: TransferArgs, *, spec: TaskSpec, checkpoint: Path, twin: Twin
+                   ) -> VecEnv:
     """The SB3 training env of one twin (episodes do not end on success)."""
     keys = None if args.images else ["state"]
     if twin == "wm":
         return make_sb3_env(spec.wm_id, num_envs=args.wm_envs, seed=args.seed, keys=keys,
-                            **_wm_kwargs(args))
+                            **_wm_kwargs(args, checkpoint))
     return make_sb3_env(spec.sim_id, num_envs=args.sim_envs, seed=args.seed, keys=keys,
                         images=args.images, terminate_on_success=False)
 
 
-def make_agent(args: TransferArgs, env: VecEnv, tensorboard_log: str | None = None
-               ) -> BaseAlgorithm:
+def make_agent(args: TransferArgs, env: VecEnv, *, spec: TaskSpec,
+               tensorboard_log: str | None = None) -> BaseAlgorithm:
     """The SB3 agent, identical (but for the env) for both twins."""
     from stable_baselines3 import PPO
 
@@ -137,19 +137,19 @@ def make_agent(args: TransferArgs, env: VecEnv, tensorboard_log: str | None = No
               "tensorboard_log": tensorboard_log}
     if args.algo == "sac":
         return args.make_sac(
-            env, train_freq=1, gradient_steps=max(1, round(args.updates_per_step * env.num_envs)),
-            **common,
+            env, task=spec, train_freq=1,
+            gradient_steps=max(1, round(args.updates_per_step * env.num_envs)), **common,
         )
     if args.warmup_policy is not None:
         raise ValueError("--warmup-policy needs an off-policy agent (--algo sac)")
     return PPO("MultiInputPolicy", env, n_steps=max(64, 2048 // env.num_envs), **common)
 
 
-def train_twin(args: TransferArgs, spec: TaskSpec, twin: Twin, evaluate: RealEvaluator
-               ) -> dict[str, Any]:
+def train_twin(args: TransferArgs, twin: Twin, *, spec: TaskSpec, checkpoint: Path,
+               evaluate: RealEvaluator) -> dict[str, Any]:
     """Trains one agent in ``twin`` and evaluates it in the real twin; returns its record."""
-    env = make_train_env(args, spec, twin)
-    agent = make_agent(args, env, str(args.out / "tb"))
+    env = make_train_env(args, spec=spec, checkpoint=checkpoint, twin=twin)
+    agent = make_agent(args, env, spec=spec, tensorboard_log=str(args.out / "tb"))
     callback = CurveCallback(evaluate, args.eval_every, args.curve_episodes, args.steps,
                              args.progress, desc=f"train in {twin}")
     start = time.perf_counter()
@@ -170,16 +170,16 @@ def train_twin(args: TransferArgs, spec: TaskSpec, twin: Twin, evaluate: RealEva
         "model": str(path),
     }
     if twin == "wm":
-        record["checkpoint"] = checkpoint_id(args.checkpoint or spec.checkpoint)
-        record["kv_cache"] = args.kv_cache
-        imagined = imagined_eval(agent, args, spec, args.eval_episodes)
+        record["checkpoint"] = checkpoint_id(checkpoint)
+        imagined = imagined_eval(agent, args, spec=spec, checkpoint=checkpoint,
+                                 episodes=args.eval_episodes)
         record["imagined_success"] = imagined["success"]
         record["imagined_return"] = imagined["return"]
     return record
 
 
 def summarize(twins: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Imagination-trained vs directly trained real success (the issue's two targets)."""
+    """Imagination-trained vs directly trained real success, and the exploitation gap."""
     if "wm" not in twins or "sim" not in twins:
         return {}
     wm, sim = twins["wm"]["real_success"], twins["sim"]["real_success"]
@@ -188,8 +188,6 @@ def summarize(twins: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "sim_real_success": sim,
         "ratio": wm / sim if sim > 0 else None,
         "exploitation_gap": twins["wm"].get("imagined_success", wm) - wm,
-        "target_ratio_met": bool(sim > 0 and wm / sim >= 0.8),
-        "target_absolute_met": bool(wm >= 0.7),
     }
 
 
@@ -256,29 +254,33 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 #: Settings two runs must share for their twins to be compared (and kept in one result).
-_SETTINGS = ("algo", "steps", "seed", "images", *RLArgs.AGENT_SETTINGS, "updates_per_step")
+_SETTINGS = ("algo", "steps", "seed", "images", "fast", *RLArgs.AGENT_SETTINGS,
+             "updates_per_step")
 
 
-def _previous_twins(args: TransferArgs, spec: TaskSpec) -> dict[str, dict[str, Any]]:
-    """Twins of an earlier run with the same algorithm, budget and seed in ``--result``."""
-    expect = {"task": spec.name, **{k: getattr(args, k) for k in _SETTINGS}}
-    return matching_result(args.result, expect).get("twins", {})
+def run_transfer(args: TransferArgs) -> dict[str, Any]:
+    """Trains the agent in each of ``args.twins`` and evaluates it in the real twin.
 
+    Args:
+        args: The options (the agents' models and TensorBoard logs go under ``args.out``).
 
-def transfer_main(args: TransferArgs) -> dict[str, Any]:
-    """Runs ``wmgym transfer``; returns (and writes) the result."""
+    Returns:
+        The result: the settings, per twin its record (steps, training seconds, final real
+        success and return, learning curve, model path; for ``wm`` also the imagined success
+        and the checkpoint) and a ``summary`` of the two twins.
+    """
     import wmgym  # noqa: F401  (registers the envs)
 
     torch.manual_seed(args.seed)
-    spec = load_spec(args.task)
+    spec, checkpoint = resolve_task(args.task, args.checkpoint)
     evaluate = RealEvaluator(spec)
     twins: dict[str, dict[str, Any]] = {}
     try:
         for twin in args.twins:
-            twins[twin] = train_twin(args, spec, twin, evaluate)
+            twins[twin] = train_twin(args, twin, spec=spec, checkpoint=checkpoint,
+                                     evaluate=evaluate)
     finally:
         evaluate.close()
-    twins = {**_previous_twins(args, spec), **twins}  # read now: another run may have written since
     result = {
         "task": spec.name,
         **{k: getattr(args, k) for k in _SETTINGS},
@@ -287,11 +289,24 @@ def transfer_main(args: TransferArgs) -> dict[str, Any]:
         "twins": {k: twins[k] for k in ("wm", "sim") if k in twins},
     }
     result["summary"] = summarize(result["twins"])
-    if args.result is not None:
-        write_result(args.result, result)
-    if args.plot is not None:
-        plot_transfer(result, args.plot)
+    return result
+
+
+def transfer_main(args: TransferArgs) -> dict[str, Any]:
+    """``wmgym transfer``: runs :func:`run_transfer`, writes the result and the plot."""
+    path = args.result or args.out / "transfer.json"
+    spec, _ = resolve_task(args.task, args.checkpoint)
+    expect = {"task": spec.name, **{k: getattr(args, k) for k in _SETTINGS}}
+    result = run_transfer(args)
+    # an earlier run's other twin, read now: another run may have written it meanwhile
+    previous = matching_result(path, expect).get("twins", {})
+    twins = {**previous, **result["twins"]}
+    result["twins"] = {k: twins[k] for k in ("wm", "sim") if k in twins}
+    result["summary"] = summarize(result["twins"])
+    write_result(path, result)
+    plot_transfer(result, args.plot or args.out / "transfer.png")
     print(format_table(result))
     if result["summary"]:
         print(json.dumps(result["summary"]))
+    print(f"wrote {path}")
     return result

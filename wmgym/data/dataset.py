@@ -22,6 +22,14 @@ from minari.serialization import serialize_space
 
 from wmgym.spec import TaskSpec
 
+
+def stored_space(spec: TaskSpec):
+    """The observation space episodes are stored in: the spec's, less ``proprio`` (read off
+    ``state``)."""
+    from gymnasium import spaces
+
+    return spaces.Dict({k: v for k, v in spec.observation_space().items() if k != "proprio"})
+
 EPISODES_FILE = "episodes.hdf5"
 METADATA_FILE = "metadata.json"
 
@@ -97,7 +105,7 @@ def write_dataset(
             "format": "minari-hdf5-layout, lossless",
             "total_episodes": len(episodes),
             "total_steps": int(sum(len(ep) for ep in episodes)),
-            "observation_space": serialize_space(spec.observation_space()),
+            "observation_space": serialize_space(stored_space(spec)),
             "action_space": serialize_space(spec.action_space()),
             "task": spec.name,
             "heldout": heldout_ids(len(episodes), heldout_fraction, split_seed),

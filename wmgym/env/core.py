@@ -33,11 +33,13 @@ from gymnasium import spaces
 from wmgym.env.loading import load_checkpoint
 from wmgym.model.frames import frames_to_obs, obs_to_frames
 from wmgym.model.tokenizer import Decoder
-from wmgym.model.world_model import RolloutState, resolve_kv_cache
+from wmgym.model.world_model import RolloutState
 from wmgym.spec import IMAGE_KEYS, TaskSpec, load_spec
 from wmgym.validation import check_action
 
 Obs = dict[str, np.ndarray]
+#: What a context observation must hold (``proprio`` is read off its ``state``).
+CONTEXT_KEYS = (*IMAGE_KEYS, "state")
 
 
 @dataclass
@@ -71,71 +73,74 @@ class Imagined(NamedTuple):
     uncertainty: np.ndarray  # (N,) float64: mean entropy (nats) of the frame's token distributions
 
 
+#: Speed presets of the learned twin (``fast=``): which transformer imagines and which
+#: decoder draws the frames. ``"auto"`` is the checkpoint's distilled frame decoder when it has
+#: one (about 3x cheaper per frame; reward, success and state do not depend on the decoder).
+PRESETS: dict[str, tuple[str, str]] = {
+    "default": ("full", "auto"),  # the full transformer: the best ranking and transfer
+    "fast": ("fast", "auto"),  # the distilled transformer (one key/value head): ~2x faster
+    "full": ("full", "full"),  # the full transformer and the tokenizer's own decoder
+}
+
+
+def resolve_preset(fast: bool | str) -> tuple[str, str]:
+    """``(dynamics, decoder)`` of a speed preset: ``False``/``"default"``, ``True``/``"fast"``,
+    or ``"full"``.
+
+    Raises:
+        ValueError: Any other value.
+    """
+    name = {False: "default", True: "fast"}.get(fast, fast) if isinstance(fast, bool) else fast
+    if name not in PRESETS:
+        raise ValueError(f"fast must be True, False or one of {sorted(PRESETS)}, got {fast!r}")
+    return PRESETS[name]
+
+
 class Imagination:
     """``N`` imagined rollouts of a task's world model, stepped by one batched model call.
 
     Args:
-        spec: Task spec or task name.
+        task: Task spec or task name.
         num_envs: Number of rollouts ``N``.
         checkpoint: Checkpoint directory; defaults to the spec's.
         device: ``"auto"`` (CUDA when present) or a torch device.
+        images: Return rgb/depth/mask (else ``proprio`` and ``state`` only; frames are then not
+            decoded).
+        fast: Speed preset (:data:`PRESETS`): ``False`` (the full transformer), ``True`` (the
+            checkpoint's distilled fast transformer) or ``"full"`` (also the full decoder).
         temperature: Token sampling temperature (0 = greedy).
-        top_k: Sample among the ``top_k`` most likely tokens only (None = all).
-        images: Return rgb/depth/mask (else ``state`` only; frames are then not decoded).
-        decoding: ``auto`` (the parallel head when the checkpoint has one), ``parallel`` or
-            ``autoregressive`` (token by token: slower, samples a frame's tokens jointly).
-        success_needs_state: Success also needs the imagined state to meet the task's rule
-            (``TaskSpec.success_cube_z``), as the real twin's state does; False: the success
-            head alone (probability > 0.5).
-        kv_cache: Precision of the cached keys and values: ``float32``, ``bfloat16`` (half
-            the memory each token's attention reads; the weights stay float32) or ``auto``
-            (float32; see :func:`~wmgym.model.world_model.resolve_kv_cache`).
-        decoder: Frame decoder: ``full`` (the tokenizer's), ``fast`` (the checkpoint's
-            distilled one: about 3x cheaper per frame, slightly blurrier; reward, success and
-            state are not affected) or ``auto`` (fast when the checkpoint has one).
-        dynamics: Transformer: ``full`` (the checkpoint's), ``fast`` (its distilled one with
-            a single key/value head: cheaper passes; every token, reward, success and state
-            comes from it) or ``auto`` (full: the one every training result was measured
-            with; see :mod:`wmgym.model.fast_dynamics`).
 
     """
 
     def __init__(
         self,
-        spec: TaskSpec | str = "pick",
+        task: TaskSpec | str,
+        *,
         num_envs: int = 1,
         checkpoint: str | Path | None = None,
         device: str | torch.device = "auto",
-        temperature: float = 1.0,
-        top_k: int | None = None,
         images: bool = True,
-        decoding: str = "auto",
-        success_needs_state: bool = True,
-        kv_cache: str = "auto",
-        decoder: str = "auto",
-        dynamics: str = "auto",
+        fast: bool | str = False,
+        temperature: float = 1.0,
     ) -> None:
-        self.task = load_spec(spec) if isinstance(spec, str) else spec
+        self.task = load_spec(task)
         self.images = images
-        self.success_needs_state = success_needs_state
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if not temperature >= 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be None or >= 1, got {top_k}")
-        self.num_envs, self.temperature, self.top_k = num_envs, float(temperature), top_k
-        # contexts are always full observations (the model tokenizes their images); what the
+        dynamics, decoder = resolve_preset(fast)
+        self.num_envs, self.temperature = num_envs, float(temperature)
+        # contexts are full observations less proprio (read off their state); what the
         # rollouts return drops the images when images=False
-        self.context_space = self.task.observation_space()
         self.observation_space = self.task.observation_space(images=images)
+        self.context_space = spaces.Dict({k: v for k, v in self.task.observation_space().items()
+                                          if k in CONTEXT_KEYS})
         self.action_space = self.task.action_space()
         self.checkpoint = load_checkpoint(checkpoint or self.task.checkpoint, self.task, device)
         self.dynamics = self.checkpoint.resolve_dynamics(dynamics)
         self.model = self.checkpoint.world_model(self.dynamics)
-        self.decoding = self.model.resolve_decoding(decoding)
         self.device = self.model.device
-        self.kv_dtype = resolve_kv_cache(kv_cache)
         self.decoder = self.checkpoint.resolve_decoder(decoder)
         self._frame_decoder: Decoder | None = None
         self._decoder_loaded = False
@@ -258,14 +263,14 @@ class Imagination:
         history = self._history(model_starts, full)
         latest = torch.as_tensor(np.stack([s.obs["state"] for s in model_starts]))
         if full:
-            self.state = self.model.reset(frames, generators=gens, history=history, states=latest,
-                                          kv_dtype=self.kv_dtype)
+            self.state = self.model.reset(frames, generators=gens, history=history, states=latest)
         else:
             idx = torch.as_tensor(rows, dtype=torch.long, device=self.device)
             self.state = self.model.reset(frames, generators=gens, state=self.state, index=idx,
                                           states=latest)
         self._store_images(_stack([{k: s.obs[k] for k in IMAGE_KEYS} for s in starts]), rows)
-        obs = _stack([{k: s.obs[k] for k in self.observation_space.spaces} for s in starts])
+        obs = self._with_proprio(_stack([{k: s.obs[k] for k in self.observation_space.spaces
+                                           if k != "proprio"} for s in starts]))
         if full:
             self.obs = {k: v[np.argsort(rows)] for k, v in obs.items()}
         else:
@@ -307,16 +312,15 @@ class Imagination:
             self.state,
             torch.as_tensor(actions, device=self.device),
             temperature=self.temperature,
-            top_k=self.top_k,
             decode=self.images,
-            decoding=self.decoding,
             decoder=self.frame_decoder() if self.images else None,
         )
         space = self.observation_space.spaces
         state = out.state.to(torch.float32).cpu().numpy()
         self.tokens = out.tokens.cpu().numpy()
         self._last_tokens = out.tokens
-        self.obs = {"state": np.clip(state, space["state"].low, space["state"].high)}
+        self.obs = self._with_proprio(
+            {"state": np.clip(state, space["state"].low, space["state"].high)})
         if self.images:
             self.obs = {**self._image_obs(out.frames), **self.obs}
             self._store_images(self.obs, range(self.num_envs))
@@ -334,10 +338,14 @@ class Imagination:
     def _success(self, prob: np.ndarray, state: np.ndarray) -> np.ndarray:
         """The success head's verdict, checked against the task's rule on the imagined state.
 
-        The head alone fires on some frames whose own state says the cube has not risen (3 of
-        the 180 imagined episodes of ``wmgym sweep``'s default policies and seeds).
+        The head alone can fire on a frame whose own state breaks the rule (an object that has
+        not risen, say): the state decides, as it does in the real twin.
         """
-        return self.task.success(prob, state, self.success_needs_state)
+        return self.task.success(prob, state)
+
+    def _with_proprio(self, obs: Obs) -> Obs:
+        """``obs`` with ``proprio`` read off its ``state``."""
+        return {**obs, "proprio": self.task.proprio(obs["state"])}
 
     def _image_obs(self, frames: torch.Tensor) -> Obs:
         rgb, depth, mask = frames_to_obs(frames, self.task.depth_range)

@@ -130,6 +130,9 @@ def load_checkpoint(
             "checkpoint=<dir>"
         )
     dev = resolve_device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r}, but this torch ({torch.__version__}) sees no "
+                         "CUDA device: pass device='cpu' or 'auto'")
     if dev.type == "cuda" and dev.index is None:  # "cuda" and "cuda:0" share one copy
         dev = torch.device("cuda", torch.cuda.current_device())
     config = ckpt.read_config(path)
@@ -172,8 +175,8 @@ def _check_config(path: Path, config: dict, spec: TaskSpec) -> None:
         "task": (config.get("task", spec.name), spec.name),
         "tokenizer.resolution": (resolution, spec.resolution),
         "depth_range": (depth_range, tuple(spec.depth_range)),
-        "dynamics.action_dim": (action_dim, spec.action_space().shape[0]),
-        "dynamics.state_dim": (state_dim, spec.observation_space()["state"].shape[0]),
+        "dynamics.action_dim": (action_dim, spec.action_dim),
+        "dynamics.state_dim": (state_dim, spec.state_dim),
     }
     for name, (got, want) in expected.items():
         if got != want:
@@ -187,13 +190,14 @@ def _check_start_obs(path: Path, bank: dict[str, np.ndarray], spec: TaskSpec) ->
     """The start bank must hold at least one observation of the spec's space, per key."""
     where = path / ckpt.START_OBS
     space = spec.observation_space()
-    missing = sorted(set(space.spaces) - set(bank))
+    space = {k: v for k, v in space.items() if k != "proprio"}  # read off the state
+    missing = sorted(set(space) - set(bank))
     if missing:
         raise ckpt.CheckpointError(f"{where}: missing keys {missing} (expected {list(space)})")
-    n = {len(bank[k]) for k in space.spaces}
+    n = {len(bank[k]) for k in space}
     if len(n) != 1 or 0 in n:
         raise ckpt.CheckpointError(f"{where}: keys hold {n} observations, expected one N >= 1")
-    for k, sub in space.spaces.items():
+    for k, sub in space.items():
         arr = bank[k]
         if arr.shape[1:] != sub.shape or arr.dtype != sub.dtype:
             raise ckpt.CheckpointError(

@@ -165,7 +165,8 @@ def _unbatch(infos: dict[str, Any], i: int) -> dict[str, Any]:
 
 
 def make_sb3_env(
-    env_id: str = "WM-Pick-v0",
+    env_id: str,
+    *,
     num_envs: int = 8,
     seed: int | None = 0,
     keys: Sequence[str] | None = None,

@@ -20,7 +20,7 @@ from wmgym.model.checkpoint import CONFIG, WEIGHTS, CheckpointError
 from wmgym.model.tokenizer import MMTokenizer, TokenizerConfig
 from wmgym.model.transformer import DynamicsConfig
 from wmgym.model.world_model import WorldModel
-from wmgym.spec import CUBE_POS, TaskSpec, load_spec
+from wmgym.spec import TaskSpec, load_spec
 
 
 def synthetic_start_obs(spec: TaskSpec, n: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -40,14 +40,9 @@ def synthetic_start_obs(spec: TaskSpec, n: int, seed: int = 0) -> dict[str, np.n
     x = F.interpolate(low, size=(r, r), mode="bilinear", align_corners=False).movedim(1, -1)
     near, far = spec.depth_range
     rng = np.random.default_rng(seed)
-    state = np.concatenate(
-        [
-            rng.normal([-0.1, 0.0, 1.0], 0.02, (n, 3)),  # eef xyz
-            np.tile([0.02, -0.02], (n, 1)),  # open gripper
-            rng.normal([0.0, 0.0, 0.83], 0.02, (n, 3)),  # cube xyz on the table
-        ],
-        axis=1,
-    )
+    state = rng.normal(0.0, 0.02, (n, spec.state_dim))
+    if spec.success_field is not None:  # a start is not a success
+        state[:, spec.index(spec.success_field)[0]] = spec.success_above - 0.03
     return {
         "rgb": (x[..., :3] * 255).round().to(torch.uint8).numpy(),
         "depth": (near + x[..., 3:4] * (far - near)).numpy().astype(np.float32),
@@ -58,13 +53,13 @@ def synthetic_start_obs(spec: TaskSpec, n: int, seed: int = 0) -> dict[str, np.n
 
 def make_tiny_checkpoint(
     path: str | Path,
+    *,
     seed: int = 0,
-    spec: str = "pick",
+    task: str | TaskSpec = "pick",
     bank_size: int = 4,
     success_bias: float = -1.0,
     max_frames: int = 4,
-    parallel_head: bool = False,
-    grasp_latent: bool = False,
+    event: bool = False,
 ) -> Path:
     """Writes a tiny random-weight ``WorldModel`` checkpoint with a bank of start observations.
 
@@ -76,35 +71,34 @@ def make_tiny_checkpoint(
     Args:
         path: Checkpoint directory to create.
         seed: Seed of the weights and of the start observations.
-        spec: Task name; the model is built for its resolution and depth range.
+        task: Task (name, spec path or spec); the model is built for its spaces.
         bank_size: Number of start observations in the bank.
         success_bias: Bias of the success logit: ``-1.0`` ends about one step in 25, ``0.0``
             about one in four.
         max_frames: Attention window in frames (small, so long rollouts slide it).
-        parallel_head: Give the dynamics the parallel head (``decoding="parallel"``).
-        grasp_latent: Give the dynamics the state input and the grasp latent (its head says
+        event: Give the dynamics the state input and the spec's event latent (its head says
             one half whatever the state).
 
     Returns:
         The checkpoint directory.
     """
-    task = load_spec(spec)
+    task = load_spec(task)
     with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG alone
         torch.manual_seed(seed)
-        model = _tiny_model(task, max_frames, success_bias, parallel_head, grasp_latent)
+        model = _tiny_model(task, max_frames, success_bias, event)
     bank = synthetic_start_obs(task, bank_size, seed)
     states = torch.as_tensor(bank["state"])
     mean = states.mean(0)
-    if task.success_cube_z is not None:
-        # Centre the imagined cube 10 cm above the success height: about 80% of the success
+    if task.success_field is not None:
+        # Centre the imagined success field 0.1 above its threshold: about 80% of the success
         # head's firings then pass the state rule, so tests see both verdicts.
-        mean[CUBE_POS][2] = task.success_cube_z + 0.1
+        mean[task.index(task.success_field)[0]] = task.success_above + 0.1
     model.dynamics.set_state_normalization(mean, torch.full((states.shape[1],), 0.05))
     return model.save(path, extra={"task": task.name}, start_obs=bank)
 
 
 def _tiny_model(task: TaskSpec, max_frames: int, success_bias: float,
-                parallel_head: bool = False, grasp_latent: bool = False) -> WorldModel:
+                event: bool = False) -> WorldModel:
     tok_cfg = TokenizerConfig(
         resolution=task.resolution,
         base_channels=4,
@@ -114,6 +108,8 @@ def _tiny_model(task: TaskSpec, max_frames: int, success_bias: float,
     )
     tok = MMTokenizer(tok_cfg)
     dyn_cfg = DynamicsConfig(
+        action_dim=task.action_dim,
+        state_dim=task.state_dim,
         ctx_vocab_size=tok.ctx_vocab_size,
         vocab_size=tok.future_vocab_size,
         n_ctx_tokens=tok.n_ctx_tokens,
@@ -123,10 +119,8 @@ def _tiny_model(task: TaskSpec, max_frames: int, success_bias: float,
         n_layer=1,
         n_head=2,
         mlp_hidden=64,
-        parallel_head=parallel_head,
-        head_layers=1,
-        state_input=grasp_latent,
-        grasp_latent=grasp_latent,
+        state_input=event,
+        event=task.event.as_config() if event else None,
     )
     model = WorldModel(tok_cfg, dyn_cfg, task.depth_range)
     dyn = model.dynamics
@@ -143,11 +137,11 @@ def _tiny_model(task: TaskSpec, max_frames: int, success_bias: float,
         dyn.aux_head.bias.zero_()
         dyn.aux_head.bias[0] = 0.3  # reward symexp(0.3 + noise), clamped to [0, 1] by the model
         dyn.aux_head.bias[1] = success_bias
-        if grasp_latent:  # the latent must change the frames; a grasp holds one time in two
-            torch.nn.init.normal_(dyn.grasp_emb, std=1.0)
+        if event:  # the latent must change the frames; an event succeeds one time in two
+            torch.nn.init.normal_(dyn.event_emb, std=1.0)
             torch.nn.init.normal_(dyn.state_proj.weight, std=0.5)
-            dyn.grasp_head.mlp[-1].weight.zero_()
-            dyn.grasp_head.mlp[-1].bias.zero_()
+            dyn.event_head.mlp[-1].weight.zero_()
+            dyn.event_head.mlp[-1].bias.zero_()
     return model
 
 
@@ -161,7 +155,7 @@ def step_in_lockstep(env_a, env_b, steps: int, seed: int = 0) -> list[tuple[dict
     rng = np.random.default_rng(seed)
     pairs = []
     for _ in range(steps):
-        a = rng.uniform(-1, 1, 4).astype(np.float32)
+        a = rng.uniform(-1, 1, env_a.action_space.shape).astype(np.float32)
         s1, r1, t1, _, i1 = env_a.step(a)
         s2, r2, t2, _, i2 = env_b.step(a)
         np.testing.assert_array_equal(s1["state"], s2["state"])

@@ -42,28 +42,12 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
     ``(N,)`` array of the sub-envs to reset (the others carry on).
 
     Args:
+        task: Task spec or task name (``gym.make_vec`` passes the registered task).
         num_envs: Number of sub-envs.
-        spec: Task spec or task name.
         max_episode_steps: Truncate episodes after this many steps (default: the spec's).
-        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ….
-        checkpoint: Checkpoint directory; defaults to the spec's.
-        temperature: Token sampling temperature (0 = greedy).
-        top_k: Sample among the ``top_k`` most likely tokens only (None = all).
-        images: Return rgb/depth/mask (else ``state`` only, like ``Sim``'s ``images=False``;
-            frames are then not decoded, which is faster). Contexts still need images.
-        decoding: ``auto`` (the checkpoint's parallel head when it has one), ``parallel``, or
-            ``autoregressive`` (token by token; slower).
-        terminate_on_success: Override the spec's setting.
-        success_needs_state: Success needs the imagined state to meet the task's rule (see
-            ``WorldModelEnv``); False: the success head alone.
+        checkpoint, device, images, fast, temperature, terminate_on_success: As for
+            :class:`~wmgym.env.world_model_env.WorldModelEnv`.
         render_mode: ``"rgb_array"`` (``render`` returns one frame per sub-env) or None.
-        kv_cache: Precision of the cached keys and values (``float32``, ``bfloat16`` or
-            ``auto``; see :class:`~wmgym.env.core.Imagination`).
-        decoder: ``full``, ``fast`` (the checkpoint's distilled frame decoder) or ``auto``
-            (fast when there is one; see :class:`~wmgym.env.core.Imagination`).
-        dynamics: ``full`` (the checkpoint's transformer), ``fast`` (its distilled one with
-            one key/value head: faster) or ``auto`` (full; see
-            :class:`~wmgym.env.core.Imagination`).
 
     """
 
@@ -75,23 +59,19 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
 
     def __init__(
         self,
+        task: TaskSpec | str,
+        *,
         num_envs: int = 1,
-        spec: TaskSpec | str = "pick",
         max_episode_steps: int | None = None,
-        device: str | torch.device = "auto",
         checkpoint: str | Path | None = None,
-        temperature: float = 1.0,
-        top_k: int | None = None,
+        device: str | torch.device = "auto",
         images: bool = True,
-        decoding: str = "auto",
+        fast: bool | str = False,
+        temperature: float = 1.0,
         terminate_on_success: bool | None = None,
-        success_needs_state: bool = True,
         render_mode: str | None = None,
-        kv_cache: str = "auto",
-        decoder: str = "auto",
-        dynamics: str = "auto",
     ) -> None:
-        self.task = load_spec(spec) if isinstance(spec, str) else spec
+        self.task = load_spec(task)
         check_render_mode(render_mode)
         self.num_envs = num_envs
         self.render_mode = render_mode
@@ -102,9 +82,9 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
             self.task.terminate_on_success if terminate_on_success is None else terminate_on_success
         )
         self.metadata = {**self.metadata, "render_fps": self.task.control_freq}
-        self.core = Imagination(self.task, num_envs, checkpoint, device, temperature, top_k,
-                                 images, decoding, success_needs_state, kv_cache, decoder,
-                                 dynamics=dynamics)
+        self.core = Imagination(self.task, num_envs=num_envs, checkpoint=checkpoint,
+                                device=device, images=images, fast=fast,
+                                temperature=temperature)
         self.single_observation_space = self.core.observation_space
         self.single_action_space = self.core.action_space
         self.observation_space = batch_space(self.single_observation_space, num_envs)

@@ -22,7 +22,7 @@ class WorldModelEnv(gym.Env):
     ``np_random`` from the checkpoint's bank of real start observations. ``step`` imagines the
     next observation, the reward (in [0, 1]) and the success probability with the world model;
     ``info["success"]`` is the success head's verdict (probability > 0.5) where the imagined
-    state also meets the task's rule, as the real twin's does (``success_needs_state``);
+    state also meets the task's rule, as the real twin's does;
     ``terminated`` is ``info["success"]`` when ``terminate_on_success``;
     truncation is the ``TimeLimit`` wrapper's (``gym.make`` adds it). ``info["uncertainty"]`` is
     the mean entropy (nats) of the token distributions the frame was sampled from: it rises
@@ -36,30 +36,23 @@ class WorldModelEnv(gym.Env):
     >>> obs, info = env.reset(seed=0)
     >>> obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
     >>> sorted(obs), sorted(info)
-    (['depth', 'mask', 'rgb', 'state'], ['success', 'success_prob', 'uncertainty'])
+    (['depth', 'mask', 'proprio', 'rgb', 'state'], ['success', 'success_prob', 'uncertainty'])
 
     Args:
-        spec: Task spec or task name.
-        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ….
+        task: Task spec or task name (``gym.make`` passes the registered task).
         checkpoint: Checkpoint directory; defaults to the spec's.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, …; ``"cuda"`` without
+            CUDA raises ``ValueError``.
+        images: Return rgb/depth/mask (else ``proprio`` and ``state`` only, like ``Sim``'s
+            ``images=False``; frames are then not decoded, which is faster). Contexts still need
+            images.
+        fast: Speed preset: ``False`` (the full transformer), ``True`` (the checkpoint's
+            distilled fast transformer: about twice as fast, ranks policies a little less
+            well) or ``"full"`` (also the tokenizer's own frame decoder); see
+            :data:`~wmgym.env.core.PRESETS`.
         temperature: Token sampling temperature (0 = greedy, deterministic).
-        top_k: Sample among the ``top_k`` most likely tokens only (None = all).
-        images: Return rgb/depth/mask (else ``state`` only, like ``Sim``'s ``images=False``;
-            frames are then not decoded, which is faster). Contexts still need images.
-        decoding: ``auto`` (the checkpoint's parallel head when it has one), ``parallel``, or
-            ``autoregressive`` (token by token; slower).
         terminate_on_success: Override the spec's setting.
-        success_needs_state: Success needs the imagined state to meet the task's rule (the
-            cube above ``TaskSpec.success_cube_z``) as well as the success head to fire; False:
-            the head alone.
         render_mode: ``"rgb_array"`` (rgb | depth | mask of the current observation) or None.
-        kv_cache: Precision of the cached keys and values (``float32``, ``bfloat16`` or
-            ``auto``; see :class:`~wmgym.env.core.Imagination`).
-        decoder: ``full``, ``fast`` (the checkpoint's distilled frame decoder) or ``auto``
-            (fast when there is one; see :class:`~wmgym.env.core.Imagination`).
-        dynamics: ``full`` (the checkpoint's transformer), ``fast`` (its distilled one with
-            one key/value head: faster) or ``auto`` (full; see
-            :class:`~wmgym.env.core.Imagination`).
 
     """
 
@@ -67,30 +60,25 @@ class WorldModelEnv(gym.Env):
 
     def __init__(
         self,
-        spec: TaskSpec | str = "pick",
-        device: str | torch.device = "auto",
+        task: TaskSpec | str,
+        *,
         checkpoint: str | Path | None = None,
-        temperature: float = 1.0,
-        top_k: int | None = None,
+        device: str | torch.device = "auto",
         images: bool = True,
-        decoding: str = "auto",
+        fast: bool | str = False,
+        temperature: float = 1.0,
         terminate_on_success: bool | None = None,
-        success_needs_state: bool = True,
         render_mode: str | None = None,
-        kv_cache: str = "auto",
-        decoder: str = "auto",
-        dynamics: str = "auto",
     ) -> None:
-        self.task = load_spec(spec) if isinstance(spec, str) else spec
+        self.task = load_spec(task)
         check_render_mode(render_mode)
         self.render_mode = render_mode
         self.terminate_on_success = (
             self.task.terminate_on_success if terminate_on_success is None else terminate_on_success
         )
         self.metadata = {**self.metadata, "render_fps": self.task.control_freq}
-        self.core = Imagination(self.task, 1, checkpoint, device, temperature, top_k,
-                                 images, decoding, success_needs_state, kv_cache, decoder,
-                                 dynamics=dynamics)
+        self.core = Imagination(self.task, num_envs=1, checkpoint=checkpoint, device=device,
+                                images=images, fast=fast, temperature=temperature)
         self.observation_space = self.core.observation_space
         self.action_space = self.core.action_space
 

@@ -27,6 +27,18 @@ START_OBS = "start_obs.safetensors"
 FORMAT_VERSION = 1
 
 
+#: Module and parameter names of older weights files and their current names. The event
+#: latent's vector and head (:mod:`wmgym.model.event_latent`) were stored as ``grasp_emb`` and
+#: ``grasp_head`` (the shipped WM-Pick-v0 files keep those bytes); :func:`load_weights` is the
+#: one place that maps them.
+RENAMED = {"grasp_emb": "event_emb", "grasp_head": "event_head"}
+
+
+def current_name(name: str) -> str:
+    """The name a weights file's tensor ``name`` has now (parts renamed by :data:`RENAMED`)."""
+    return ".".join(RENAMED.get(part, part) for part in name.split("."))
+
+
 class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt, or does not match what was expected."""
 
@@ -123,7 +135,10 @@ def _verified(path: Path, expected_sha: str) -> None:
 
 
 def load_weights(directory: str | Path, config: dict | None = None) -> dict[str, torch.Tensor]:
-    """Loads and verifies the weights: sha256, the recorded keys and shapes, finiteness."""
+    """Loads and verifies the weights: sha256, the recorded keys and shapes, finiteness.
+
+    The tensors come back under their current names (:data:`RENAMED`).
+    """
     directory = Path(directory)
     config = read_config(directory) if config is None else config
     path = directory / WEIGHTS
@@ -145,7 +160,7 @@ def load_weights(directory: str | Path, config: dict | None = None) -> dict[str,
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{path}: non-finite values in {bad[:5]}")
-    return tensors
+    return {current_name(k): v for k, v in tensors.items()}
 
 
 def load_start_obs(directory: str | Path, config: dict | None = None) -> dict[str, np.ndarray]:

@@ -5,7 +5,7 @@ does; it is of no use to other weights. It lives in a sub-directory of that chec
 checkpoint directory of its own whose ``config.json`` records the sha256 of the parent's
 weights (``teacher_sha256``)::
 
-    checkpoints/WM-Pick-v0/<subdir>/{model.safetensors, config.json}
+    <checkpoint>/<subdir>/{model.safetensors, config.json}
 
 A parent retrained since makes it fail to load with both file names, and
 :meth:`~wmgym.model.world_model.WorldModel.save` deletes the stale ones it replaces.
@@ -30,7 +30,7 @@ class Companion:
         subdir: Sub-directory of the parent checkpoint.
         what: Its name in messages (``"fast decoder"``).
         command: The command that distils one (``"wmgym train decoder"``).
-        fallback: The option that does without it (``"decoder='full'"``).
+        fallback: The env option that does without it (``"fast='full'"``).
     """
 
     subdir: str

@@ -8,7 +8,7 @@ trained to reproduce its frames (:mod:`wmgym.train.distill`). The transformer, t
 reward, success and state are untouched: only the pixels an agent sees change.
 
 It lives beside the weights it was distilled from, bound to them
-(:mod:`wmgym.model.companion`): ``checkpoints/WM-Pick-v0/fast_decoder/``.
+(:mod:`wmgym.model.companion`): ``<checkpoint>/fast_decoder/``.
 """
 
 from __future__ import annotations
@@ -25,10 +25,7 @@ from wmgym.model.tokenizer import Decoder, TokenizerConfig, config_from_dict
 #: Sub-directory of a world-model checkpoint that holds its fast decoder.
 SUBDIR = "fast_decoder"
 
-#: What the envs' ``decoder=`` option accepts.
-DECODERS = ("auto", "full", "fast")
-
-FAST_DECODER = Companion(SUBDIR, "fast decoder", "wmgym train decoder", "decoder='full'")
+FAST_DECODER = Companion(SUBDIR, "fast decoder", "wmgym train decoder", "fast='full'")
 
 
 def build_fast_decoder(
@@ -80,17 +77,10 @@ def load_fast_decoder(checkpoint: str | Path, device: str | torch.device = "cpu"
     config, parent, tensors = FAST_DECODER.read(checkpoint)
     try:
         decoder = _decoder(*(config_from_dict(c["tokenizer"]) for c in (config, parent)))
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise FAST_DECODER.build_error(checkpoint, e) from e
     ckpt.load_state_dict_strict(decoder, tensors, FAST_DECODER.directory(checkpoint) / ckpt.WEIGHTS)
     return decoder.to(device).eval().requires_grad_(False)
-
-
-def open_decoder(checkpoint: str | Path, decoder: str,
-                 device: str | torch.device = "cpu") -> tuple[str, Decoder | None]:
-    """``(full|fast, the fast decoder or None)`` for the ``decoder`` option of ``checkpoint``."""
-    name = resolve_decoder(decoder, has_fast_decoder(checkpoint))
-    return name, load_fast_decoder(checkpoint, device) if name == "fast" else None
 
 
 def resolve_decoder(decoder: str, available: bool) -> str:

@@ -10,8 +10,8 @@ trained to reproduce the teacher's token distributions and heads on the teacher'
 rollouts (:mod:`wmgym.train.fast_dynamics`). The tokenizer, and so the frames' look, is shared.
 
 It lives beside the weights it was distilled from, bound to them
-(:mod:`wmgym.model.companion`): ``checkpoints/WM-Pick-v0/fast_dynamics/``. Its parameters are
-stored in float16 (half the bytes in the repository's history) and run in float32.
+(:mod:`wmgym.model.companion`): ``<checkpoint>/fast_dynamics/``. Its parameters are stored in
+float16 (half the bytes) and run in float32.
 """
 
 from __future__ import annotations
@@ -23,16 +23,20 @@ import torch
 
 from wmgym.model import checkpoint as ckpt
 from wmgym.model.companion import Companion, resolve_choice
-from wmgym.model.transformer import DynamicsConfig, DynamicsTransformer
+from wmgym.model.transformer import (
+    DynamicsConfig,
+    DynamicsTransformer,
+    dynamics_config_from_dict,
+)
 
 #: Sub-directory of a world-model checkpoint that holds its fast transformer.
 SUBDIR = "fast_dynamics"
 
 #: Parameters fitted apart rather than distilled (no distillation loss reaches them): the
-#: grasp head, fitted on the teacher's data, or refitted by ``wmgym train grasp-calibration``.
-FITTED = ("grasp_head.",)
+#: event head, fitted on the teacher's data (:mod:`wmgym.model.event_latent`).
+FITTED = ("event_head.",)
 FAST_DYNAMICS = Companion(SUBDIR, "fast transformer", "wmgym train fast-dynamics",
-                          "dynamics='full'")
+                          "fast=False")
 
 
 def student_config(teacher: DynamicsConfig, kv_heads: int = 1) -> DynamicsConfig:
@@ -68,9 +72,9 @@ def init_student_from(teacher: DynamicsTransformer, previous: DynamicsTransforme
 
     After a fine-tune of the teacher, the student distilled from the weights before it is most
     of the way there. The student gets the teacher's config (``previous``'s key/value heads)
-    and ``previous``'s parameters; the parts ``previous`` lacks (say, a grasp latent the
-    fine-tune added), every buffer (the state normalisation) and the grasp head come from the
-    teacher. The grasp head is fitted, never distilled (:data:`FITTED`): ``previous``'s was
+    and ``previous``'s parameters; the parts ``previous`` lacks (say, an event latent the
+    fine-tune added), every buffer (the state normalisation) and the event head come from the
+    teacher. The event head is fitted, never distilled (:data:`FITTED`): ``previous``'s was
     fitted for other weights.
 
     Returns:
@@ -127,7 +131,7 @@ def load_fast_dynamics(checkpoint: str | Path,
     """
     config, _, tensors = FAST_DYNAMICS.read(checkpoint)
     try:
-        model = DynamicsTransformer(DynamicsConfig(**config["dynamics"]))
+        model = DynamicsTransformer(dynamics_config_from_dict(config["dynamics"]))
     except (KeyError, TypeError, ValueError) as e:
         raise FAST_DYNAMICS.build_error(checkpoint, e) from e
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
@@ -139,8 +143,7 @@ def load_fast_dynamics(checkpoint: str | Path,
 def resolve_dynamics(dynamics: str, available: bool) -> str:
     """The transformer ``dynamics`` names: ``full``, ``fast``, or ``auto``.
 
-    ``auto`` is the full transformer: every training-in-imagination and MBPO result was
-    measured with it.
+    ``auto`` is the full transformer.
 
     Raises:
         ValueError: An unknown name.

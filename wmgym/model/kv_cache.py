@@ -90,22 +90,20 @@ def cached_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Te
 class KVCache:
     """Preallocated rotated keys and values of every layer for a batch of rollouts.
 
-    ``k, v`` are ``(n_layer, B, n_head, capacity, head_dim)`` in ``kv_dtype`` (default: the
+    ``k, v`` are ``(n_layer, B, n_kv_head, capacity, head_dim)`` in ``kv_dtype`` (default: the
     model's ``dtype``; bfloat16 halves what every pass reads), a ring per row (see the module
     docstring). ``k`` is a view of keys stored channel-major, each head's as a
     ``(head_dim, capacity)`` matrix, so the scores ``q @ k^T`` multiply by a contiguous
-    matrix: on this project's CPU that matmul takes half the time it takes on the transposed
-    rows (``wmgym bench speed``'s ``attention_kernels``). Row ``b`` holds logical positions
-    ``[start[b], end)``: its context, then
-    ``n_frames[b]`` (slot + frame) blocks. ``ctx_k`` and ``ctx_v`` keep each row's context keys
-    (unrotated, ``dtype``) and values for moving it.
+    matrix: on a CPU that matmul takes about half the time it takes on the transposed rows.
+    Row ``b`` holds logical positions ``[start[b], end)``: its context, then ``n_frames[b]``
+    (slot + frame) blocks. ``ctx_k`` and ``ctx_v`` keep each row's context keys (unrotated,
+    ``dtype``) and values for moving it.
 
-    With ``memory_len`` (models with a parallel head), ``memory (B, memory_len, d)`` holds the
-    final hidden states the head reads: the context's, then the latest frame's tokens' (valid
-    where ``has_prev``). With ``state_dim``, ``state (B, state_dim)`` holds each rollout's latest
-    state, normalised, and ``delta`` its last change (valid where ``has_state``);
-    ``last_hidden (B, d)`` and ``last_absolute (B, state_dim)`` keep the latest frame's final
-    hidden state and the plain state head's (normalised) reading of it.
+    Beside the attention state, each rollout carries what its next slot reads: with
+    ``state_dim``, ``state (B, state_dim)`` its latest state, normalised (valid where
+    ``has_state``); and the event latent (models with one,
+    :mod:`wmgym.model.event_latent`): ``event_run`` triggering commands in a row, ``event``
+    the latent, and ``event_u`` this frame's uniform draw for an event that begins.
 
     Args:
         n_layer: Transformer blocks.
@@ -115,19 +113,16 @@ class KVCache:
             ring's capacity.
         head_dim: Channels per head.
         device: Where the buffers live.
-        dtype: The model's dtype (``ctx_k``, ``memory``).
+        dtype: The model's dtype (``ctx_k``).
         n_ctx: Context tokens per row.
         block: Positions per (slot + frame) block.
-        memory_len: See above (0: none).
         state_dim: See above (0: none).
         kv_dtype: dtype of ``k`` and ``v`` (``None``: ``dtype``).
-        memory_dim: Width of ``memory`` (``None``: ``n_head * head_dim``).
     """
 
     def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int,
-                 device: torch.device | str, dtype: torch.dtype, n_ctx: int, block: int,
-                 memory_len: int = 0, state_dim: int = 0,
-                 kv_dtype: torch.dtype | None = None, memory_dim: int | None = None) -> None:
+                 device: torch.device | str, dtype: torch.dtype, *, n_ctx: int, block: int,
+                 state_dim: int = 0, kv_dtype: torch.dtype | None = None) -> None:
         if not 0 < n_ctx <= max_len or block < 1:
             raise ValueError(f"bad cache layout: n_ctx={n_ctx}, block={block}, max_len={max_len}")
         self.capacity = max_len
@@ -149,21 +144,73 @@ class KVCache:
         self.start_min = 0  # min(start), on the host
         self.uniform = True  # all rows start at start_min: one mask serves the batch
         self.noise: Tensor | None = None  # per-frame sampling noise buffer, made on first use
-        width = memory_dim or n_head * head_dim
-        self.memory = (torch.zeros(batch_size, memory_len, width, device=device, dtype=dtype)
-                       if memory_len else None)
-        self.has_prev = torch.zeros(batch_size, dtype=torch.bool, device=device)
         self.state = torch.zeros(batch_size, state_dim, device=device)
-        self.delta = torch.zeros_like(self.state)
-        self.filter_state = torch.zeros_like(self.state)  # the filter's, when it drives the grasp
         self.has_state = torch.zeros(batch_size, dtype=torch.bool, device=device)
-        self.last_hidden: Tensor | None = None
-        self.last_absolute: Tensor | None = None
-        # the grasp latent (models with one): closing commands in a row, the latent, and this
-        # frame's uniform draw for a grasp that begins (wmgym.model.grasp_latent)
-        self.grasp_run = torch.zeros_like(self.start)
-        self.grasp = torch.zeros_like(self.start)
-        self.grasp_u = torch.full((batch_size,), 0.5, device=device)
+        self.event_run = torch.zeros_like(self.start)
+        self.event = torch.zeros_like(self.start)
+        self.event_u = torch.full((batch_size,), 0.5, device=device)
+
+    def forget(self, rows: Tensor | None = None) -> None:
+        """Clear what the next slot of ``rows`` (all if ``None``) reads: state and event."""
+        rows = self.rows if rows is None else rows
+        self.has_state[rows] = False
+        self.event_run[rows] = 0
+        self.event[rows] = 0
+
+    def restart(self, rows: Tensor, fresh: KVCache, inv_freq: Tensor) -> None:
+        """Restart ``rows`` from ``fresh``, a cache holding just their contexts.
+
+        Each context goes right before ``end``; the rows' frames, state and event are gone.
+        """
+        self.ctx_k[:, rows], self.ctx_v[:, rows] = fresh.ctx_k, fresh.ctx_v
+        self.start[rows] = self.end - self.n_ctx
+        self.place_context(rows, inv_freq)
+        self.n_frames[rows] = 0
+        self.forget(rows)
+        self.sync()
+
+    def drop_oldest(self, full: Tensor, inv_freq: Tensor) -> None:
+        """Drop the oldest frame of the rows where ``full`` (bool ``(B,)``).
+
+        Each moves its context one block forward over the frame (see the module docstring);
+        the next frame goes into the ring slots it freed.
+        """
+        n_full = int(full.sum())
+        if n_full:
+            rows = None if n_full == self.batch_size else full.nonzero().squeeze(1)
+            self.start[full] += self.block
+            self.n_frames[full] -= 1
+            self.sync()
+            self.place_context(rows, inv_freq)
+
+    def draw(self, generators: list[torch.Generator] | None, shape: tuple[int, int, int],
+             device: torch.device, event: bool) -> Tensor:
+        """A frame's Gumbel noise ``shape = (B, n, V)`` on ``device`` (and event uniforms).
+
+        With ``event`` one uniform per row goes into ``event_u``. Row ``i`` draws its noise in
+        one call on ``generators[i]``, then its event uniform, so its draws do not depend on
+        the rest of the batch (``None``: the global RNG).
+        """
+        src = generators[0].device if generators else device
+        if self.noise is None or self.noise.shape != shape or self.noise.device != src:
+            self.noise = torch.empty(shape, device=src)
+        if generators is None:
+            self.noise.uniform_()
+        else:
+            if len(generators) != shape[0]:
+                raise ValueError(f"need one generator per sample: {len(generators)} != "
+                                 f"{shape[0]}")
+            for i, g in enumerate(generators):
+                self.noise[i].uniform_(generator=g)
+        u = self.noise.to(device)  # in place below: 4 fewer (B, n, V) buffers
+        gumbel = u.clamp_(1e-10, 1.0 - 1e-7).log_().neg_().log_().neg_()
+        if event:
+            if generators is None:
+                self.event_u.uniform_()
+            else:
+                draws = [torch.rand(1, generator=g, device=g.device) for g in generators]
+                self.event_u.copy_(torch.cat(draws).to(self.event_u.device))
+        return gumbel
 
     @property
     def lengths(self) -> Tensor:

@@ -6,11 +6,11 @@ A trajectory is tokenized relative to one *context* frame:
   reconstructs it. ``E_c``'s multi-scale feature maps are cached for the future path.
 * future path: ``E_p`` compresses any later frame into only 16 tokens (a 4x4 grid) and ``D_p``
   decodes them; both cross-attend, scale by scale, to the cached context features, so the
-  tokens only need to carry what changed (arm, gripper, cube) and not the static scene.
+  tokens only need to carry what changed (the robot, what it moves) and not the static scene.
 
 Frames are ``(B, 5, H, W)``: rgb, depth, mask (see :mod:`wmgym.model.frames`). The decoders emit
 logits; the public ``decode_*`` methods return sigmoids (rgb/depth in [0, 1], mask probability).
-Quantization is FSQ (default) or an EMA vector quantizer, chosen by :class:`TokenizerConfig`.
+Both paths quantize with FSQ (finite scalar quantization).
 """
 
 from __future__ import annotations
@@ -38,18 +38,11 @@ class TokenizerConfig:
     future_downsample: int = 16  # future grid = resolution / future_downsample (4x4 = 16 tokens)
     xattn_resolutions: tuple[int, ...] = (16, 8, 4)  # future-path scales that cross-attend
     attn_head_dim: int = 32  # channels per cross-attention head
-    quantizer: str = "fsq"  # "fsq" or "vq"
     fsq_levels: tuple[int, ...] = (8, 5, 5, 5)  # FSQ levels per latent dim (vocab = product)
-    vq_codebook_size: int = 1024  # VQ: number of codes
-    vq_dim: int = 32  # VQ: code dimension
-    vq_decay: float = 0.99  # VQ: EMA decay of the codebook statistics
-    vq_commitment: float = 0.25  # VQ: weight of the commitment loss
-    vq_restart_threshold: float = 0.01  # VQ: EMA count under which a code restarts (0 = never)
     w_rgb_l1: float = 1.0  # loss weight: rgb L1
     w_rgb_ssim: float = 0.2  # loss weight: rgb (1 - SSIM)
     w_depth: float = 1.0  # loss weight: depth L1
     w_mask: float = 0.2  # loss weight: mask BCE
-    w_quant: float = 1.0  # loss weight: quantizer loss (VQ commitment; FSQ has none)
     w_future: float = 1.0  # weight of the future-frame terms relative to the context terms
     decoder_subpixel: int = 1  # decoders stop at resolution / this; a sub-pixel conv upsamples
 
@@ -60,7 +53,16 @@ class TokenizerConfig:
 
 
 def config_from_dict(config: dict) -> TokenizerConfig:
-    """A :class:`TokenizerConfig` from its ``asdict`` form (JSON lists back to tuples)."""
+    """A :class:`TokenizerConfig` from its ``asdict`` form (JSON lists back to tuples).
+
+    Raises:
+        ValueError: Missing or unknown keys, naming them and the expected ones.
+    """
+    expected = set(TokenizerConfig.__dataclass_fields__)
+    missing, unknown = sorted(expected - set(config)), sorted(set(config) - expected)
+    if missing or unknown:
+        raise ValueError(f"tokenizer config: missing keys {missing}, unknown keys {unknown}; "
+                         f"expected {sorted(expected)}")
     return TokenizerConfig(**{k: tuple(v) if isinstance(v, list) else v
                               for k, v in config.items()})
 
@@ -88,119 +90,48 @@ def _codebook_stats(codes: Tensor, size: int) -> dict[str, float]:
     return {"usage": (counts > 0).float().mean().item(), "perplexity": entropy.exp().item()}
 
 
-class Quantizer(nn.Module):
-    """1x1 projections around a quantizer of flat vectors; subclasses define the codebook.
+class FSQ(nn.Module):
+    """Finite scalar quantization between 1x1 projections.
 
-    ``forward`` maps ``x (B, C, h, w)`` to ``(x_q (B, C, h, w), codes (B, h*w), loss)`` and
-    ``decode`` maps codes ``(B, g*g)`` back to ``x_q (B, C, g, g)``.
-    """
-
-    def __init__(self, channels: int, dim: int, codebook_size: int) -> None:
-        super().__init__()
-        self.proj_in = nn.Conv2d(channels, dim, 1)
-        self.proj_out = nn.Conv2d(dim, channels, 1)
-        self.codebook_size = codebook_size
-
-    def quantize(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        raise NotImplementedError
-
-    def lookup(self, codes: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        b, _, h, w = x.shape
-        zq, codes, loss = self.quantize(self.proj_in(x).permute(0, 2, 3, 1).reshape(b * h * w, -1))
-        return self.proj_out(zq.view(b, h, w, -1).permute(0, 3, 1, 2)), codes.view(b, -1), loss
-
-    def decode(self, codes: Tensor, grid: int) -> Tensor:
-        zq = self.lookup(codes.flatten()).to(self.proj_out.weight.dtype)
-        return self.proj_out(zq.view(codes.shape[0], grid, grid, -1).permute(0, 3, 1, 2))
-
-
-class FSQ(Quantizer):
-    """Finite scalar quantization: each latent dim is bounded and rounded to a few levels.
-
-    The code index is the mixed-radix number of the per-dim levels (vocab = product).
+    Each latent dim is bounded and rounded to a few levels; the code index is the mixed-radix
+    number of the per-dim levels (vocab = product). ``forward`` maps ``x (B, C, h, w)`` to
+    ``(x_q (B, C, h, w), codes (B, h*w))`` and ``decode`` maps codes ``(B, g*g)`` back to
+    ``x_q (B, C, g, g)``.
     """
 
     def __init__(self, channels: int, levels: tuple[int, ...]) -> None:
-        super().__init__(channels, len(levels), math.prod(levels))
+        super().__init__()
+        self.proj_in = nn.Conv2d(channels, len(levels), 1)
+        self.proj_out = nn.Conv2d(len(levels), channels, 1)
+        self.codebook_size = math.prod(levels)
         lv = torch.tensor(levels, dtype=torch.long)
         basis = torch.cumprod(torch.cat([lv.new_ones(1), lv[:-1]]), 0)
         self.register_buffer("levels", lv, persistent=False)
         self.register_buffer("basis", basis, persistent=False)
 
-    def quantize(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def quantize(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Flat latents ``(N, dims)`` -> their quantized values and codes ``(N,)``."""
         # tanh bounds dim i to L_i values around 0 (shifted by 1/2 for even L_i)
         half = (self.levels - 1).to(z.dtype) * (1 - 1e-3) / 2
         offset = (self.levels % 2 == 0).to(z.dtype) / 2
         zb = torch.tanh(z + torch.atanh(offset / half)) * half - offset
         q = zb + (zb.round() - zb).detach()  # straight-through rounding
         codes = ((q.detach().round().long() + self.levels // 2) * self.basis).sum(-1)
-        return q / (self.levels // 2), codes, z.new_zeros(())
+        return q / (self.levels // 2), codes
 
     def lookup(self, codes: Tensor) -> Tensor:
+        """Codes ``(N,)`` -> quantized values ``(N, dims)``."""
         digits = (codes.unsqueeze(-1) // self.basis) % self.levels
         return (digits - self.levels // 2) / (self.levels // 2)
 
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        b, _, h, w = x.shape
+        zq, codes = self.quantize(self.proj_in(x).permute(0, 2, 3, 1).reshape(b * h * w, -1))
+        return self.proj_out(zq.view(b, h, w, -1).permute(0, 3, 1, 2)), codes.view(b, -1)
 
-class VectorQuantizer(Quantizer):
-    """Nearest-neighbour VQ with an EMA-updated codebook, commitment loss and dead-code restart.
-
-    ``size`` codes of width ``dim``; code counts and sums follow an EMA with ``decay``; codes
-    whose EMA count falls below ``restart_threshold`` are re-seeded from the batch.
-    """
-
-    def __init__(self, channels: int, size: int, dim: int, decay: float, commitment: float,
-                 restart_threshold: float) -> None:
-        super().__init__(channels, dim, size)
-        self.decay, self.commitment, self.restart_threshold = decay, commitment, restart_threshold
-        self.register_buffer("embed", torch.randn(size, dim))
-        self.register_buffer("embed_sum", self.embed.clone())
-        self.register_buffer("count", torch.ones(size))
-        self.register_buffer("initialized", torch.tensor(False))
-
-    @torch.no_grad()
-    def _ema_update(self, z: Tensor, codes: Tensor) -> None:
-        if not self.initialized:  # data-dependent init: codes start at random encoder outputs
-            pick = torch.randint(0, z.shape[0], (self.codebook_size,), device=z.device)
-            self.embed_sum.copy_(z[pick])
-            self.initialized.fill_(True)
-        counts = torch.bincount(codes, minlength=self.codebook_size).to(z.dtype)
-        sums = torch.zeros_like(self.embed_sum).index_add_(0, codes, z)
-        self.count.mul_(self.decay).add_(counts, alpha=1 - self.decay)
-        self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
-        dead = self.count < self.restart_threshold
-        if dead.any():  # re-seed unused codes with random encoder outputs
-            pick = torch.randint(0, z.shape[0], (int(dead.sum()),), device=z.device)
-            self.embed_sum[dead] = z[pick]
-            self.count[dead] = 1.0
-        n = self.count.sum()  # Laplace smoothing keeps rare codes from dividing by ~0
-        smoothed = (self.count + 1e-5) / (n + self.codebook_size * 1e-5) * n
-        self.embed.copy_(self.embed_sum / smoothed.unsqueeze(1))
-
-    def quantize(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        zf = z.detach().float()
-        dist = zf.pow(2).sum(1, keepdim=True) - 2 * zf @ self.embed.T + self.embed.pow(2).sum(1)
-        codes = dist.argmin(1)
-        e = self.embed[codes].to(z.dtype)
-        loss = self.commitment * F.mse_loss(z, e)
-        if self.training:
-            self._ema_update(zf, codes)
-        return z + (e - z).detach(), codes, loss  # straight-through
-
-    def lookup(self, codes: Tensor) -> Tensor:
-        return self.embed[codes]
-
-
-def make_quantizer(cfg: TokenizerConfig, channels: int) -> Quantizer:
-    """Build the quantizer selected by ``cfg.quantizer``."""
-    if cfg.quantizer == "fsq":
-        return FSQ(channels, cfg.fsq_levels)
-    if cfg.quantizer == "vq":
-        return VectorQuantizer(channels, cfg.vq_codebook_size, cfg.vq_dim, cfg.vq_decay,
-                               cfg.vq_commitment, cfg.vq_restart_threshold)
-    raise ValueError(f"unknown quantizer {cfg.quantizer!r} (expected 'fsq' or 'vq')")
+    def decode(self, codes: Tensor, grid: int) -> Tensor:
+        zq = self.lookup(codes.flatten()).to(self.proj_out.weight.dtype)
+        return self.proj_out(zq.view(codes.shape[0], grid, grid, -1).permute(0, 3, 1, 2))
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -389,10 +320,10 @@ class MMTokenizer(nn.Module):
         self.ctx_grid = cfg.resolution // cfg.ctx_downsample
         self.future_grid = cfg.resolution // cfg.future_downsample
         self.ctx_encoder = Encoder(cfg, cfg.ctx_downsample)
-        self.ctx_quant = make_quantizer(cfg, cfg.channels(self.ctx_grid))
+        self.ctx_quant = FSQ(cfg.channels(self.ctx_grid), cfg.fsq_levels)
         self.ctx_decoder = Decoder(cfg, cfg.ctx_downsample)
         self.fut_encoder = Encoder(cfg, cfg.future_downsample, self.ctx_grid)
-        self.fut_quant = make_quantizer(cfg, cfg.channels(self.future_grid))
+        self.fut_quant = FSQ(cfg.channels(self.future_grid), cfg.fsq_levels)
         self.fut_decoder = Decoder(cfg, cfg.future_downsample, self.ctx_grid)
         self.n_ctx_tokens, self.n_future_tokens = self.ctx_grid**2, self.future_grid**2
         self.ctx_vocab_size = self.ctx_quant.codebook_size
@@ -404,15 +335,15 @@ class MMTokenizer(nn.Module):
     def _feat_dict(self, feats: list[Tensor]) -> dict[int, Tensor]:
         return {f.shape[-1]: f for f in feats}
 
-    def _encode_context(self, frames: Tensor) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
+    def _encode_context(self, frames: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
         z, levels = self.ctx_encoder(frames)
-        zq, tokens, qloss = self.ctx_quant(z)
+        zq, tokens = self.ctx_quant(z)
         feats = [f for f in levels if f.shape[-1] in self.ctx_feat_res]
-        return zq, tokens, feats, qloss
+        return zq, tokens, feats
 
     def encode_context(self, frames: Tensor) -> ContextCode:
         """Tokenize context frames ``(B, 5, H, W)`` -> :class:`ContextCode` (tokens ``(B, N)``)."""
-        _, tokens, feats, _ = self._encode_context(frames)
+        _, tokens, feats = self._encode_context(frames)
         return ContextCode(tokens, feats)
 
     def decode_context(self, tokens: Tensor) -> Tensor:
@@ -421,8 +352,8 @@ class MMTokenizer(nn.Module):
 
     def _encode_future(self, frames: Tensor, ctx_feats: list[Tensor]):
         z, _ = self.fut_encoder(frames.flatten(0, -4), self._feat_dict(ctx_feats))
-        zq, tokens, qloss = self.fut_quant(z)
-        return zq, tokens.view(*frames.shape[:-3], -1), qloss
+        zq, tokens = self.fut_quant(z)
+        return zq, tokens.view(*frames.shape[:-3], -1)
 
     def encode_future(self, frames: Tensor, ctx_feats: list[Tensor]) -> Tensor:
         """Tokenize future frames given their context's features.
@@ -467,17 +398,16 @@ class MMTokenizer(nn.Module):
 
         """
         cfg, m = self.cfg, {}
-        zq_c, tok_c, feats, qloss_c = self._encode_context(ctx_frames)
+        zq_c, tok_c, feats = self._encode_context(ctx_frames)
         loss_c = reconstruction_loss(cfg, self.ctx_decoder(zq_c), ctx_frames, "ctx", m)
-        zq_f, tok_f, qloss_f = self._encode_future(fut_frames, feats)
+        zq_f, tok_f = self._encode_future(fut_frames, feats)
         logits_f = self.fut_decoder(zq_f, self._feat_dict(feats))
         loss_f = reconstruction_loss(cfg, logits_f, fut_frames.reshape(logits_f.shape), "fut", m)
-        loss = loss_c + cfg.w_future * loss_f + cfg.w_quant * (qloss_c + qloss_f)
+        loss = loss_c + cfg.w_future * loss_f
         with torch.no_grad():
             for tag, tok, size in (("ctx", tok_c, self.ctx_vocab_size),
                                    ("fut", tok_f, self.future_vocab_size)):
                 for k, v in _codebook_stats(tok, size).items():
                     m[f"{k}_{tag}"] = v
-        m["quant_loss"] = (qloss_c + qloss_f).item()
         m["loss"] = loss.item()
         return loss, m

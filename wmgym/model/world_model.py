@@ -1,7 +1,7 @@
 """WorldModel: tokenizer + dynamics transformer behind ``reset`` / ``step`` on batched tensors.
 
 No gym and no numpy in here: frames are ``(B, 5, H, W)`` float tensors (see ``frames.py``),
-actions ``(B, 4)``. The KV-cache life cycle is explicit::
+actions ``(B, action_dim)``. The KV-cache life cycle is explicit::
 
     state = wm.reset(frames)                     # tokenize the context, prefill the cache
     out, state = wm.step(state, actions)         # sample one frame for every rollout
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from wmgym.model import checkpoint as ckpt
 from wmgym.model.fast_decoder import FAST_DECODER
-from wmgym.model.fast_dynamics import FAST_DYNAMICS
+from wmgym.model.fast_dynamics import FAST_DYNAMICS, load_fast_dynamics
 from wmgym.model.tokenizer import (
     ContextCode,
     Decoder,
@@ -27,43 +27,24 @@ from wmgym.model.tokenizer import (
     TokenizerConfig,
     config_from_dict,
 )
-from wmgym.model.transformer import DynamicsConfig, DynamicsTransformer, KVCache
+from wmgym.model.transformer import (
+    DynamicsConfig,
+    DynamicsTransformer,
+    KVCache,
+    dynamics_config_from_dict,
+)
 
 #: Activation values per chunk of frames decoded at once on CPU: 32 frames of the full
 #: decoder's 16 x 64 x 64 maps (8 MB). A whole batch-256 step's maps (67 MB each) leave the
-#: caches; 32 frames at a time decoded 1.4-1.7x faster per frame on the project's 2-core CPU
-#: (interleaved one-thread timings, docs/experiments.md, session 11; 16 and 64 were no better).
-#: The fast decoder's largest maps are 4x smaller, so it takes 128 frames at a time: 136 ms per
-#: 256 frames against 157 ms in chunks of 32 (session 23). A GPU wants the whole batch.
+#: caches; 32 frames at a time decode 1.4-1.7x faster per frame on a 2-core CPU than the whole
+#: batch (16 and 64 were no better). The fast decoder's largest maps are 4x smaller, so it
+#: takes 128 frames at a time. A GPU wants the whole batch.
 CPU_DECODE_VALUES = 32 * 16 * 64 * 64
 
 
 def cpu_decode_chunk(decoder: Decoder) -> int:
     """Frames ``decoder`` decodes at once on CPU (:data:`CPU_DECODE_VALUES`)."""
     return max(1, CPU_DECODE_VALUES // decoder.map_size)
-
-#: Precisions the KV cache can hold keys and values in (``kv_cache=`` of the envs).
-KV_CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def resolve_kv_cache(kv_cache: str) -> torch.dtype:
-    """The dtype ``kv_cache`` names: ``float32``, ``bfloat16``, or ``auto`` (float32).
-
-    ``auto`` stays float32, the precision every training-in-imagination and MBPO result was
-    measured with: with bfloat16 the sweep kept its targets and imagination ran 1.34-1.43x
-    faster on this project's CPU, but agents trained in imagination reached a mean real success
-    of 0.64 over 3 seeds against float32's 0.73 (README, "Training in imagination").
-
-    Raises:
-        ValueError: Any other name.
-    """
-    if kv_cache == "auto":
-        return torch.float32
-    if kv_cache not in KV_CACHE_DTYPES:
-        raise ValueError(f"kv_cache must be 'auto' or one of {sorted(KV_CACHE_DTYPES)}, "
-                         f"got {kv_cache!r}")
-    return KV_CACHE_DTYPES[kv_cache]
-
 
 @dataclass
 class RolloutState:
@@ -153,27 +134,40 @@ class WorldModel(nn.Module):
     @classmethod
     def from_config(cls, config: dict) -> WorldModel:
         """Builds an untrained model from a ``config()`` dict."""
-        return cls(config_from_dict(config["tokenizer"]), DynamicsConfig(**config["dynamics"]),
-                   tuple(config["depth_range"]))
+        return cls(config_from_dict(config["tokenizer"]),
+                   dynamics_config_from_dict(config["dynamics"]), tuple(config["depth_range"]))
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> WorldModel:
-        """Loads a checkpoint directory, verifying hash, keys, shapes and finiteness."""
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu", *,
+             dynamics: str = "full") -> WorldModel:
+        """Loads a checkpoint directory, verifying hash, keys, shapes and finiteness.
+
+        Args:
+            directory: The checkpoint directory.
+            device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ….
+            dynamics: ``"full"`` (the checkpoint's transformer) or ``"fast"`` (its distilled
+                one, :mod:`wmgym.model.fast_dynamics`, with the same tokenizer).
+
+        Raises:
+            CheckpointError: A file is missing, corrupt or does not fit; the message names it.
+            ValueError: An unknown ``dynamics``.
+        """
+        if dynamics not in ("full", "fast"):
+            raise ValueError(f"dynamics must be 'full' or 'fast', got {dynamics!r}")
         config = ckpt.read_config(directory)
         try:
             model = cls.from_config(config)
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise ckpt.CheckpointError(
                 f"{Path(directory) / ckpt.CONFIG}: model config does not fit this version of "
                 f"wmgym ({e})"
             ) from e
         tensors = ckpt.load_weights(directory, config)
         ckpt.load_state_dict_strict(model, tensors, Path(directory) / ckpt.WEIGHTS)
-        return model.to(resolve_device(device)).eval()
-
-    def resolve_decoding(self, decoding: str = "auto") -> str:
-        """The decoding mode ``decoding`` stands for (see ``DynamicsTransformer``)."""
-        return self.dynamics.resolve_decoding(decoding)
+        model = model.to(resolve_device(device)).eval()
+        if dynamics == "fast":
+            model = model.with_dynamics(load_fast_dynamics(directory, model.device))
+        return model
 
     @property
     def device(self) -> torch.device:
@@ -184,6 +178,7 @@ class WorldModel(nn.Module):
     def reset(
         self,
         frames: Tensor,
+        *,
         generators: list[torch.Generator] | None = None,
         history: tuple[Tensor, Tensor] | None = None,
         state: RolloutState | None = None,
@@ -204,8 +199,8 @@ class WorldModel(nn.Module):
             index: ``(k,)`` long tensor of the rollouts to restart.
             states: ``(B, state_dim)`` (``(len(index), …)`` with ``index``): the privileged
                 state of each rollout's latest real frame (the context's, or the last history
-                frame's). A model with a state filter continues the state from it; without it
-                the first imagined state is read from the frame alone.
+                frame's). A model with the state input reads it on its first slot; without
+                it the first slot goes without.
             kv_dtype: dtype of a new cache's keys and values (default: the weights'); with
                 ``state`` the existing cache keeps its own.
 
@@ -244,7 +239,7 @@ class WorldModel(nn.Module):
         return state
 
     @torch.no_grad()
-    def decode(self, tokens: Tensor, state: RolloutState, index: Tensor | None = None,
+    def decode(self, tokens: Tensor, state: RolloutState, index: Tensor | None = None, *,
                decoder: Decoder | None = None) -> Tensor:
         """Frame tokens ``(B, n)`` of rollouts ``index`` (default all) -> ``(B, 5, H, W)``.
 
@@ -264,9 +259,8 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def step(
-        self, state: RolloutState, actions: Tensor, temperature: float = 1.0,
-        top_k: int | None = None, decode: bool = True, decoding: str = "auto",
-        decoder: Decoder | None = None,
+        self, state: RolloutState, actions: Tensor, *, temperature: float = 1.0,
+        decode: bool = True, decoder: Decoder | None = None,
     ) -> tuple[StepOutput, RolloutState]:
         """Imagines one step of every rollout.
 
@@ -274,22 +268,16 @@ class WorldModel(nn.Module):
             state: From ``reset`` or a previous ``step``.
             actions: ``(B, action_dim)``, already validated and clipped.
             temperature: Token sampling temperature (0 = greedy).
-            top_k: Sample among the ``top_k`` most likely tokens only.
             decode: Decode the frame tokens to images (False: only tokens and heads, faster;
                 imagination continues from the tokens either way).
-            decoding: How frame tokens are sampled: ``autoregressive``, ``parallel`` (the
-                parallel head, 2 passes per frame), or ``auto`` (parallel when the checkpoint
-                has the head).
             decoder: A distilled frame decoder to decode with instead of the tokenizer's own.
 
         Returns:
             ``(StepOutput, state)``; the state is updated in place and returned for clarity.
         """
         actions = actions.to(self.device, torch.float32)
-        sample = self.dynamics.generate_frame(
-            state.cache, actions, state.generators, temperature=temperature, top_k=top_k,
-            decoding=decoding,
-        )
+        sample = self.dynamics.generate_frame(state.cache, actions, generators=state.generators,
+                                              temperature=temperature)
         frames = self.decode(sample.tokens, state, decoder=decoder) if decode else None
         state.steps += 1
         out = StepOutput(

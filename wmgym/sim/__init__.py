@@ -1,5 +1,5 @@
-"""The real twin: robosuite tasks behind the shared spaces."""
+"""The real twin: ``Sim-<Task>-v0``, robosuite behind the task spec's spaces and camera."""
 
-from wmgym.sim.pick_env import SimEnv
+from wmgym.sim.env import SimEnv
 
 __all__ = ["SimEnv"]

@@ -17,12 +17,15 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from wmgym.model.checkpoint import read_config
+from wmgym.spec import TaskSpec, load_spec
+
 
 @dataclass
 class TrainArgs:
     """Options every training stage has."""
 
-    data: str = "data/pick"
+    data: str
     """Dataset directory (``wmgym collect``)."""
     seed: int = 0
     """Seed of initialisation and sampling (each process adds its rank)."""
@@ -34,8 +37,28 @@ class TrainArgs:
     """Continue from the run directory's last checkpoint."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
-    task: str = "pick"
-    """Task spec."""
+    task: str = ""
+    """Task name or spec file; empty: the task the dataset was collected for."""
+
+
+def dataset_task(task: str, data: str | Path) -> TaskSpec:
+    """The spec of ``task``, or when empty of the task dataset ``data`` records."""
+    from wmgym.data.dataset import read_metadata
+
+    return load_spec(task or read_metadata(data)["task"])
+
+
+def checkpoint_task(task: str, checkpoint: str | Path) -> TaskSpec:
+    """The spec of ``task``, or when empty of the task checkpoint ``checkpoint`` was made for.
+
+    Raises:
+        ValueError: Neither names a task.
+    """
+    if not task:
+        task = read_config(checkpoint).get("task", "")
+        if not task:
+            raise ValueError(f"{checkpoint}: the checkpoint records no task; pass --task")
+    return load_spec(task)
 
 
 @dataclass
@@ -70,14 +93,14 @@ def setup_distributed(device: str = "auto") -> Dist:
 
 
 class LossForward(nn.Module):
-    """``forward(*batch) = model.loss(*batch)``, so DDP all-reduces the loss's gradients."""
+    """``forward(*a, **kw) = model.loss(*a, **kw)``, so DDP all-reduces the loss's gradients."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, *batch):
-        return self.model.loss(*batch)
+    def forward(self, *batch, **kwargs):
+        return self.model.loss(*batch, **kwargs)
 
 
 def wrap_ddp(model: nn.Module, d: Dist) -> nn.Module:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 import torch
@@ -11,7 +10,6 @@ from torch import Tensor
 
 from wmgym.data.dataset import Episode, read_dataset
 from wmgym.model.frames import obs_to_frames
-from wmgym.model.grasp_latent import CLOSING_RUN, closing
 
 
 @dataclass
@@ -19,31 +17,15 @@ class EpisodeTensors:
     """One episode as tensors: ``T + 1`` frames and the ``T`` transitions between them."""
 
     frames: Tensor  # (T + 1, 5, H, W) float16
-    actions: Tensor  # (T, 4)
+    actions: Tensor  # (T, action_dim)
     rewards: Tensor  # (T,)
     success: Tensor  # (T,) float
-    state: Tensor  # (T + 1, 8)
-    grasp: Tensor | None = None  # (T,) long: the grasp latent (grasp_latent.grasp_labels)
+    state: Tensor  # (T + 1, state_dim)
+    event: Tensor | None = None  # (T,) long: the event latent (event_latent.event_labels)
+    event_start: int | None = None  # the first event's first triggering command, if any
 
     def __len__(self) -> int:
         return len(self.actions)
-
-    @cached_property
-    def closing(self) -> int | None:
-        """The step of the first grasp (:func:`first_closing`), or None."""
-        return first_closing(self.actions.numpy())
-
-
-def first_closing(actions: np.ndarray, run: int = CLOSING_RUN) -> int | None:
-    """The first step of ``run`` closing gripper commands in a row (``actions[:, 3] > 0``).
-
-    A run, not one command: noisy policies flick the gripper without grasping.
-    """
-    shut = closing(np.asarray(actions))
-    for t in range(len(shut) - run + 1):
-        if shut[t:t + run].all():
-            return t
-    return None
 
 
 def episode_frames(ep: Episode, depth_range) -> Tensor:
@@ -144,13 +126,13 @@ def _uniform_clip(te: TokenizedEpisode, length: int, rng: np.random.Generator
     return j, first
 
 
-def _grasp_clip(te: TokenizedEpisode, length: int, rng: np.random.Generator) -> tuple[int, int]:
-    """A clip starting 1 to ``length // 2`` frames before the episode's grasp.
+def _event_clip(te: TokenizedEpisode, length: int, rng: np.random.Generator) -> tuple[int, int]:
+    """A clip starting 1 to ``length // 2`` frames before the episode's first event.
 
     Returns ``(context choice, first offset)``: the latest context before the clip, and the
     clip's first frame counted from it.
     """
-    n, close = len(te.source), te.source.closing
+    n, close = len(te.source), te.source.event_start
     start = max(1, close + 1 - int(rng.integers(1, length // 2 + 1)))  # absolute first frame
     j = max(i for i, c in enumerate(te.ctx_index) if c < start)
     c = te.ctx_index[j]
@@ -159,7 +141,7 @@ def _grasp_clip(te: TokenizedEpisode, length: int, rng: np.random.Generator) -> 
 
 def sample_clips(
     episodes: list[TokenizedEpisode], batch: int, length: int, rng: np.random.Generator,
-    grasp_share: float = 0.0,
+    event_share: float = 0.0,
 ) -> dict[str, Tensor]:
     """Dynamics training clips: a context and ``length`` later frames with their actions.
 
@@ -167,21 +149,22 @@ def sample_clips(
     start later, as the sliding window sees them in long rollouts; ``gap`` flags those (the model
     is told, as it is when its window slides). Episodes too short to fill ``length`` frames are
     padded and ``valid`` marks the real frames. ``prev_state`` is the state before each frame
-    (for ``--state-input``). A ``grasp_share`` of the clips (drawn first, so 0 draws as before)
-    come from episodes with a grasp (:attr:`EpisodeTensors.closing`) and start a few frames
-    before it. Episodes with their grasp latent (:attr:`EpisodeTensors.grasp`) give ``grasp``
-    (the latent on each frame's slot).
+    (for the state input). An ``event_share`` of the clips (drawn first, so 0 draws as without)
+    come from episodes with an event (:attr:`EpisodeTensors.event_start`) and start a few
+    frames before it. Episodes with their event latent (:attr:`EpisodeTensors.event`) give
+    ``event`` (the latent on each frame's slot).
     """
     keys = ("ctx", "tokens", "actions", "reward", "success", "state", "valid", "gap",
             "prev_state")
-    if all(te.source.grasp is not None for te in episodes):
-        keys += ("grasp",)
+    if all(te.source.event is not None for te in episodes):
+        keys += ("event",)
     cols: dict[str, list[Tensor]] = {k: [] for k in keys}
-    grasping = [te for te in episodes if te.source.closing is not None] if grasp_share else []
+    with_event = ([te for te in episodes if te.source.event_start is not None]
+                  if event_share else [])
     for _ in range(batch):
-        if grasping and rng.random() < grasp_share:
-            te = grasping[rng.integers(len(grasping))]
-            j, first = _grasp_clip(te, length, rng)
+        if with_event and rng.random() < event_share:
+            te = with_event[rng.integers(len(with_event))]
+            j, first = _event_clip(te, length, rng)
         else:
             te = episodes[rng.integers(len(episodes))]
             j, first = _uniform_clip(te, length, rng)
@@ -201,8 +184,8 @@ def sample_clips(
         cols["valid"].append(_pad(torch.ones(k), pad))
         cols["gap"].append(torch.tensor(float(first > 1)))
         cols["prev_state"].append(_pad(ep.state[frames_t - 1], pad))
-        if "grasp" in cols:
-            cols["grasp"].append(_pad(ep.grasp[frames_t - 1], pad))
+        if "event" in cols:
+            cols["event"].append(_pad(ep.event[frames_t - 1], pad))
     return {k: torch.stack(v) for k, v in cols.items()}
 
 

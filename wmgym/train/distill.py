@@ -5,7 +5,7 @@ checkpoint's own decoder draws from the tokens the checkpoint itself imagines: t
 env decodes are exactly those. So the distillation set needs no dataset, only the checkpoint:
 
 1. imagine ``rollouts`` episodes of ``horizon`` steps (no frames decoded), each acted by one of
-   ``policies`` (scripted picks of graded competence and random ones) from the checkpoint's
+   ``policies`` (scripted experts of graded competence and random ones) from the checkpoint's
    bank of real starts, keeping every step's frame tokens;
 2. decode every imagined frame with the full decoder (the targets, float16);
 3. fit the student to them with the tokenizer's own reconstruction loss (rgb L1 + SSIM, depth
@@ -25,8 +25,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from wmgym.env.core import Imagination
-from wmgym.model.checkpoint import read_config
+from wmgym.model.checkpoint import load_start_obs, read_config
 from wmgym.model.fast_decoder import (
     FAST_DECODER,
     build_fast_decoder,
@@ -35,28 +34,28 @@ from wmgym.model.fast_decoder import (
 )
 from wmgym.model.frames import DEPTH, MASK, RGB, mask_iou, psnr
 from wmgym.model.tokenizer import Decoder, MMTokenizer, config_from_dict, reconstruction_loss
-from wmgym.model.world_model import resolve_device
+from wmgym.model.world_model import WorldModel, resolve_device
 from wmgym.results import machine
-from wmgym.spec import load_spec
 from wmgym.train import common
-from wmgym.train.imagined import POLICIES, imagine
+from wmgym.train.imagined import distill_policies, imagine
 
 
 @dataclass
 class TrainDecoderArgs:
     """Options of ``wmgym train decoder``."""
 
-    checkpoint: str = "checkpoints/WM-Pick-v0"
+    checkpoint: str
     """World-model checkpoint whose frame decoder is distilled; the fast decoder is written
     to ``<checkpoint>/fast_decoder``."""
-    task: str = "pick"
-    """Task spec of the checkpoint."""
+    task: str = ""
+    """Task name or spec file; empty: the task the checkpoint was made for."""
     rollouts: int = 256
     """Imagined rollouts in the distillation set."""
     horizon: int = 100
     """Steps per rollout."""
-    policies: tuple[str, ...] = POLICIES
-    """Policies acting the rollouts (``pick[:k=v,...]``, ``random[:repeat=n]``), in turn."""
+    policies: tuple[str, ...] = ()
+    """Policies acting the rollouts (``make_policy`` names), in turn; empty: the task's
+    distillation policies (its module's ``DISTILL_POLICIES``)."""
     heldout: int = 32
     """Rollouts kept out of training to measure the student against the teacher."""
     steps: int = 3000
@@ -118,16 +117,18 @@ def teacher_frames(tok: MMTokenizer, feats: list[Tensor], tokens: Tensor,
     return out.view(r, t, *out.shape[1:])
 
 
-def build_distill_set(args: TrainDecoderArgs, device: torch.device) -> DistillSet:
+def build_distill_set(args: TrainDecoderArgs, model: WorldModel) -> DistillSet:
     """Imagines the rollouts and decodes their frames with the teacher (steps 1 and 2)."""
-    core = Imagination(args.task, args.rollouts, args.checkpoint, device, images=False)
-    rollouts = imagine(core, args.policies, args.horizon, args.seed)
+    task = common.checkpoint_task(args.task, args.checkpoint)
+    rollouts = imagine(model, task, load_start_obs(args.checkpoint), n=args.rollouts,
+                       policies=args.policies or distill_policies(task), horizon=args.horizon,
+                       seed=args.seed)
+    device = model.device
     frames, tokens = rollouts.frames.to(device), rollouts.tokens
-    tok = core.model.tokenizer
+    tok = model.tokenizer
     with torch.no_grad():
         feats = [f.cpu() for f in tok.encode_context(frames).feats]
     targets = teacher_frames(tok, [f.to(device) for f in feats], tokens.to(device))
-    core.close()
     return DistillSet(feats, tokens, targets)
 
 
@@ -153,16 +154,15 @@ def compare(student: Decoder, tok: MMTokenizer, data: DistillSet, rows: Tensor,
 
 def train_decoder(args: TrainDecoderArgs) -> Path:
     """Distils the checkpoint's frame decoder; returns the fast decoder's directory."""
-    from wmgym.env.loading import load_checkpoint
-
     if not 0 < args.heldout < args.rollouts:
         raise ValueError(f"heldout must be in (0, rollouts={args.rollouts}), got {args.heldout}")
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     start = time.perf_counter()
-    data = build_distill_set(args, device)
+    model = WorldModel.load(args.checkpoint, device).requires_grad_(False)
+    data = build_distill_set(args, model)
     imagine_seconds = time.perf_counter() - start
-    tok = load_checkpoint(args.checkpoint, load_spec(args.task), device).model.tokenizer
+    tok = model.tokenizer
     if args.init_from:
         if read_config(args.init_from)["tokenizer"] != read_config(args.checkpoint)["tokenizer"]:
             raise ValueError(f"init_from: {args.init_from}'s tokenizer is not "

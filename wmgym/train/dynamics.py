@@ -11,14 +11,14 @@ import torch
 from tqdm import tqdm
 
 from wmgym.model import checkpoint as ckpt
-from wmgym.model.tokenizer import MMTokenizer, TokenizerConfig
+from wmgym.model.event_latent import EventConfig, first_run
+from wmgym.model.tokenizer import MMTokenizer, config_from_dict
 from wmgym.model.transformer import DynamicsConfig, DynamicsTransformer
 from wmgym.model.world_model import WorldModel
 from wmgym.results import machine
-from wmgym.spec import load_spec
 from wmgym.train import common
 from wmgym.train.data import load_episodes, sample_clips, tokenize_episodes
-from wmgym.train.grasp_head import fit_grasp_head, grasp_examples, label_grasps
+from wmgym.train.event_head import event_examples, fit_event_head, label_events
 from wmgym.train.token_cache import cached_tokenize, tokenizer_fingerprint
 
 
@@ -33,7 +33,7 @@ class TrainDynamicsArgs(common.TrainArgs):
     """Trained tokenizer (``wmgym train tokenizer``'s ``final/``)."""
     out: str = "runs/dynamics"
     """Run directory: TensorBoard logs and resumable state."""
-    checkpoint: str = "checkpoints/WM-Pick-v0"
+    checkpoint: str = "runs/world_model"
     """Where to export the finished world model (weights, config, start-observation bank)."""
     steps: int = 2000
     """Optimizer steps."""
@@ -58,39 +58,26 @@ class TrainDynamicsArgs(common.TrainArgs):
     bank_size: int = 96
     """Real initial observations shipped with the checkpoint for ``reset()`` without context."""
     gap_embedding: bool = False
-    """Tell the model when a clip's first frame does not follow its context directly (the
-    shipped checkpoint's fine-tunes use it; see its card)."""
+    """Tell the model when a clip's first frame does not follow its context directly."""
     state_input: bool = False
     """Give every slot the previous frame's state (real in training, the model's own reading
-    in imagination after the context's real one), so frames follow the exact gripper and cube
-    positions."""
-    offset_input: bool = False
-    """With ``state_input``: also the gripper's offset from the cube on every slot (x, y, z and
-    the horizontal distance), through a map of its own."""
-    grasp_latent: bool = False
-    """With ``state_input``: decide each grasp's outcome explicitly. A head fitted on the data's
-    grasps reads off the state whether a grasp holds; a hold/slip bit drawn from it once rides
-    on the grasp's slots (the real outcome in training). See :mod:`wmgym.model.grasp_latent`."""
-    state_noise: float = DynamicsConfig.state_noise
+    in imagination after the context's real one), so frames follow the exact state."""
+    event: bool = False
+    """With ``state_input``: the task spec's event latent (``[world_model.event]``): a head
+    fitted on the data's events reads off the state whether an event beginning succeeds; one
+    bit drawn from it rides on the event's slots (the real outcome in training). See
+    :mod:`wmgym.model.event_latent`."""
+    state_noise: float = 0.1
     """Std of the noise on the training state input, in normalised units."""
-    state_dropout: float = DynamicsConfig.state_dropout
+    state_dropout: float = 0.1
     """Share of training clips given no state input."""
-    parallel_head: bool = False
-    """Add the parallel head (a frame's tokens at once, 2 passes per frame at inference instead
-    of n + 1), trained beside the autoregressive one."""
-    head_layers: int = 2
-    """Blocks of the parallel head."""
-    head_only: bool = False
-    """Train the parallel head alone (with ``--init``): every other weight stays as in the init
-    checkpoint, so its autoregressive path is unchanged."""
     token_cache: bool = True
     """Keep each dataset's tokens in ``DATA/token_cache/`` (keyed by the tokenizer's weights)
     and reuse them when training again with the same tokenizer."""
-    grasp_share: float = 0.0
-    """Share of clips cut around a grasp (from 1-8 frames before the first of three closing
-    commands in a row). A grasp holds or slips within a handful of an episode's hundred frames;
-    trained on uniform clips, the shipped model decided near-miss grasps from the real frame
-    before them little better than a coin (``scripts/grasp_outcomes.py``, its card)."""
+    event_share: float = 0.0
+    """Share of clips cut around the task's event (from 1 to ``max_frames / 2`` frames before
+    its first triggering command). An event is decided within a handful of an episode's
+    frames, which uniform clips hold rarely."""
     init: str = ""
     """Fine-tune: start from this world-model checkpoint (its tokenizer and dynamics weights;
     parameters it lacks, such as a new gap embedding, keep their initialisation). Empty: from
@@ -100,8 +87,11 @@ class TrainDynamicsArgs(common.TrainArgs):
 def load_tokenizer(directory: str | Path, device) -> MMTokenizer:
     """A trained tokenizer from ``wmgym train tokenizer``'s ``final/`` directory."""
     config = ckpt.read_config(directory)
-    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in config["tokenizer"].items()}
-    tok = MMTokenizer(TokenizerConfig(**cfg))
+    try:
+        cfg = config_from_dict(config["tokenizer"])
+    except (KeyError, ValueError) as e:
+        raise ckpt.CheckpointError(f"{Path(directory) / ckpt.CONFIG}: {e}") from e
+    tok = MMTokenizer(cfg)
     ckpt.load_state_dict_strict(tok, ckpt.load_weights(directory, config),
                                 Path(directory) / ckpt.WEIGHTS)
     return tok.to(device).eval()
@@ -118,14 +108,13 @@ def start_bank(data: str, size: int, seed: int) -> dict[str, np.ndarray]:
 
 
 #: Parameters a fine-tune may add to its ``--init`` checkpoint (they keep their initialisation).
-NEW_PARAMETERS = ("gap_emb", "head.", "state_proj.", "offset_proj.", "grasp_emb",
-                  "grasp_head.")
+NEW_PARAMETERS = ("gap_emb", "state_proj.", "event_emb", "event_head.")
 
 
 def init_from(model: DynamicsTransformer, source: DynamicsTransformer, path: str) -> None:
     """Copies ``source``'s weights into ``model``.
 
-    Only parameters new in ``model`` (the gap embedding, the parallel head, the state input)
+    Only parameters new in ``model`` (the gap embedding, the state input, the event latent)
     may be absent.
 
     Raises:
@@ -139,16 +128,17 @@ def init_from(model: DynamicsTransformer, source: DynamicsTransformer, path: str
 
 def train_dynamics(args: TrainDynamicsArgs) -> Path:
     """Trains the dynamics transformer and exports the world-model checkpoint."""
-    if not 0.0 <= args.grasp_share <= 1.0:
-        raise ValueError(f"--grasp-share is a share of clips in [0, 1], got {args.grasp_share}")
-    if args.offset_input and not args.state_input:
-        raise ValueError("--offset-input needs --state-input: the offset is read off the state")
-    if args.grasp_latent and not args.state_input:
-        raise ValueError("--grasp-latent needs --state-input: its head reads the state")
+    if not 0.0 <= args.event_share <= 1.0:
+        raise ValueError(f"--event-share is a share of clips in [0, 1], got {args.event_share}")
+    if args.event and not args.state_input:
+        raise ValueError("--event needs --state-input: its head reads the state")
+    spec = common.dataset_task(args.task, args.data)
+    if (args.event or args.event_share) and spec.event is None:
+        raise ValueError(f"--event and --event-share need the task's event ([world_model.event] "
+                         f"in {spec.path})")
     d = common.setup_distributed(args.device)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed + d.rank)
-    spec = load_spec(args.task)
     out = Path(args.out)
     init = WorldModel.load(args.init, d.device) if args.init else None
     tok = init.tokenizer.eval() if init else load_tokenizer(args.tokenizer, d.device)
@@ -169,37 +159,31 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
         cached += [path] if hit else []
     tokenize_s = time.perf_counter() - start
     cfg = DynamicsConfig(
+        action_dim=spec.action_dim, state_dim=spec.state_dim,
         ctx_vocab_size=tok.ctx_vocab_size, vocab_size=tok.future_vocab_size,
         n_ctx_tokens=tok.n_ctx_tokens, n_frame_tokens=tok.n_future_tokens,
         max_frames=args.max_frames, d_model=args.d_model, n_layer=args.n_layer,
         n_head=args.n_head, dropout=args.dropout, gap_embedding=args.gap_embedding,
-        parallel_head=args.parallel_head, head_layers=args.head_layers,
-        state_input=args.state_input, offset_input=args.offset_input,
-        grasp_latent=args.grasp_latent,
-        state_noise=args.state_noise,
-        state_dropout=args.state_dropout,
+        state_input=args.state_input, event=spec.event.as_config() if args.event else None,
+        state_noise=args.state_noise, state_dropout=args.state_dropout,
     )
     model = DynamicsTransformer(cfg).to(d.device)
     states = torch.cat([ep.state for ep in episodes])
     model.set_state_normalization(states.mean(0), states.std(0).clamp_min(1e-3))
     if init is not None:
         init_from(model, init.dynamics, args.init)
-    grasp_head = None
-    if model.grasp_head is not None:  # label every episode's grasps; fit the head once
-        if spec.success_cube_z is None:
-            raise ValueError(f"--grasp-latent needs the task's lift height (success_cube_z in "
-                             f"the {spec.name} spec): it tells a grasp that held")
-        label_grasps(episodes, spec.success_cube_z)
-        grasp_head = fit_grasp_head(model, *grasp_examples(distinct),
-                                    noise=cfg.state_noise, seed=args.seed)
-        model.grasp_head.requires_grad_(False)
+    if spec.event is not None and args.event_share:
+        event = EventConfig.from_dict(spec.event.as_config())
+        for ep in episodes:
+            ep.event_start = first_run(ep.actions.numpy(), event.trigger, event.run)
+    event_head = None
+    if model.event_head is not None:  # label every episode's events; fit the head once
+        label_events(episodes, model.event_head.cfg)
+        event_head = fit_event_head(model, *event_examples(distinct), noise=cfg.state_noise,
+                                    seed=args.seed)
+        model.event_head.requires_grad_(False)
         if d.main:
-            print(f"grasp head: {grasp_head}")
-    if args.head_only:
-        if model.head is None or init is None:
-            raise ValueError("--head-only needs --parallel-head and --init")
-        for name, p in model.named_parameters():
-            p.requires_grad_(name.startswith("head."))
+            print(f"event head: {event_head}")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05, betas=(0.9, 0.95))
     step = 0
@@ -217,10 +201,11 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
                disable=not d.main)
     for step in bar:
         b = {k: v.to(d.device) for k, v in sample_clips(tokenized, args.batch, args.max_frames,
-                                                         rng, args.grasp_share).items()}
+                                                         rng, args.event_share).items()}
         model.train()
         loss, m = trainer(b["ctx"], b["tokens"], b["actions"], b["reward"], b["success"],
-                          b["state"], b["valid"], b["gap"], b["prev_state"], b.get("grasp"))
+                          b["state"], valid=b["valid"], gap=b["gap"],
+                          prev_state=b["prev_state"], event=b.get("event"))
         common.optimizer_step(model, opt, loss,
                               common.lr_at(step, args.steps, args.lr, args.warmup))
         if d.main and (step % args.log_every == 0 or step == args.steps - 1):
@@ -243,7 +228,7 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
             "tokens_from_cache": cached,
             "dynamics_seconds": round(time.perf_counter() - t0, 1),
             "dynamics_args": asdict(args),
-            "grasp_head": grasp_head,
+            "event_head": event_head,
             "machine": machine(),
         }
         if args.init:  # fine-tuned: keep the base run's record

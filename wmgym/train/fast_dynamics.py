@@ -22,7 +22,7 @@ distributions on those windows as targets (on-policy distillation, as in GKD: Ag
 2024).
 
 The result is written into ``<checkpoint>/fast_dynamics``, bound to the checkpoint's weights;
-whether it imagines as well as the teacher is for ``wmgym sweep --dynamics fast`` to say.
+whether it imagines as well as the teacher is for a sweep with the fast preset to say.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from wmgym.model.checkpoint import read_config
+from wmgym.model.event_latent import draw_steps
 from wmgym.model.fast_dynamics import (
     FAST_DYNAMICS,
     init_student,
@@ -45,15 +46,14 @@ from wmgym.model.fast_dynamics import (
     load_fast_dynamics,
     save_fast_dynamics,
 )
-from wmgym.model.grasp_latent import draw_steps
 from wmgym.model.transformer import DynamicsTransformer
-from wmgym.model.world_model import resolve_device
+from wmgym.model.world_model import WorldModel, resolve_device
 from wmgym.results import machine
-from wmgym.spec import load_spec
 from wmgym.train import common
 from wmgym.train.imagined import (
-    POLICIES,
+    FIELDS,
     ImaginedRollouts,
+    distill_policies,
     imagine_many,
     load_rollouts,
     save_rollouts,
@@ -64,17 +64,18 @@ from wmgym.train.imagined import (
 class TrainFastDynamicsArgs:
     """Options of ``wmgym train fast-dynamics``."""
 
-    checkpoint: str = "checkpoints/WM-Pick-v0"
+    checkpoint: str
     """World-model checkpoint whose transformer is distilled; the student is written to
     ``<checkpoint>/fast_dynamics``."""
-    task: str = "pick"
-    """Task spec of the checkpoint."""
+    task: str = ""
+    """Task name or spec file; empty: the task the checkpoint was made for."""
     rollouts: int = 1024
     """Imagined rollouts to distil on (made once, kept in ``<out>/rollouts.safetensors``)."""
     horizon: int = 100
     """Steps per rollout."""
-    policies: tuple[str, ...] = POLICIES
-    """Policies acting the rollouts (``pick[:k=v,...]``, ``random[:repeat=n]``), in turn."""
+    policies: tuple[str, ...] = ()
+    """Policies acting the rollouts (``make_policy`` names), in turn; empty: the task's
+    distillation policies (its module's ``DISTILL_POLICIES``)."""
     heldout: int = 64
     """Rollouts kept out of training to measure the student against the teacher."""
     kv_heads: int = 1
@@ -98,7 +99,7 @@ class TrainFastDynamicsArgs:
     """Start from this other world-model checkpoint's fast transformer instead of the teacher's
     averaged key/value heads: after a fine-tune of the teacher, the student distilled from the
     weights before it is most of the way there (its report is kept under
-    ``initialised_from``). Parameters it lacks, such as a grasp latent the fine-tune added,
+    ``initialised_from``). Parameters it lacks, such as an event latent the fine-tune added,
     come from the teacher."""
     on_policy: int = 0
     """With ``resume``: rollouts the fast transformer being resumed imagines itself (acted by
@@ -106,10 +107,10 @@ class TrainFastDynamicsArgs:
     on_policy_share: float = 0.5
     """Share of each batch's windows cut from the student's own rollouts (with
     ``on_policy``)."""
-    grasp_share: float = 0.0
-    """Share of each batch's windows that start 1 to ``window / 2`` frames before a grasp
-    begins (the grasp latent turns on), for a teacher with the latent: uniform windows hold a
-    grasp's few decisive frames rarely. Held-out windows stay uniform."""
+    event_share: float = 0.0
+    """Share of each batch's windows that start 1 to ``window / 2`` frames before an event
+    begins (the event latent turns on), for a teacher with the latent: uniform windows hold an
+    event's few decisive frames rarely. Held-out windows stay uniform."""
     seed: int = 0
     """Seed of the rollouts, the windows and the batches."""
     device: str = "auto"
@@ -124,14 +125,14 @@ def windows(data: ImaginedRollouts, rows: Tensor, starts: Tensor, length: int
             ) -> dict[str, Tensor]:
     """Windows of ``length`` frames of rollouts ``rows`` from steps ``starts``, as inputs.
 
-    Returns ``ctx_tokens, frame_tokens, actions, gap, prev_state, grasp`` for
+    Returns ``ctx_tokens, frame_tokens, actions, gap, prev_state, event`` for
     :meth:`~wmgym.model.transformer.DynamicsTransformer.forward`.
     """
     steps = starts[:, None] + torch.arange(length)
     r = rows[:, None]
     return {"ctx_tokens": data.ctx_tokens[rows], "frame_tokens": data.tokens[r, steps],
             "actions": data.actions[r, steps], "gap": (starts > 0).float(),
-            "prev_state": data.states[r, steps], "grasp": data.grasp[r, steps]}
+            "prev_state": data.states[r, steps], "event": data.event[r, steps]}
 
 
 def draw_starts(n: int, horizon: int, length: int, first_window: float,
@@ -162,9 +163,9 @@ def distill_loss(student: DynamicsTransformer, teacher: DynamicsTransformer,
     errors + the success head's KL (Bernoulli, from the logits): zero when they agree.
     """
     with torch.no_grad():
-        _, _, t_logits, t_aux = teacher.raw_outputs(**batch)
+        t_logits, t_aux = teacher.raw_outputs(**batch)
         t_logp = t_logits.float().log_softmax(-1)
-    _, _, s_logits, s_aux = student.raw_outputs(**batch)
+    s_logits, s_aux = student.raw_outputs(**batch)
     s_logp = s_logits.float().log_softmax(-1)
     terms = {
         "token_kl": (t_logp.exp() * (t_logp - s_logp)).sum(-1).mean(),
@@ -198,17 +199,23 @@ def compare(student: DynamicsTransformer, teacher: DynamicsTransformer, data: Im
 def _rollouts(path: Path, made_by: dict[str, str], args: TrainFastDynamicsArgs, n: int,
               device: torch.device, dynamics: str, seed: int) -> tuple[ImaginedRollouts, float]:
     """``path``'s first ``n`` rollouts if ``made_by`` made them, else imagined now, kept there."""
+    made_by = {**made_by, "fields": ",".join(FIELDS)}
     if path.exists():
-        data, meta = load_rollouts(path)
+        meta = {}
+        try:
+            data, meta = load_rollouts(path)
+        except (KeyError, OSError, ValueError):
+            pass
         t = args.horizon
-        alike = all(meta.get(k) == v for k, v in made_by.items())
+        alike = bool(meta) and all(meta.get(k) == v for k, v in made_by.items())
         if alike and len(data) >= n and data.tokens.shape[1] >= t:
             print(f"reusing {n} of the {len(data)} imagined rollouts in {path}")
             return data.first(n, t), float(meta["imagine_seconds"])
         print(f"{path} was imagined otherwise or holds too few rollouts: imagining anew")
     start = time.perf_counter()
-    data = imagine_many(args.task, args.checkpoint, n, args.horizon, args.policies, seed,
-                        device, dynamics=dynamics)
+    task = common.checkpoint_task(args.task, args.checkpoint)
+    data = imagine_many(args.checkpoint, task=task, rollouts=n, horizon=args.horizon,
+                        policies=_policies(args), seed=seed, device=device, dynamics=dynamics)
     seconds = time.perf_counter() - start
     save_rollouts(data, path, {**made_by, "imagine_seconds": f"{seconds:.1f}"})
     return data, seconds
@@ -222,7 +229,7 @@ def rollouts_for(args: TrainFastDynamicsArgs, device: torch.device
     Returns the rollouts and the seconds it took to imagine them.
     """
     made_by = {"teacher_sha256": read_config(args.checkpoint)["sha256"],
-               "policies": json.dumps(list(args.policies)), "seed": str(args.seed)}
+               "policies": json.dumps(list(_policies(args))), "seed": str(args.seed)}
     return _rollouts(Path(args.out) / "rollouts.safetensors", made_by, args, args.rollouts,
                      device, "full", args.seed)
 
@@ -237,19 +244,28 @@ def own_rollouts_for(args: TrainFastDynamicsArgs, device: torch.device
     seed = args.seed + 7919
     made_by = {"teacher_sha256": read_config(args.checkpoint)["sha256"],
                "student_sha256": FAST_DYNAMICS.sha256(args.checkpoint),
-               "policies": json.dumps(list(args.policies)), "seed": str(seed)}
+               "policies": json.dumps(list(_policies(args))), "seed": str(seed)}
     return _rollouts(Path(args.out) / "student_rollouts.safetensors", made_by, args,
                      args.on_policy, device, "fast", seed)
 
 
-def grasp_begins(data: ImaginedRollouts, n_rows: int) -> tuple[Tensor, Tensor]:
-    """``(rows, steps)`` of every grasp that begins in the first ``n_rows`` rollouts.
+def _policies(args: TrainFastDynamicsArgs) -> tuple[str, ...]:
+    return args.policies or distill_policies(common.checkpoint_task(args.task, args.checkpoint))
 
-    A grasp begins at a step whose slot carries the grasp latent while the step before's did not
-    (:func:`~wmgym.model.grasp_latent.draw_steps`).
+
+def event_begins(data: ImaginedRollouts, n_rows: int) -> tuple[Tensor, Tensor]:
+    """``(rows, steps)`` of every event that begins in the first ``n_rows`` rollouts.
+
+    An event begins at a step whose slot carries the event latent while the step before's did
+    not (:func:`~wmgym.model.event_latent.draw_steps`).
     """
-    rows, steps = draw_steps(data.grasp[:n_rows]).nonzero(as_tuple=True)
+    rows, steps = draw_steps(data.event[:n_rows]).nonzero(as_tuple=True)
     return rows, steps
+
+
+#: Keys of a fast transformer's config.json that a distillation writes anew.
+_WRITTEN = ("dynamics", "distill", "teacher_sha256", "format", "wmgym_version", "sha256",
+            "shapes")
 
 
 @dataclass
@@ -258,27 +274,27 @@ class Pool:
 
     data: ImaginedRollouts
     n_train: int
-    grasp_share: float = 0.0
+    event_share: float = 0.0
 
     def __post_init__(self) -> None:
-        self.begins = grasp_begins(self.data, self.n_train) if self.grasp_share else None
+        self.begins = event_begins(self.data, self.n_train) if self.event_share else None
         if self.begins is not None and not len(self.begins[0]):
-            raise ValueError("grasp_share: the training rollouts hold no grasp (the teacher "
-                             "has no grasp latent, or its rollouts never grasp)")
+            raise ValueError("event_share: the training rollouts hold no event (the teacher "
+                             "has no event latent, or its rollouts never start one)")
 
     def draw(self, n: int, length: int, first_window: float, gen: torch.Generator
              ) -> dict[str, Tensor]:
-        """``n`` training windows (:func:`windows`), a ``grasp_share`` of them at grasps."""
+        """``n`` training windows (:func:`windows`), an ``event_share`` of them at events."""
         rows = torch.randint(0, self.n_train, (n,), generator=gen)
         horizon = self.data.tokens.shape[1]
         starts = draw_starts(n, horizon, length, first_window, gen)
         if self.begins is not None:
-            at = torch.rand(n, generator=gen) < self.grasp_share
+            at = torch.rand(n, generator=gen) < self.event_share
             pick = torch.randint(0, len(self.begins[0]), (n,), generator=gen)
             before = torch.randint(1, length // 2 + 1, (n,), generator=gen)
             rows = torch.where(at, self.begins[0][pick], rows)
-            grasp_starts = (self.begins[1][pick] - before).clamp(0, max(0, horizon - length))
-            starts = torch.where(at, grasp_starts, starts)
+            event_starts = (self.begins[1][pick] - before).clamp(0, max(0, horizon - length))
+            starts = torch.where(at, event_starts, starts)
         return windows(self.data, rows, starts, length)
 
     def heldout(self, n: int, length: int, first_window: float, gen: torch.Generator
@@ -291,8 +307,6 @@ class Pool:
 
 def train_fast_dynamics(args: TrainFastDynamicsArgs) -> Path:
     """Distils the checkpoint's transformer; returns the fast transformer's directory."""
-    from wmgym.env.loading import load_checkpoint
-
     if not 0 < args.heldout < args.rollouts:
         raise ValueError(f"heldout must be in (0, rollouts={args.rollouts}), got {args.heldout}")
     if args.on_policy and not args.resume:
@@ -306,24 +320,24 @@ def train_fast_dynamics(args: TrainFastDynamicsArgs) -> Path:
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     data, imagine_seconds = rollouts_for(args, device)
-    if not 0 <= args.grasp_share < 1:
-        raise ValueError(f"grasp_share must be in [0, 1), got {args.grasp_share}")
-    pools = {"teacher": Pool(data, args.rollouts - args.heldout, args.grasp_share)}
+    if not 0 <= args.event_share < 1:
+        raise ValueError(f"event_share must be in [0, 1), got {args.event_share}")
+    pools = {"teacher": Pool(data, args.rollouts - args.heldout, args.event_share)}
     if args.on_policy:
         own, own_seconds = own_rollouts_for(args, device)
         imagine_seconds += own_seconds
         held = max(1, round(args.on_policy * args.heldout / args.rollouts))
         if held >= args.on_policy:
             raise ValueError(f"on_policy={args.on_policy} leaves no rollouts to train on")
-        pools["student"] = Pool(own, args.on_policy - held, args.grasp_share)
-    teacher = load_checkpoint(args.checkpoint, load_spec(args.task), device).model.dynamics
+        pools["student"] = Pool(own, args.on_policy - held, args.event_share)
+    teacher = WorldModel.load(args.checkpoint, device).dynamics.requires_grad_(False)
     length = min(teacher.cfg.max_frames, args.horizon)
-    previous, calibration = None, {}
+    previous, records = None, {}
     if args.resume:
         config = read_config(FAST_DYNAMICS.directory(args.checkpoint))
         previous = config["distill"]
-        if "grasp_calibration" in config:  # no loss reaches the head: its fit stays valid
-            calibration = {"grasp_calibration": config["grasp_calibration"]}
+        # records of the student's other fits stay true: no distillation loss reaches them
+        records = {k: v for k, v in config.items() if k not in _WRITTEN}
         student = load_fast_dynamics(args.checkpoint, device).requires_grad_(True)
     elif args.init_from:
         previous = read_config(FAST_DYNAMICS.directory(args.init_from))["distill"]
@@ -379,7 +393,7 @@ def train_fast_dynamics(args: TrainFastDynamicsArgs) -> Path:
         "train_seconds": round(train_seconds, 1), "machine": machine(),
         **({"initialised_from" if args.init_from else "resumed_from": previous}
            if previous else {}),
-    }, **calibration})
+    }, **records})
     print(f"fast transformer -> {out} ({time.perf_counter() - start:.0f} s)")
     return out
 

@@ -12,7 +12,6 @@ from tqdm import tqdm
 
 from wmgym.model import checkpoint as ckpt
 from wmgym.model.tokenizer import MMTokenizer, TokenizerConfig
-from wmgym.spec import load_spec
 from wmgym.train import common
 from wmgym.train.data import load_episodes, sample_frame_pairs
 
@@ -33,8 +32,6 @@ class TrainTokenizerArgs(common.TrainArgs):
     """Peak learning rate (AdamW), cosine-decayed."""
     warmup: int = 100
     """Warm-up steps."""
-    quantizer: str = "fsq"
-    """``fsq`` or ``vq``."""
     base_channels: int = 16
     """Channels at full resolution (model width)."""
 
@@ -55,10 +52,10 @@ def train_tokenizer(args: TrainTokenizerArgs) -> Path:
     d = common.setup_distributed(args.device)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed + d.rank)
-    spec = load_spec(args.task)
+    spec = common.dataset_task(args.task, args.data)
     out = Path(args.out)
     episodes = load_episodes(args.data, "train", spec.depth_range)
-    cfg = TokenizerConfig(quantizer=args.quantizer, base_channels=args.base_channels)
+    cfg = TokenizerConfig(resolution=spec.resolution, base_channels=args.base_channels)
     model = MMTokenizer(cfg).to(d.device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     step = 0

@@ -1,0 +1,46 @@
+"""Task modules: what a task needs in code beyond its spec (``envs/<task>.toml``).
+
+A spec names its module with ``[task] module = "<name>"``; ``wmgym.tasks.<name>`` may define:
+
+* ``EXPERTS``: scripted experts by policy name (``{"pick": ScriptedPick}``); each takes its knobs
+  of incompetence as keyword arguments, so ``"pick:noise=0.3,error=0.02"`` names a variant;
+* ``MIXES``: named mixes ``{mix: {policy name: weight}}`` that ``wmgym collect`` draws from;
+* ``SWEEP_POLICIES``: the policies of graded competence ``wmgym sweep`` ranks by default.
+
+A task without a module has no scripted experts: it collects random play only.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from wmgym.spec import TaskSpec, all_specs, load_spec
+
+
+def task_module(task: str | TaskSpec) -> ModuleType | None:
+    """The module of a task's spec (``wmgym.tasks.<module>``), or None when it names none."""
+    spec = load_spec(task)
+    if spec.module is None:
+        return None
+    return importlib.import_module(f"wmgym.tasks.{spec.module}")
+
+
+def experts() -> dict[str, tuple[type, TaskSpec]]:
+    """Every task's scripted experts: ``{policy name: (class, spec)}``."""
+    found: dict[str, tuple[type, TaskSpec]] = {}
+    for spec in all_specs():
+        module = task_module(spec)
+        for name, cls in getattr(module, "EXPERTS", {}).items():
+            found.setdefault(name, (cls, spec))
+    return found
+
+
+def mixes(task: str | TaskSpec) -> dict[str, dict[str, float]]:
+    """The task's named data mixes (``{}`` without a module)."""
+    return dict(getattr(task_module(task), "MIXES", {}))
+
+
+def sweep_policies(task: str | TaskSpec) -> tuple[str, ...]:
+    """The policies a sweep of the task ranks by default (random play without a module)."""
+    return tuple(getattr(task_module(task), "SWEEP_POLICIES", ("random", "random:repeat=4")))
