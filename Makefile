@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml setup.py
 install: $(STAMP)
 
 demo: install
-	$(PY) -m wmgym.cli demo
+	$(PY) -m wmgym.cli demo --task pick
 
 test: install
 	$(PY) -m pytest -q

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from wmgym.model.grasp_latent import CLOSING_RUN, HOLD, closing, grasp_labels
+from wmgym.train.grasp_head import fit_grasp_head
 
 from wmgym.data.dataset import Episode, read_dataset
 from wmgym.model.checkpoint import read_config
@@ -35,13 +37,11 @@ from wmgym.model.fast_dynamics import (
     load_fast_dynamics,
     save_fast_dynamics,
 )
-from wmgym.model.grasp_latent import CLOSING_RUN, HOLD, closing, grasp_labels
 from wmgym.model.transformer import DynamicsTransformer
 from wmgym.policies import make_policy
 from wmgym.results import machine
 from wmgym.spec import CUBE_POS, TaskSpec, load_spec
 from wmgym.sweep import run_imagined
-from wmgym.train.grasp_head import fit_grasp_head
 
 
 @dataclass

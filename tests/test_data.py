@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from wmgym.data.collect import CollectArgs, choose_policy, collect
-from wmgym.data.dataset import heldout_ids, stored_space, read_dataset, read_metadata, write_dataset
+from wmgym.data.dataset import heldout_ids, read_dataset, read_metadata, stored_space, write_dataset
 from wmgym.policies import make_policy
 from wmgym.spec import load_spec
 from wmgym.tasks.pick import MIXES
@@ -14,7 +14,8 @@ from wmgym.tasks.pick import MIXES
 @pytest.fixture(scope="module")
 def small_dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "pick"
-    summary = collect(CollectArgs(task="pick", out=str(out), episodes=4, workers=2, max_steps=12, seed=5))
+    summary = collect(CollectArgs(task="pick", out=str(out), episodes=4, workers=2, max_steps=12,
+                                  seed=5))
     return out, summary
 
 

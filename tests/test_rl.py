@@ -59,6 +59,7 @@ def test_context_bank_is_a_ring_sampled_uniformly():
     assert set(drawn.tolist()) == {2.0, 3.0, 4.0}  # the two oldest were overwritten
 
 
+@pytest.mark.slow
 def test_real_env_keeps_contexts_with_the_images_a_camera_env_sees():
     env, bank = make_real_env("Sim-Pick-v0", seed=5, stride=2)
     obs = env.reset()
@@ -159,7 +160,6 @@ def test_warmup_policy_acts_until_learning_starts(tmp_path):
     env.close()
 
 
-@pytest.mark.slow
 def test_imagined_warmup_replaces_the_real_one(ckpt):
     """Demonstrations from the warm-up policy in imagination; all real steps are the agent's."""
     name = "pick:noise=0.3"
@@ -346,7 +346,7 @@ def test_transfer_trains_in_both_twins_and_evaluates_in_sim(ckpt, tmp_path):
         steps=64, learning_starts=32, wm_envs=2, eval_every=32, curve_episodes=1,
         eval_episodes=2, checkpoint=str(ckpt), device="cpu", out=tmp_path / "runs",
         result=tmp_path / "transfer.json", plot=tmp_path / "transfer.png", progress=False,
-        # the recipe's options, on a tiny budget (PICK_RECIPE's are in benchmarks/transfer.json)
+        # the recipe's options (sac_recipe("pick")), on a tiny budget
         warmup_policy="pick:noise=0.1", warmup_bc_steps=8, warmup_bc_ratio=1.0,
         warmup_bc_filter=False, actor_lr_scale=0.1, demo_ratio=0.5, standardize_state=True,
         critic_layer_norm=True,

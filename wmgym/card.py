@@ -76,14 +76,14 @@ def render_card(args: CardArgs) -> str:
     probes = probe_lines(json.loads(Path(args.probes).read_text())) if args.probes else ""
     recipe = f"`{args.recipe}` (" if args.recipe else "("
     r = spec.resolution
+    levels = "x".join(map(str, tok["fsq_levels"]))
     return f"""# {spec.wm_id} — model card
 
-Learned twin of `{spec.sim_id}` (robosuite {spec.env}, {spec.robot}, {spec.controller}, {r}×{r}
-rgb + depth + mask).
-{n_params / 1e6:.2f}M parameters: tokenizer {tok['quantizer'].upper()}, {tok['base_channels']} base
-channels; dynamics transformer d={dyn['d_model']}, {dyn['n_layer']} layers, window
-{dyn['max_frames']} frames. float32 safetensors, sha256 `{config['sha256'][:16]}…`,
-wmgym {config['wmgym_version']}.
+Learned twin of `{spec.sim_id}` (robosuite {spec.env}, {spec.robot}, {spec.controller},
+{r}×{r} rgb + depth + mask). {n_params / 1e6:.2f}M parameters: tokenizer FSQ {levels},
+{tok['base_channels']} base channels; dynamics transformer d={dyn['d_model']},
+{dyn['n_layer']} layers, window {dyn['max_frames']} frames. float32 safetensors,
+sha256 `{config['sha256'][:16]}…`, wmgym {config['wmgym_version']}.
 
 ## Data
 {"".join(data_section(path, spec) for path in args.data)}

@@ -95,8 +95,8 @@ def train_agent(args: MBPOArgs, *, spec: TaskSpec, checkpoint: Path, seed: int, 
     else:
         env = make_sb3_env(spec.sim_id, num_envs=1, seed=seed, keys=["state"], images=False,
                            terminate_on_success=False)
-    curve = CurveCallback(evaluate, args.eval_every, args.curve_episodes, args.steps,
-                          args.progress, desc=f"{label} seed {seed}")
+    curve = CurveCallback(evaluate, every=args.eval_every, episodes=args.curve_episodes,
+                          total=args.steps, progress=args.progress, desc=f"{label} seed {seed}")
     agent = args.make_sac(env, task=spec, seed=seed, device="cpu", verbose=0,
                           gradient_steps=args.updates_per_step,
                           tensorboard_log=str(args.out / "tb"))

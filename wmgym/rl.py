@@ -95,20 +95,6 @@ class RLArgs:
                         learning_starts=self.learning_starts, **kwargs)
 
 
-#: SAC recipes by task name (:func:`make_sac` keywords) for tasks whose module
-#: (:mod:`wmgym.tasks`) defines no ``SAC_RECIPE``. Pick's is the agent of the transfer and MBPO
-#: results: SAC whose 5,000 warm-up steps are a clean scripted pick, cloned into the actor and
-#: kept at half of every batch and as an unfiltered cloning term, with a 10x slower actor,
-#: LayerNorm critics and standardised state features.
-SAC_RECIPES: dict[str, dict[str, Any]] = {
-    "pick": {
-        "warmup_policy": "pick:noise=0.1", "learning_starts": 5000, "bc_steps": 5000,
-        "bc_ratio": 1.0, "bc_filter": False, "actor_lr_scale": 0.1, "demo_ratio": 0.5,
-        "standardize_state": True, "critic_layer_norm": True, "ent_coef": "auto_0.05",
-    },
-}
-
-
 def sac_recipe(task: str | TaskSpec) -> dict[str, Any]:
     """A task's measured SAC recipe: :func:`make_sac` keywords.
 
@@ -120,7 +106,7 @@ def sac_recipe(task: str | TaskSpec) -> dict[str, Any]:
     from wmgym.tasks import task_module
 
     spec = load_spec(task)
-    recipe = getattr(task_module(spec), "SAC_RECIPE", None) or SAC_RECIPES.get(spec.name.lower())
+    recipe = getattr(task_module(spec), "SAC_RECIPE", None)
     if recipe is None:
         raise KeyError(f"task {spec.name!r} has no SAC recipe: pass make_sac's options yourself")
     return dict(recipe)
@@ -195,10 +181,18 @@ class CurveCallback(BaseCallback):
     """Records training-episode outcomes and, every ``every`` steps, a real evaluation.
 
     The time spent evaluating is measured, so training wall time can exclude it.
+
+    Args:
+        evaluate: Scores the agent in the real twin.
+        every: Training steps between evaluations (0: none while training).
+        episodes: Real episodes per evaluation.
+        total: Training steps, for the progress bar.
+        progress: Show a progress bar.
+        desc: The run's name in the progress bar and the printed lines.
     """
 
-    def __init__(self, evaluate: RealEvaluator, every: int, episodes: int, total: int,
-                 progress: bool, desc: str) -> None:
+    def __init__(self, evaluate: RealEvaluator, *, every: int, episodes: int, total: int,
+                 progress: bool = True, desc: str = "train") -> None:
         super().__init__()
         self.evaluate, self.every, self.episodes = evaluate, every, episodes
         self.next_eval = every if every > 0 else None

@@ -86,6 +86,7 @@ class StandardizedState(BaseFeaturesExtractor):
         self.fitted.fill_(True)
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(state - mean) / std`` and the scaled offsets, ``(..., features_dim)``."""
         state = observations["state"]
         return torch.cat([(state - self.mean) / self.std,
                           self._relative(state) / self.relative_std], dim=-1)
@@ -165,6 +166,7 @@ class TunedSAC(SAC):
             group["lr"] = self.lr_schedule(self._current_progress_remaining) * self.actor_lr_scale
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
+        """SAC's updates, the state features fitted first (once)."""
         self._fit_state_features()
         super().train(gradient_steps, batch_size)
 
@@ -227,6 +229,7 @@ class WarmupSAC(TunedSAC):
         self.bc_optimizer: torch.optim.Optimizer | None = None
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
+        """Cloning when learning starts, critic-only steps, then SAC with cloning beside."""
         self._fit_state_features()  # before any cloning step
         if self.bc_optimizer is None and (self.bc_steps or self.bc_ratio):
             self.bc_optimizer = torch.optim.Adam(self.actor.parameters(), lr=BC_LEARNING_RATE)

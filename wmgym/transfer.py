@@ -150,8 +150,8 @@ def train_twin(args: TransferArgs, twin: Twin, *, spec: TaskSpec, checkpoint: Pa
     """Trains one agent in ``twin`` and evaluates it in the real twin; returns its record."""
     env = make_train_env(args, spec=spec, checkpoint=checkpoint, twin=twin)
     agent = make_agent(args, env, spec=spec, tensorboard_log=str(args.out / "tb"))
-    callback = CurveCallback(evaluate, args.eval_every, args.curve_episodes, args.steps,
-                             args.progress, desc=f"train in {twin}")
+    callback = CurveCallback(evaluate, every=args.eval_every, episodes=args.curve_episodes,
+                             total=args.steps, progress=args.progress, desc=f"train in {twin}")
     start = time.perf_counter()
     agent.learn(args.steps, callback=callback, tb_log_name=f"{args.algo}_{twin}")
     wall = time.perf_counter() - start - callback.eval_seconds

@@ -15,6 +15,7 @@ from wmgym.data.dataset import Episode, write_dataset
 from wmgym.spec import load_spec
 from wmgym.tasks import mixes as task_mixes
 
+
 @dataclass
 class CollectArgs:
     """Options of ``wmgym collect``."""

@@ -25,7 +25,8 @@ from wmgym.spec import TaskSpec
 
 def stored_space(spec: TaskSpec):
     """The observation space episodes are stored in: the spec's, less ``proprio`` (read off
-    ``state``)."""
+    ``state``).
+    """
     from gymnasium import spaces
 
     return spaces.Dict({k: v for k, v in spec.observation_space().items() if k != "proprio"})

@@ -84,8 +84,9 @@ PRESETS: dict[str, tuple[str, str]] = {
 
 
 def resolve_preset(fast: bool | str) -> tuple[str, str]:
-    """``(dynamics, decoder)`` of a speed preset: ``False``/``"default"``, ``True``/``"fast"``,
-    or ``"full"``.
+    """``(dynamics, decoder)`` of a speed preset.
+
+    ``False`` or ``"default"``, ``True`` or ``"fast"``, or ``"full"``.
 
     Raises:
         ValueError: Any other value.

@@ -206,7 +206,7 @@ EXPLORE_MIX: dict[str, float] = {
 #: Picks whose action size does not tell how far the target is: slower gains (the script's
 #: unsaturated action is proportional to the distance to its target) and pauses (standing still
 #: anywhere). A third dataset: with ``MIX``'s alone, a model reads "almost there" off a small
-#: action (measured by ``wmgym.action_probe``).
+#: action (measured by ``research/probes.py``).
 SLOW_MIX: dict[str, float] = {
     "pick:gain=0.35,pause=0.05": 0.3,
     "pick:gain=0.6,pause=0.1,explore=0.05": 0.3,
@@ -298,3 +298,11 @@ DISTILL_POLICIES = (
     "pick:explore=0.1", "pick:hesitate=1", "pick:hover=1", "pick:gain=0.35,pause=0.05",
     "pick:drop_prob=1", "pick:give_up_prob=1", "random", "random:repeat=4",
 )
+
+#: The measured SAC recipe for agents trained on ``state`` (``wmgym.rl.sac_recipe("pick")``):
+#: a scripted warm-up kept in every batch, behaviour cloning first, a slow actor.
+SAC_RECIPE = {
+    "warmup_policy": "pick:noise=0.1", "learning_starts": 5000, "bc_steps": 5000,
+    "bc_ratio": 1.0, "bc_filter": False, "actor_lr_scale": 0.1, "demo_ratio": 0.5,
+    "standardize_state": True, "critic_layer_norm": True, "ent_coef": "auto_0.05",
+}
