@@ -57,16 +57,16 @@ $PY -m wmgym.cli train dynamics --init runs/wm_sin --data data/pick --extra-data
 # the clips cut just before a grasp
 ALL="$ALL data/pick_miss data/pick_nearmiss data/pick_nearmiss"
 $PY -m wmgym.cli train dynamics --init runs/wm_sin2 --data data/pick --extra-data data/pick \
-    $ALL --gap-embedding --state-input --grasp-latent --grasp-share 0.25 --steps 800 \
+    $ALL --gap-embedding --state-input --event --event-share 0.25 --steps 800 \
     --lr 3e-4 --warmup 60 --out runs/dynamics_gl --checkpoint runs/wm_gl
 $PY -m wmgym.cli train dynamics --init runs/wm_gl --data data/pick --extra-data data/pick \
-    $ALL --gap-embedding --state-input --grasp-latent --grasp-share 0.5 --steps 800 \
+    $ALL --gap-embedding --state-input --event --event-share 0.5 --steps 800 \
     --lr 3e-4 --warmup 60 --out runs/dynamics_gl2 --checkpoint checkpoints/WM-Pick-v0
 # a frame decoder about 3x cheaper, distilled from the model's own imagined frames; the envs
-# use it by default (decoder="auto"), and decoder="full" gives the tokenizer's own
+# use it (fast=False or True); fast="full" gives the tokenizer's own
 # (the shipped one: --init-from an earlier fast decoder, 1,000 steps at 5e-4)
 $PY -m wmgym.cli train decoder --checkpoint checkpoints/WM-Pick-v0 --out runs/fast_decoder
-# the transformer with one key/value head per layer (opt-in: dynamics="fast"), distilled on its
+# the transformer with one key/value head per layer (the fast=True preset), distilled on its
 # teacher's rollouts, then on windows half of which come from rollouts it imagined itself; its
 # grasp head refitted on its own states where grasps begin (the data's episodes replayed closed
 # loop, labelled by the real outcomes); then once more on its own rollouts, now drawing grasps
@@ -75,7 +75,7 @@ $PY -m wmgym.cli train fast-dynamics --checkpoint checkpoints/WM-Pick-v0 --steps
     --out runs/fast_dynamics
 $PY -m wmgym.cli train fast-dynamics --checkpoint checkpoints/WM-Pick-v0 --resume \
     --on-policy 512 --steps 2400 --lr 2e-4 --out runs/fast_dynamics
-$PY -m wmgym.cli train grasp-calibration --checkpoint checkpoints/WM-Pick-v0 \
+$PY research/grasp_calibration.py --checkpoint checkpoints/WM-Pick-v0 \
     --out runs/grasp_calibration
 $PY -m wmgym.cli train fast-dynamics --checkpoint checkpoints/WM-Pick-v0 --resume \
     --on-policy 512 --steps 2400 --lr 2e-4 --out runs/fast_dynamics

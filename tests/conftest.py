@@ -31,4 +31,4 @@ def ckpt(tmp_path_factory):
     """A random-weight tiny WM-Pick-v0 checkpoint (test files may override it)."""
     from wmgym.env.testing import make_tiny_checkpoint
 
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("wm") / "WM-Pick-v0")
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("wm") / "WM-Pick-v0", task="pick")

@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny checkpoint whose episodes end about one step in four (ragged episode ends)."""
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("wm") / "tiny", success_bias=0.0)
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("wm") / "tiny", success_bias=0.0,
+                                task="pick")
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -240,7 +241,7 @@ def test_commands_registered():
 @pytest.mark.slow
 def test_bench_speed_writes_json(tmp_path):
     out = tmp_path / "speed.json"
-    tiny = make_tiny_checkpoint(tmp_path / "tiny", success_bias=0.0)
+    tiny = make_tiny_checkpoint(tmp_path / "tiny", success_bias=0.0, task="pick")
     args = BenchSpeedArgs(
         checkpoint=str(tiny),
         presets=("default", "fast", "full"),  # the tiny checkpoint has no fast transformer

@@ -270,7 +270,7 @@ def test_imagined_rollouts_keep_the_latent(tmp_path):
     from wmgym.spec import load_spec
     from wmgym.train.imagined import imagine_many, load_rollouts, save_rollouts
 
-    ckpt = make_tiny_checkpoint(tmp_path / "wm", event=True)
+    ckpt = make_tiny_checkpoint(tmp_path / "wm", event=True, task="pick")
     data = imagine_many(ckpt, task=load_spec("pick"), rollouts=6, horizon=8,
                         policies=("random:repeat=4",), seed=0, device="cpu")
     assert data.event.shape == (6, 8) and data.event.dtype == torch.long
@@ -288,7 +288,7 @@ def test_env_with_the_event_latent(tmp_path):
 
     from wmgym.env.testing import make_tiny_checkpoint
 
-    ckpt = make_tiny_checkpoint(tmp_path / "wm", event=True, success_bias=-30.0)
+    ckpt = make_tiny_checkpoint(tmp_path / "wm", event=True, success_bias=-30.0, task="pick")
     env = gym.make("WM-Pick-v0", checkpoint=ckpt, device="cpu")
     check_env(env.unwrapped, skip_render_check=True)
     envs = gym.make_vec("WM-Pick-v0", num_envs=8, vectorization_mode="vector_entry_point",

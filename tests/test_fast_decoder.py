@@ -34,7 +34,7 @@ def distil(checkpoint, out, steps: int) -> dict:
 def fast(tmp_path_factory):
     """A tiny checkpoint with a fast decoder distilled for 60 steps."""
     root = tmp_path_factory.mktemp("fast")
-    ckpt = make_tiny_checkpoint(root / "WM-Pick-v0")
+    ckpt = make_tiny_checkpoint(root / "WM-Pick-v0", task="pick")
     distil(ckpt, root / "run", steps=60)
     return ckpt
 
@@ -42,7 +42,7 @@ def fast(tmp_path_factory):
 def test_distillation_learns_the_teacher(fast, tmp_path):
     # the same recipe with 1 step instead of 60: the trained student is measurably closer
     # to the teacher on the held-out rollouts
-    short = make_tiny_checkpoint(tmp_path / "WM-Pick-v0")
+    short = make_tiny_checkpoint(tmp_path / "WM-Pick-v0", task="pick")
     barely = distil(short, tmp_path / "run", steps=1)["distill"]["heldout_vs_teacher"]
     config = read_config(fast / SUBDIR)
     trained = config["distill"]["heldout_vs_teacher"]
@@ -74,7 +74,7 @@ def test_envs_with_the_fast_decoder(fast):
 
 
 def test_a_checkpoint_without_a_fast_decoder(tmp_path):
-    plain = make_tiny_checkpoint(tmp_path / "plain")
+    plain = make_tiny_checkpoint(tmp_path / "plain", task="pick")
     assert not has_fast_decoder(plain)
     assert gym.make("WM-Pick-v0", checkpoint=plain).unwrapped.core.decoder == "full"
     with pytest.raises(CheckpointError, match="wmgym train decoder"):
@@ -126,7 +126,7 @@ def test_init_from_starts_from_another_checkpoints_decoder(fast, tmp_path):
     assert not has_fast_decoder(copy)
     report = distil_from(copy, tmp_path / "run", fast)["distill"]
     first = read_config(fast / SUBDIR)["distill"]["heldout_vs_teacher"]
-    scratch = distil(make_tiny_checkpoint(tmp_path / "scratch"), tmp_path / "run2",
+    scratch = distil(make_tiny_checkpoint(tmp_path / "scratch", task="pick"), tmp_path / "run2",
                      steps=1)["distill"]["heldout_vs_teacher"]
     # it starts near where the other decoder ended, far above one from scratch
     assert report["heldout_vs_teacher_at_start"]["psnr"] > scratch["psnr"] + 2.0

@@ -54,7 +54,7 @@ def distil(checkpoint, out, steps: int) -> dict:
 def fast(tmp_path_factory):
     """A tiny checkpoint with a fast transformer distilled for 60 steps."""
     root = tmp_path_factory.mktemp("fast_dynamics")
-    ckpt = make_tiny_checkpoint(root / "WM-Pick-v0")
+    ckpt = make_tiny_checkpoint(root / "WM-Pick-v0", task="pick")
     distil(ckpt, root / "run", steps=60)
     return ckpt
 
@@ -156,7 +156,7 @@ def test_envs_with_the_fast_transformer(fast):
 
 
 def test_fast_option_errors(fast, tmp_path):
-    plain = make_tiny_checkpoint(tmp_path / "plain")
+    plain = make_tiny_checkpoint(tmp_path / "plain", task="pick")
     assert not has_fast_dynamics(plain)
     with pytest.raises(CheckpointError, match="wmgym train fast-dynamics"):
         WorldModel.load(plain, dynamics="fast")
@@ -234,7 +234,7 @@ def test_init_from_starts_from_another_checkpoints_student(fast, tmp_path):
 
 def test_init_from_takes_what_the_other_student_lacks_from_the_teacher(fast, tmp_path):
     # a fine-tune that added the event latent: the other student has no event head or vector
-    latent = make_tiny_checkpoint(tmp_path / "latent", event=True)
+    latent = make_tiny_checkpoint(tmp_path / "latent", event=True, task="pick")
     teacher, previous = WorldModel.load(latent).dynamics, load_fast_dynamics(fast)
     student, fresh = init_student_from(teacher, previous)
     assert student.cfg.event and student.cfg.kv_heads == previous.cfg.kv_heads

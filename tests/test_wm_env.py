@@ -83,7 +83,7 @@ def test_keyword_arguments_only_and_few(ckpt):
     assert len(params) <= 10
     assert all(p.kind == p.KEYWORD_ONLY for name, p in params.items() if name != "task")
     with pytest.raises(TypeError):
-        WorldModelEnv("pick", ckpt)  # noqa: the checkpoint is keyword-only
+        WorldModelEnv("pick", ckpt)  # the checkpoint is keyword-only
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -246,7 +246,8 @@ def test_step_contract(ckpt):
 def test_success_needs_the_head_and_the_state(tmp_path):
     from wmgym.env.testing import make_tiny_checkpoint
 
-    often = make_tiny_checkpoint(tmp_path / "wm", success_bias=0.0)  # the head fires often
+    # the head fires often
+    often = make_tiny_checkpoint(tmp_path / "wm", success_bias=0.0, task="pick")
     envs = gym.make_vec("WM-Pick-v0", num_envs=16, vectorization_mode="vector_entry_point",
                         checkpoint=often, device=DEVICE, terminate_on_success=False)
     envs.reset(seed=0)

@@ -26,7 +26,8 @@ DEVICE = "cpu"
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
     # success_bias=-0.5: about one step in eight succeeds, so episodes end at staggered times
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("wm") / "WM-Pick-v0", success_bias=-0.5)
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("wm") / "WM-Pick-v0", success_bias=-0.5,
+                                task="pick")
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,9 @@ from wmgym.spec import TaskSpec
 
 
 def stored_space(spec: TaskSpec):
-    """The observation space episodes are stored in: the spec's, less ``proprio`` (read off
-    ``state``).
+    """The observation space episodes are stored in: the spec's, less ``proprio``.
+
+    ``proprio`` is not stored: it is a part of ``state`` (:meth:`TaskSpec.proprio`).
     """
     from gymnasium import spaces
 

@@ -54,8 +54,8 @@ def synthetic_start_obs(spec: TaskSpec, n: int, seed: int = 0) -> dict[str, np.n
 def make_tiny_checkpoint(
     path: str | Path,
     *,
+    task: str | TaskSpec,
     seed: int = 0,
-    task: str | TaskSpec = "pick",
     bank_size: int = 4,
     success_bias: float = -1.0,
     max_frames: int = 4,
@@ -64,7 +64,7 @@ def make_tiny_checkpoint(
     """Writes a tiny random-weight ``WorldModel`` checkpoint with a bank of start observations.
 
     >>> import tempfile
-    >>> d = make_tiny_checkpoint(tempfile.mkdtemp() + "/wm")
+    >>> d = make_tiny_checkpoint(tempfile.mkdtemp() + "/wm", task="pick")
     >>> sorted(p.name for p in d.iterdir())
     ['config.json', 'model.safetensors', 'start_obs.safetensors']
 
