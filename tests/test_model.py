@@ -96,6 +96,7 @@ def test_frames_round_trip_and_metrics():
 # ----------------------------------------------------------------------------- tokenizer
 
 
+@pytest.mark.slow
 def test_tokenizer_overfits_small_batch():
     torch.manual_seed(0)
     cfg = tiny_tokenizer_config()

@@ -18,9 +18,8 @@ CHECKPOINT = load_spec("pick").checkpoint
 DATA = Path(__file__).parent / "data" / "heldout_pick"
 REFERENCE = CHECKPOINT / "regression.json"  # what the recipe measured on DATA
 
-pytestmark = pytest.mark.skipif(
-    not (CHECKPOINT / "config.json").exists(), reason="no shipped checkpoint"
-)
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    not (CHECKPOINT / "config.json").exists(), reason="no shipped checkpoint")]
 
 
 @pytest.fixture(scope="module")

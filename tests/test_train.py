@@ -126,6 +126,7 @@ def test_token_cache_matches_fresh_tokens_and_rebuilds_when_stale(tiny_data, tin
         assert cached_tokenize(tok, data, "train", eps, 4, "cpu", progress=False)[1]
 
 
+@pytest.mark.slow
 def test_torchrun_two_process_gloo(tiny_data, tiny_tokenizer, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",

@@ -288,6 +288,7 @@ def test_terminate_on_success_override_and_time_limit(ckpt):
         assert truncated == (t == 7)
 
 
+@pytest.mark.slow
 def test_long_rollout_stays_in_space_with_flat_memory(ckpt):
     """1000 steps (the window of 4 frames slides ~250 times); RSS must not grow."""
     env = gym.make(
