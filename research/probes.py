@@ -10,7 +10,9 @@ agent learning inside the model tries others. Two probes run from the same real 
   imagined end effector and cube are compared with the real ones after each step.
   ``eef_err_m`` says how far the imagined gripper is from where the action really took it;
   ``false_success`` the fraction of probe rollouts the model calls a success while the real one
-  never is (none of the patterns lifts the cube): the reward an agent could farm.
+  never is (none of the patterns lifts the cube): the reward an agent could farm. The end
+  effector alone, under every arm axis and magnitude and under random smooth actions, against
+  targets, is ``wmgym eval --arm-starts`` (:mod:`wmgym.arm_probe`).
 * **Grasp probes** (:func:`probe_grasps`): the scripted pick closed loop, as it is (``pick``),
   with its gripper held open (``open``), and stopped with the gripper open within
   ``HOVER_HEIGHT`` above the cube (``hover``). In robosuite neither ``open`` nor ``hover`` lifts

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from wmgym.arm_probe import format_arm_table
 from wmgym.data.dataset import read_metadata
 from wmgym.evaluation import format_table
 from wmgym.model.checkpoint import atomic_write, read_config
@@ -74,6 +75,8 @@ def render_card(args: CardArgs) -> str:
     notes = "\n" + Path(args.notes).read_text() if args.notes else ""
     fast = fast_decoder_section(args, metrics) + fast_dynamics_section(args)
     probes = probe_lines(json.loads(Path(args.probes).read_text())) if args.probes else ""
+    if "arm_probe" in metrics:  # measured by ``wmgym eval --arm-starts``
+        probes = f"\n{format_arm_table(metrics['arm_probe'])}\n{probes}"
     recipe = f"`{args.recipe}` (" if args.recipe else "("
     r = spec.resolution
     levels = "x".join(map(str, tok["fsq_levels"]))

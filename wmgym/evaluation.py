@@ -10,6 +10,9 @@ imagination core (:class:`~wmgym.env.core.Imagination`, the ``fast`` preset as t
    (each of the spec's named positions) with the real ones, per horizon.
 3. **Action sensitivity** — the same rollouts under another episode's actions. A model that
    listens to actions is measurably closer to the truth with the real ones.
+4. **Arm probe** (``--arm-starts``, :mod:`wmgym.arm_probe`) — from fresh real starts in
+   ``Sim-<Task>-v0``, constant and random smooth arm actions in both twins: how far the imagined
+   end effector travels against the real one, and how far apart they end, against targets.
 
 :func:`evaluate` returns the metrics; ``wmgym eval`` also writes ``metrics.json``,
 ``horizon.png`` (metric vs horizon) and ``rollout.gif`` (real | imagined; rgb, depth, mask).
@@ -27,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from wmgym.arm_probe import HOLD_STEPS, RANDOM_STEPS, SEED, arm_probe, format_arm_table
 from wmgym.model.frames import DEPTH, MASK, RGB, obs_to_frames, psnr, ssim
 from wmgym.results import resolve_task, write_result
 from wmgym.viz import save_figure
@@ -59,6 +63,12 @@ class EvalArgs:
     """Seed of the samplers."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
+    arm_starts: int = 2
+    """Real starts of the arm probe (0 = skip it): each holds every constant arm action for 20
+    steps and runs one random smooth sequence of 50 (both capped by ``--horizon``)."""
+    arm_seed: int = SEED
+    """First Sim seed of the arm probe's starts (also seeds its actions and samplers); the
+    default lies outside the recipe's data collection seeds."""
     out: str = "runs/eval"
     """Output directory for metrics.json, horizon.png and rollout.gif."""
 
@@ -218,6 +228,12 @@ def measure(args: EvalArgs) -> Evaluation:
                 "other_actions": float(other["metrics"][k].mean())}
             for k in ("rgb_psnr", "mask_iou", "depth_absrel")},
     }
+    if args.arm_starts:
+        cap = args.horizon or max(HOLD_STEPS, RANDOM_STEPS)
+        result["arm_probe"] = arm_probe(
+            spec, checkpoint=checkpoint, fast=args.fast, starts=args.arm_starts,
+            seed=args.arm_seed, device=args.device, temperature=args.temperature,
+            horizon=min(HOLD_STEPS, cap), random_horizon=min(RANDOM_STEPS, cap))
     return Evaluation(result, real["metrics"], upper, frames[0], real["frames"],
                       spec.depth_range)
 
@@ -290,5 +306,7 @@ def eval_main(args: EvalArgs) -> dict[str, Any]:
     plot_horizon(e, out / "horizon.png")
     write_rollout_gif(e.real_frames, e.imagined_frames, e.depth_range, out / "rollout.gif")
     print(format_table(e.result))
+    if "arm_probe" in e.result:
+        print("\n" + format_arm_table(e.result["arm_probe"]))
     print(f"wrote {out}/metrics.json, horizon.png, rollout.gif ({e.result['seconds']} s)")
     return e.result
