@@ -26,7 +26,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
 def result(tmp_path_factory):
     torch.set_num_threads(1)
     return evaluate(EvalArgs(checkpoint=str(CHECKPOINT), data=str(DATA), split="all",
-                             out=str(tmp_path_factory.mktemp("eval")), device="cpu"))
+                             out=str(tmp_path_factory.mktemp("eval")), device="cpu",
+                             arm_starts=0))
 
 
 def test_reference_was_measured_on_these_episodes(result):

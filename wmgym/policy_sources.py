@@ -5,6 +5,9 @@
 * stable-baselines3 zip files: ``sac:path.zip``, ``ppo:path.zip`` (``td3``, ``a2c``, ``ddpg``),
   run with ``predict(obs, deterministic=True)`` on the keys they were trained on (see
   :class:`SB3Policy`);
+* frozen agents (:mod:`wmgym.agents`, e.g. built by ``wmgym agents build``): ``agent:DIR``, a
+  folder holding ``agent.json`` and ``actor.safetensors``, and ``family:DIR``, every agent of
+  a family directory (expanded by :func:`named_policies`);
 * Python paths ``module:attr`` to a policy class or a zero-argument factory;
 * in the Python API also objects: a class or factory, a policy instance (copied per episode),
   a plain ``policy(obs) -> action`` function, or a loaded SB3 model.
@@ -82,6 +85,21 @@ def _sb3_policy(algo: str, path: str) -> SB3Policy:
     return SB3Policy(load_sb3_model(algo, path))
 
 
+@functools.lru_cache(maxsize=64)
+def load_frozen_agent(path: str) -> Policy:
+    """Loads a frozen agent once per process (it is stateless, so one instance serves all).
+
+    Raises:
+        FileNotFoundError: ``path`` is not a folder.
+        wmgym.agents.AgentError: It holds no frozen agent, or a damaged one.
+    """
+    from wmgym.agents import load_agent
+
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"agent:{path}: no such frozen-agent folder")
+    return load_agent(path)
+
+
 def _required_args(fn: Callable[..., Any]) -> int | None:
     """Number of required positional parameters of ``fn`` (None when it cannot be told)."""
     try:
@@ -116,6 +134,9 @@ def policy_factory(source: PolicySource, *, task: str | TaskSpec | None = None
         kind, sep, rest = source.partition(":")
         if kind.lower() in SB3_ALGOS and rest:
             return functools.partial(_sb3_policy, kind.lower(), rest)
+        if kind == "agent" and rest:
+            load_frozen_agent(rest)  # a missing or damaged agent fails here, before any episode
+            return functools.partial(load_frozen_agent, rest)
         if sep and rest and "=" not in rest:  # module:attr (expert options read k=v)
             try:
                 obj = getattr(importlib.import_module(kind), rest)
@@ -126,8 +147,8 @@ def policy_factory(source: PolicySource, *, task: str | TaskSpec | None = None
         try:
             make()  # unknown names and bad options fail here, before any episode
         except ValueError as e:
-            raise ValueError(f"{e}; or '<{'|'.join(SB3_ALGOS)}>:path.zip' or 'module:attr'"
-                             ) from e
+            raise ValueError(f"{e}; or '<{'|'.join(SB3_ALGOS)}>:path.zip', 'agent:DIR' or "
+                             "'module:attr'") from e
         return make
     if hasattr(source, "predict") and hasattr(source, "observation_space"):
         return functools.partial(SB3Policy, source)  # one shared model, stateless adapters
@@ -145,6 +166,40 @@ def policy_name(source: PolicySource) -> str:
     return getattr(source, "__name__", type(source).__name__)
 
 
+def family_agents(directory: str | Path) -> list[str]:
+    """``agent:<folder>`` of every frozen agent in a family directory, in the family's order.
+
+    The order is ``family.json``'s (``wmgym agents build``) where there is one, else by name.
+
+    Raises:
+        FileNotFoundError: No such directory, or no frozen agent in it.
+    """
+    import json
+
+    root = Path(directory)
+    index = root / "family.json"
+    if index.is_file():
+        names = [a["path"] for a in json.loads(index.read_text())["agents"]]
+    elif root.is_dir():
+        names = sorted(p.name for p in root.iterdir() if (p / "agent.json").is_file())
+    else:
+        names = []
+    if not names:
+        raise FileNotFoundError(f"family:{directory}: no frozen agents there")
+    return [f"agent:{root / name}" for name in names]
+
+
+def expand_families(sources: Iterable[PolicySource]) -> list[PolicySource]:
+    """The sources with each ``family:DIR`` replaced by its agents' ``agent:`` sources."""
+    out: list[PolicySource] = []
+    for source in sources:
+        if isinstance(source, str) and source.startswith("family:"):
+            out += family_agents(source.partition(":")[2])
+        else:
+            out.append(source)
+    return out
+
+
 def named_policies(policies: Mapping[str, PolicySource] | Iterable[PolicySource]) -> dict[str, Any]:
     """Policies by display name: a mapping as given, a list named by :func:`policy_name`.
 
@@ -153,7 +208,7 @@ def named_policies(policies: Mapping[str, PolicySource] | Iterable[PolicySource]
     """
     named = dict(policies) if isinstance(policies, Mapping) else {}
     if not named:
-        for source in policies:
+        for source in expand_families(policies):
             key = policy_name(source)
             if key in named:
                 raise ValueError(f"two policies are named {key!r}: pass a dict of names instead")

@@ -306,3 +306,48 @@ SAC_RECIPE = {
     "bc_ratio": 1.0, "bc_filter": False, "actor_lr_scale": 0.1, "demo_ratio": 0.5,
     "standardize_state": True, "critic_layer_norm": True, "ent_coef": "auto_0.05",
 }
+
+#: The learned-agent family ``wmgym agents build --task pick`` trains and freezes
+#: (:mod:`wmgym.agent_family`): state-based agents of graded competence that made none of the
+#: world model's data. Behaviour cloning of more or fewer, cleaner or noisier, well or badly
+#: aimed demonstrations (cloned from clean picks alone, an agent stops above the cube with the
+#: gripper open: the script's moment to close is not in the state); SAC with the recipe frozen
+#: at several points, in Sim-Pick-v0 and in WM-Pick-v0; PPO cloned from demonstrations, then
+#: fine-tuned, and PPO from scratch. Each run's episodes are seeded from its ``seed`` (under
+#: 1000 of them), the held episodes that score every agent when frozen from ``eval_seed``: far
+#: from ``wmgym collect``'s seeds (0 .. ~16,200) and the sweeps'. About half an hour on 2 cores.
+FAMILY = {
+    "seed": 900_000,
+    "eval_seed": 990_000,
+    "eval_episodes": 20,
+    "runs": (
+        {"name": "bc-clean-40", "algo": "bc", "seed": 900_000, "demos": "pick", "episodes": 40,
+         "bc_steps": 3000},
+        {"name": "bc-noise01-40", "algo": "bc", "seed": 913_000, "demos": "pick:noise=0.1",
+         "episodes": 40, "bc_steps": 3000},
+        {"name": "bc-noise01-10", "algo": "bc", "seed": 914_000, "demos": "pick:noise=0.1",
+         "episodes": 10, "bc_steps": 1000},
+        {"name": "bc-noisy-40", "algo": "bc", "seed": 903_000, "demos": "pick:noise=0.3",
+         "episodes": 40, "bc_steps": 3000},
+        {"name": "bc-noisy-8", "algo": "bc", "seed": 904_000, "demos": "pick:noise=0.6",
+         "episodes": 8, "bc_steps": 1000},
+        {"name": "bc-aim3-30", "algo": "bc", "seed": 905_000, "demos": "pick:error=0.03",
+         "episodes": 30, "bc_steps": 2000},
+        {"name": "bc-aim2noisy-40", "algo": "bc", "seed": 915_000,
+         "demos": "pick:error=0.02,noise=0.3", "episodes": 40, "bc_steps": 3000},
+        {"name": "sac", "algo": "sac", "seed": 916_000,
+         "recipe": {"learning_starts": 5000, "bc_steps": 5000},
+         "save_at": (5001, 7500, 10000, 15000)},
+        {"name": "sac-nobc", "algo": "sac", "seed": 909_000, "recipe": {
+            "learning_starts": 2000, "bc_steps": 0, "bc_ratio": 0.0, "warmup_policy": "random"},
+         "save_at": (5000,)},
+        {"name": "ppo-bc", "algo": "ppo", "seed": 910_000, "demos": "pick:noise=0.1",
+         "episodes": 20, "bc_steps": 2000,
+         "ppo": {"n_steps": 1024, "batch_size": 128, "learning_rate": 1e-4},
+         "save_at": (0, 2048, 6144)},
+        {"name": "ppo", "algo": "ppo", "seed": 911_000, "ppo": {"n_steps": 1024, "batch_size": 128},
+         "save_at": (8192,)},
+        {"name": "wm-sac", "algo": "sac", "seed": 917_000, "env": "wm", "num_envs": 16,
+         "recipe": {"learning_starts": 5000, "bc_steps": 5000}, "save_at": (5008, 10000)},
+    ),
+}
