@@ -142,10 +142,6 @@ class TaskSpec:
         return f"WM-{self.name}-v0"
 
     @property
-    def success_cube_z(self) -> float | None:  # transitional: modules not yet on the spec
-        return self.success_above
-
-    @property
     def state_dim(self) -> int:
         return len(self.state_fields)
 
@@ -329,9 +325,3 @@ def load_spec(name: str | TaskSpec) -> TaskSpec:
 def all_specs() -> list[TaskSpec]:
     """Every task spec, sorted by task name."""
     return [read_spec(p) for p in spec_paths().values()]
-
-
-# Transitional names for modules not yet moved onto the spec (Pick's layout).
-STATE_FIELDS = ("eef_x", "eef_y", "eef_z", "grip_l", "grip_r", "cube_x", "cube_y", "cube_z")
-EEF_POS, GRIP, CUBE_POS = slice(0, 3), slice(3, 5), slice(5, 8)
-REPO_ROOT = Path(__file__).resolve().parent.parent
