@@ -62,6 +62,24 @@ def test_card_renders_the_evaluation(ckpt, metrics, tmp_path):
     assert probe_lines({}) == ""
 
 
+def test_a_regenerated_card_keeps_its_hand_written_notes_once(ckpt, metrics, tmp_path):
+    import shutil
+
+    from wmgym.card import HAND_WRITTEN
+
+    _, out = metrics
+    copy = tmp_path / "ckpt"
+    shutil.copytree(ckpt, copy)
+    notes = f"{HAND_WRITTEN}\n\n## Against the real twin\nmeasured by hand\n"
+    (copy / "card.md").write_text("# an older generated part\n\n" + notes)
+    args = CardArgs(checkpoint=str(copy), eval=str(out / "metrics.json"),
+                    out=str(copy / "card.md"))
+    card = card_main(args).read_text()
+    assert card.endswith(notes) and card.count(HAND_WRITTEN) == 1
+    assert "older generated part" not in card
+    assert card_main(args).read_text() == card  # regenerating changes nothing
+
+
 def test_demo_runs_both_twins(ckpt, tmp_path):
     mean = demo_main(DemoArgs(task="pick", checkpoint=str(ckpt), steps=3, device="cpu",
                               out=str(tmp_path / "demo.gif")))
