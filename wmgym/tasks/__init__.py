@@ -5,7 +5,10 @@ A spec names its module with ``[task] module = "<name>"``; ``wmgym.tasks.<name>`
 * ``EXPERTS``: scripted experts by policy name (``{"pick": ScriptedPick}``); each takes its knobs
   of incompetence as keyword arguments, so ``"pick:noise=0.3,error=0.02"`` names a variant;
 * ``MIXES``: named mixes ``{mix: {policy name: weight}}`` that ``wmgym collect`` draws from;
-* ``SWEEP_POLICIES``: the policies of graded competence ``wmgym sweep`` ranks by default.
+* ``SWEEP_POLICIES``: the policies of graded competence ``wmgym sweep`` ranks by default;
+* ``DISTILL_POLICIES``: the policies whose imagined rollouts the fast parts are distilled on;
+* ``SAC_RECIPE``: the task's measured :func:`wmgym.sac.make_sac` keywords
+  (:func:`wmgym.rl.sac_recipe`).
 
 A task without a module has no scripted experts: it collects random play only.
 """
