@@ -34,6 +34,19 @@ FORMAT_VERSION = 1
 RENAMED = {"grasp_emb": "event_emb", "grasp_head": "event_head"}
 
 
+def check_fields(cls: type, config: dict, what: str) -> None:
+    """A config dict must name exactly the fields of the dataclass ``cls``.
+
+    Raises:
+        ValueError: Missing or unknown keys, naming them and the expected ones.
+    """
+    expected = set(cls.__dataclass_fields__)
+    missing, unknown = sorted(expected - set(config)), sorted(set(config) - expected)
+    if missing or unknown:
+        raise ValueError(f"{what}: missing keys {missing}, unknown keys {unknown}; "
+                         f"expected {sorted(expected)}")
+
+
 def current_name(name: str) -> str:
     """The name a weights file's tensor ``name`` has now (parts renamed by :data:`RENAMED`)."""
     return ".".join(RENAMED.get(part, part) for part in name.split("."))

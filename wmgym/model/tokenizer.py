@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wmgym.model.checkpoint import check_fields
 from wmgym.model.frames import DEPTH, MASK, RGB, mask_iou, psnr, ssim
 
 
@@ -58,11 +59,7 @@ def config_from_dict(config: dict) -> TokenizerConfig:
     Raises:
         ValueError: Missing or unknown keys, naming them and the expected ones.
     """
-    expected = set(TokenizerConfig.__dataclass_fields__)
-    missing, unknown = sorted(expected - set(config)), sorted(set(config) - expected)
-    if missing or unknown:
-        raise ValueError(f"tokenizer config: missing keys {missing}, unknown keys {unknown}; "
-                         f"expected {sorted(expected)}")
+    check_fields(TokenizerConfig, config, "tokenizer config")
     return TokenizerConfig(**{k: tuple(v) if isinstance(v, list) else v
                               for k, v in config.items()})
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wmgym.model.blocks import Block, RMSNorm
+from wmgym.model.checkpoint import check_fields
 from wmgym.model.event_latent import EventConfig, EventHead, advance
 from wmgym.model.kv_cache import KVCache, apply_rope, rope_at, rope_inv_freq, rope_tables
 
@@ -98,11 +99,7 @@ def dynamics_config_from_dict(config: dict) -> DynamicsConfig:
     Raises:
         ValueError: Missing or unknown keys, naming them and the expected ones.
     """
-    expected = set(DynamicsConfig.__dataclass_fields__)
-    missing, unknown = sorted(expected - set(config)), sorted(set(config) - expected)
-    if missing or unknown:
-        raise ValueError(f"dynamics config: missing keys {missing}, unknown keys {unknown}; "
-                         f"expected {sorted(expected)}")
+    check_fields(DynamicsConfig, config, "dynamics config")
     return DynamicsConfig(**config)
 
 
