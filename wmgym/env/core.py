@@ -15,7 +15,7 @@ The life cycle, for ``N`` rollouts::
 
     start = core.draw_start(np_random, context)    # per rollout: a real observation and a seed
     obs = core.reset([start_0, ..., start_N-1])    # tokenize and prefill every rollout
-    out = core.step(actions)                       # (N, 4) -> one imagined step of all N
+    out = core.step(actions)                       # (N, action_dim) -> one step of all N
     obs = core.reset([start_i], index=[i])         # restart rollout i only
 """
 

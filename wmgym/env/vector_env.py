@@ -38,7 +38,7 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
     >>> obs, rewards, terminations, truncations, infos = envs.step(envs.action_space.sample())
 
     Reset options: ``"context"``, a dict of real observations with a leading ``N`` axis (or
-    ``(N, T, ...)`` with ``"context_actions"`` ``(N, T - 1, 4)``); ``"reset_mask"``, a bool
+    ``(N, T, ...)`` with ``"context_actions"`` ``(N, T - 1, action_dim)``); ``"reset_mask"``, a bool
     ``(N,)`` array of the sub-envs to reset (the others carry on).
 
     Args:

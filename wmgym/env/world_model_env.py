@@ -90,7 +90,7 @@ class WorldModelEnv(gym.Env):
         Args:
             seed: Seeds ``np_random`` (and through it the start draw and the model's sampling).
             options: ``"context"``: a real observation dict, or a list of recent ones (oldest
-                first) with ``"context_actions"``, the ``(T - 1, 4)`` actions between them.
+                first) with ``"context_actions"``, the ``(T - 1, action_dim)`` actions between them.
 
         Returns:
             ``(observation, info)``: the (latest) real observation, ``{"success": False,

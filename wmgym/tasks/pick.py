@@ -312,7 +312,9 @@ SAC_RECIPE = {
 #: world model's data. Behaviour cloning of more or fewer, cleaner or noisier, well or badly
 #: aimed demonstrations (cloned from clean picks alone, an agent stops above the cube with the
 #: gripper open: the script's moment to close is not in the state); SAC with the recipe frozen
-#: at several points, in Sim-Pick-v0 and in WM-Pick-v0; PPO cloned from demonstrations, then
+#: at several points, in Sim-Pick-v0 and in WM-Pick-v0 (the recipe's actor is cloned when
+#: learning starts, then held while the critics take as many steps: snapshots in that span
+#: would be one agent twice); PPO cloned from demonstrations, then
 #: fine-tuned, and PPO from scratch. Each run's episodes are seeded from its ``seed`` (under
 #: 1000 of them), the held episodes that score every agent when frozen from ``eval_seed``: far
 #: from ``wmgym collect``'s seeds (0 .. ~16,200) and the sweeps'. About half an hour on 2 cores.
@@ -337,7 +339,7 @@ FAMILY = {
          "demos": "pick:error=0.02,noise=0.3", "episodes": 40, "bc_steps": 3000},
         {"name": "sac", "algo": "sac", "seed": 916_000,
          "recipe": {"learning_starts": 5000, "bc_steps": 5000},
-         "save_at": (5001, 7500, 10000, 15000)},
+         "save_at": (5001, 11000, 12500, 15000)},  # the actor holds still to 10,000
         {"name": "sac-nobc", "algo": "sac", "seed": 909_000, "recipe": {
             "learning_starts": 2000, "bc_steps": 0, "bc_ratio": 0.0, "warmup_policy": "random"},
          "save_at": (5000,)},
@@ -348,6 +350,6 @@ FAMILY = {
         {"name": "ppo", "algo": "ppo", "seed": 911_000, "ppo": {"n_steps": 1024, "batch_size": 128},
          "save_at": (8192,)},
         {"name": "wm-sac", "algo": "sac", "seed": 917_000, "env": "wm", "num_envs": 16,
-         "recipe": {"learning_starts": 5000, "bc_steps": 5000}, "save_at": (5008, 10000)},
+         "recipe": {"learning_starts": 5000, "bc_steps": 5000}, "save_at": (5008, 12000, 16000)},
     ),
 }
