@@ -24,6 +24,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("eval",): ("wmgym.evaluation", "EvalArgs", "eval_main"),
     ("transfer",): ("wmgym.transfer", "TransferArgs", "transfer_main"),
     ("mbpo",): ("wmgym.mbpo_compare", "MBPOArgs", "mbpo_main"),
+    ("agents", "build"): ("wmgym.agent_family", "BuildAgentsArgs", "build_agents_main"),
     ("card",): ("wmgym.card", "CardArgs", "card_main"),
     ("demo",): ("wmgym.demo", "DemoArgs", "demo_main"),
 }

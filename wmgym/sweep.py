@@ -51,8 +51,9 @@ class SweepArgs:
     task: str = ""
     """Task name, e.g. ``pick`` (empty: the task ``--checkpoint`` was trained for)."""
     policies: tuple[str, ...] = ()
-    """Policies: ``<expert>[:k=v,...]``, ``random[:repeat=n]``, ``sac:path.zip``,
-    ``module:attr``; empty: the task's default list of graded competence."""
+    """Policies: ``<expert>[:k=v,...]``, ``random[:repeat=n]``, ``sac:path.zip``, a frozen agent
+    ``agent:DIR``, a whole family ``family:DIR`` (``wmgym agents build``), ``module:attr``;
+    empty: the task's default list of graded competence."""
     episodes: int = 20
     """Episodes per policy and twin (seeds ``seed .. seed + episodes - 1``, shared)."""
     seed: int = 0
