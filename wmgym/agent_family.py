@@ -393,13 +393,9 @@ def task_family(task: str | TaskSpec) -> dict[str, Any]:
     Raises:
         KeyError: The task declares none.
     """
-    from wmgym.tasks import task_module
+    from wmgym.tasks import declared
 
-    spec = load_spec(task)
-    family = getattr(task_module(spec), "FAMILY", None)
-    if family is None:
-        raise KeyError(f"task {spec.name!r} declares no agent FAMILY in its task module")
-    return dict(family)
+    return dict(declared(task, "FAMILY"))
 
 
 def build_family(task: str | TaskSpec, out: str | Path, *,

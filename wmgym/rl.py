@@ -103,13 +103,9 @@ def sac_recipe(task: str | TaskSpec) -> dict[str, Any]:
     Raises:
         KeyError: The task has none.
     """
-    from wmgym.tasks import task_module
+    from wmgym.tasks import declared
 
-    spec = load_spec(task)
-    recipe = getattr(task_module(spec), "SAC_RECIPE", None)
-    if recipe is None:
-        raise KeyError(f"task {spec.name!r} has no SAC recipe: pass make_sac's options yourself")
-    return dict(recipe)
+    return dict(declared(task, "SAC_RECIPE"))
 
 
 _ENV_ID = re.compile(r"(?:Sim|WM)-(.+)-v\d+")

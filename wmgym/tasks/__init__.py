@@ -39,6 +39,20 @@ def experts() -> dict[str, tuple[type, TaskSpec]]:
     return found
 
 
+def declared(task: str | TaskSpec, name: str) -> object:
+    """What the task's module declares as ``name`` (e.g. ``SAC_RECIPE``, ``FAMILY``).
+
+    Raises:
+        KeyError: The task's module declares no ``name`` (or the task has no module).
+    """
+    spec = load_spec(task)
+    value = getattr(task_module(spec), name, None)
+    if value is None:
+        raise KeyError(f"task {spec.name!r} declares no {name} in its task module "
+                       f"(wmgym.tasks.{spec.module or '<none>'})")
+    return value
+
+
 def mixes(task: str | TaskSpec) -> dict[str, dict[str, float]]:
     """The task's named data mixes (``{}`` without a module)."""
     return dict(getattr(task_module(task), "MIXES", {}))
