@@ -181,7 +181,7 @@ def calibrate_grasp_head(args: GraspCalibrationArgs) -> dict:
                          "(DynamicsConfig.event): nothing to calibrate")
     cfg = EventConfig.from_dict(student.cfg.event)
     if spec.event is not None and EventConfig.from_dict(spec.event.as_config()) != cfg:
-        print(f"note: the checkpoint's event {cfg.as_dict()} differs from task {spec.name}'s "
+        print(f"note: the checkpoint's event {cfg.as_config()} differs from task {spec.name}'s "
               f"{spec.event.as_config()}; the checkpoint's is used")
     start = time.perf_counter()
     episodes = []

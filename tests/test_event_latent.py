@@ -36,7 +36,7 @@ def gripper(commands: str, dim: int = 4, trigger: int = 3) -> np.ndarray:
 
 
 def test_event_config_is_checked():
-    assert CFG.n_features == 6 and CFG.anchor == (0, 1, 2) and CFG.as_dict() == PICK
+    assert CFG.n_features == 6 and CFG.anchor == (0, 1, 2) and CFG.as_config() == PICK
     with pytest.raises(ValueError, match="expected"):
         EventConfig.from_dict({**PICK, "lift": 1.0})
     with pytest.raises(ValueError, match="one length"):

@@ -12,7 +12,7 @@ Spec files live in ``envs/`` under each data root (:mod:`wmgym.paths`).
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +43,12 @@ class CameraSpec:
 
 
 @dataclass(frozen=True)
-class EventSpec:
+class EventConfig:
     """An event whose outcome is drawn once when it begins (e.g. a grasp that holds or slips).
 
-    All positions are indices into the action or ``state`` vector.
+    All positions are indices into the action or ``state`` vector. A spec declares it by field
+    names (``[world_model.event]``); the dynamics transformer stores it as a plain dict
+    (:meth:`as_config`, ``DynamicsConfig.event``) and reads it back with :meth:`from_dict`.
     """
 
     trigger: int
@@ -66,11 +68,32 @@ class EventSpec:
     above: float
     """... by rising above this value before the trigger is released."""
 
+    @classmethod
+    def from_dict(cls, config: dict) -> EventConfig:
+        """Parses :meth:`as_config`'s dict (``DynamicsConfig.event``).
+
+        Raises:
+            ValueError: Missing or unknown keys (naming the expected ones), or anchor and
+                target of different lengths.
+        """
+        keys = set(cls.__dataclass_fields__)
+        if set(config) != keys:
+            raise ValueError(f"event config has keys {sorted(config)}, expected {sorted(keys)}")
+        cfg = cls(**{k: tuple(v) if isinstance(v, list | tuple) else v
+                     for k, v in config.items()})
+        if len(cfg.anchor) != len(cfg.target) or not cfg.anchor:
+            raise ValueError(f"event anchor {cfg.anchor} and target {cfg.target} must be "
+                             "non-empty and of one length")
+        return cfg
+
     def as_config(self) -> dict:
         """The plain dict the dynamics transformer's config stores."""
-        return {"trigger": self.trigger, "run": self.run, "anchor": list(self.anchor),
-                "target": list(self.target), "extra": list(self.extra), "scale": self.scale,
-                "outcome": self.outcome, "above": self.above}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @property
+    def n_features(self) -> int:
+        """Inputs of the outcome head: the offset, its leading axes' norm and the extra fields."""
+        return len(self.anchor) + 1 + len(self.extra)
 
 
 @dataclass(frozen=True)
@@ -124,7 +147,7 @@ class TaskSpec:
     """End the episode as soon as ``info['success']`` is true."""
     checkpoint: Path
     """Directory of the world-model checkpoint (absolute)."""
-    event: EventSpec | None
+    event: EventConfig | None
     """The world model's drawn-once event, or None."""
     path: Path
     """The TOML file this spec was read from."""
@@ -217,7 +240,7 @@ def _require(table: dict, key: str, path: Path, section: str):
     return table[key]
 
 
-def _event(raw: dict, path: Path, fields: list[str], actions: list[str]) -> EventSpec | None:
+def _event(raw: dict, path: Path, fields: list[str], actions: list[str]) -> EventConfig | None:
     if not raw:
         return None
 
@@ -234,7 +257,7 @@ def _event(raw: dict, path: Path, fields: list[str], actions: list[str]) -> Even
     anchor, target = idx(raw.get("anchor", [])), idx(raw.get("target", []))
     if len(anchor) != len(target):
         raise ValueError(f"{path}: [world_model.event] anchor and target differ in length")
-    return EventSpec(
+    return EventConfig(
         trigger=actions.index(trigger), run=int(raw.get("run", 3)), anchor=anchor,
         target=target, extra=idx(raw.get("extra", [])), scale=float(raw.get("scale", 1.0)),
         outcome=idx([_require(raw, "outcome", path, "world_model.event")])[0],

@@ -20,62 +20,25 @@ event's real outcome (:func:`event_labels`), so the frames learn to follow it an
 alone carries the decision; the head is fitted apart, on every event in the data
 (:mod:`wmgym.train.event_head`).
 
-The config is a plain dict (``EventSpec.as_config()`` of a task spec): this module knows no task.
+The config is a plain dict (:meth:`wmgym.spec.EventConfig.as_config`): this module knows no task.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from wmgym.spec import EventConfig
+
+__all__ = ["EventConfig", "EventHead", "advance", "draw_steps", "event_labels", "first_run",
+           "triggered"]
 
 #: Latent values: no event under way, an event that succeeds, one that fails.
 NONE, SUCCESS, FAILURE = 0, 1, 2
 #: Steps an event must be watched without success before it counts as failed, when the episode
 #: ends during it (one cut off sooner is left unlabelled: :data:`NONE`).
 MIN_WATCHED = 10
-
-
-@dataclass(frozen=True)
-class EventConfig:
-    """The event as ``DynamicsConfig.event`` stores it (indices into action and state)."""
-
-    trigger: int
-    run: int
-    anchor: tuple[int, ...]
-    target: tuple[int, ...]
-    extra: tuple[int, ...]
-    scale: float
-    outcome: int
-    above: float
-
-    @classmethod
-    def from_dict(cls, config: dict) -> EventConfig:
-        """Parses ``DynamicsConfig.event``.
-
-        Raises:
-            ValueError: Missing or unknown keys (naming the expected ones), or anchor and
-                target of different lengths.
-        """
-        keys = set(cls.__dataclass_fields__)
-        if set(config) != keys:
-            raise ValueError(f"event config has keys {sorted(config)}, expected {sorted(keys)}")
-        cfg = cls(**{k: tuple(v) if isinstance(v, list | tuple) else v
-                     for k, v in config.items()})
-        if len(cfg.anchor) != len(cfg.target) or not cfg.anchor:
-            raise ValueError(f"event anchor {cfg.anchor} and target {cfg.target} must be "
-                             "non-empty and of one length")
-        return cfg
-
-    def as_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @property
-    def n_features(self) -> int:
-        """Inputs of the head: the offset, its leading axes' norm and the extra fields."""
-        return len(self.anchor) + 1 + len(self.extra)
 
 
 def triggered(actions: np.ndarray | Tensor, trigger: int) -> np.ndarray | Tensor:

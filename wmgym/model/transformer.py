@@ -72,7 +72,7 @@ class DynamicsConfig:
     # recovering it from a few coarse tokens.
     state_input: bool = False
     # With state_input: an event whose outcome is drawn once when it begins, as a dict of
-    # wmgym.model.event_latent.EventConfig's keys (a task spec's EventSpec.as_config()).
+    # wmgym.model.event_latent.EventConfig's keys (a task spec's EventConfig.as_config()).
     event: dict | None = None
     state_noise: float = 0.1  # std of the noise on the training state input (normalised units)
     state_dropout: float = 0.1  # share of training clips given no state input (as in a restart)

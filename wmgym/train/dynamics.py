@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from wmgym.model import checkpoint as ckpt
-from wmgym.model.event_latent import EventConfig, first_run
+from wmgym.model.event_latent import first_run
 from wmgym.model.tokenizer import MMTokenizer, config_from_dict
 from wmgym.model.transformer import DynamicsConfig, DynamicsTransformer
 from wmgym.model.world_model import WorldModel
@@ -173,7 +173,7 @@ def train_dynamics(args: TrainDynamicsArgs) -> Path:
     if init is not None:
         init_from(model, init.dynamics, args.init)
     if spec.event is not None and args.event_share:
-        event = EventConfig.from_dict(spec.event.as_config())
+        event = spec.event
         for ep in episodes:
             ep.event_start = first_run(ep.actions.numpy(), event.trigger, event.run)
     event_head = None
