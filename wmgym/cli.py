@@ -18,6 +18,8 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("sweep",): ("wmgym.sweep", "SweepArgs", "sweep_main"),
     ("train", "tokenizer"): ("wmgym.train.tokenizer", "TrainTokenizerArgs", "train_tokenizer_main"),
     ("train", "dynamics"): ("wmgym.train.dynamics", "TrainDynamicsArgs", "train_dynamics_main"),
+    ("train", "state-model"): ("wmgym.train.state_model", "TrainStateModelArgs",
+                               "train_state_model_main"),
     ("train", "decoder"): ("wmgym.train.distill", "TrainDecoderArgs", "train_decoder_main"),
     ("train", "fast-dynamics"): ("wmgym.train.fast_dynamics", "TrainFastDynamicsArgs",
                                  "train_fast_dynamics_main"),

@@ -71,6 +71,55 @@ class RandomPolicy:
         return self.action
 
 
+class PlayPolicy:
+    """Smooth random play at one magnitude per episode: what an untrained or cautious agent does.
+
+    Each episode draws a speed ``m`` (log-uniform in ``[low, high]``); every action axis then
+    follows a smoothed random walk of that magnitude (an AR(1) process, ``a <- smooth * a +
+    noise``, rescaled to ``m``), and now and then (``hold``) one action is held constant for
+    5-20 steps, or the arm stands still. Scripted picks move at a few speeds and random play at
+    full speed; play covers the slow, drifting and held motions of learned agents, which an
+    arm model must get to the millimetre.
+
+    Args:
+        action_dim: Size of the action.
+        low: Slowest speed drawn (action units).
+        high: Fastest speed drawn.
+        smooth: AR(1) coefficient of the random walk (0: white noise).
+        hold: Probability per step of starting a held action or a stop.
+    """
+
+    observation_keys = ()  # reads nothing
+
+    def __init__(self, action_dim: int, low: float = 0.03, high: float = 1.0,
+                 smooth: float = 0.9, hold: float = 0.04):
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"play needs 0 < low <= high <= 1, got low={low}, high={high}")
+        if not 0 <= smooth < 1:
+            raise ValueError(f"play needs 0 <= smooth < 1, got {smooth}")
+        self.action_dim, self.low, self.high = int(action_dim), low, high
+        self.smooth, self.hold = smooth, hold
+        self.reset()
+
+    def reset(self, seed: int | None = None) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.speed = float(np.exp(self.rng.uniform(np.log(self.low), np.log(self.high))))
+        self.walk = self.rng.standard_normal(self.action_dim)
+        self.held, self.left = np.zeros(self.action_dim), 0
+
+    def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        noise = self.rng.standard_normal(self.action_dim) * np.sqrt(1 - self.smooth ** 2)
+        self.walk = self.smooth * self.walk + noise  # unit variance on every axis
+        if self.left == 0 and self.rng.random() < self.hold:
+            self.left = int(self.rng.integers(5, 21))
+            stop = self.rng.random() < 0.3
+            self.held = np.zeros(self.action_dim) if stop else self.walk * self.speed
+        if self.left > 0:
+            self.left -= 1
+            return np.clip(self.held, -1.0, 1.0).astype(np.float32)
+        return np.clip(self.walk * self.speed, -1.0, 1.0).astype(np.float32)
+
+
 def parse_policy_name(name: str) -> tuple[str, dict[str, float]]:
     """``"pick:noise=0.3,error=0.02"`` -> ``("pick", {"noise": 0.3, "error": 0.02})``."""
     kind, _, args = name.partition(":")
@@ -86,9 +135,10 @@ def make_policy(name: str, *, task: str | TaskSpec | None = None) -> Policy:
 
     Args:
         name: ``<expert>[:k=v,...]`` (e.g. ``pick:noise=0.3``: the expert of the task that
-            defines it, see :mod:`wmgym.tasks`) or ``random[:repeat=n]``.
-        task: The task, needed for ``random`` (its action size); for an expert it must be the
-            expert's own task when given.
+            defines it, see :mod:`wmgym.tasks`), ``random[:repeat=n]`` or
+            ``play[:low=..,high=..,smooth=..,hold=..]`` (:class:`PlayPolicy`).
+        task: The task, needed for ``random`` and ``play`` (their action size); for an expert
+            it must be the expert's own task when given.
 
     Raises:
         ValueError: An unknown name, bad options, or ``random`` without a task.
@@ -96,13 +146,19 @@ def make_policy(name: str, *, task: str | TaskSpec | None = None) -> Policy:
     from wmgym.tasks import experts
 
     kind, kwargs = parse_policy_name(name)
-    if kind == "random":
+    if kind in ("random", "play"):
         if task is None:
-            raise ValueError(f"policy {name!r} needs task= (random play takes its action size)")
-        return RandomPolicy(load_spec(task).action_dim, repeat=int(kwargs.get("repeat", 1)))
+            raise ValueError(f"policy {name!r} needs task= ({kind} takes its action size)")
+        dim = load_spec(task).action_dim
+        if kind == "random":
+            return RandomPolicy(dim, repeat=int(kwargs.get("repeat", 1)))
+        try:
+            return PlayPolicy(dim, **kwargs)
+        except TypeError as e:
+            raise ValueError(f"policy {name!r}: {e}") from e
     known = experts()
     if kind not in known:
-        raise ValueError(f"unknown policy {name!r}; known: random[:repeat=n] and "
+        raise ValueError(f"unknown policy {name!r}; known: random[:repeat=n], play[:k=v,...] and "
                          f"{sorted(known)} with [:k=v,...] options")
     cls, spec = known[kind]
     if task is not None and load_spec(task).name != spec.name:

@@ -97,6 +97,19 @@ class EventConfig:
 
 
 @dataclass(frozen=True)
+class StateModelSpec:
+    """The fields the world model's state model predicts (:mod:`wmgym.model.state_model`).
+
+    Read from ``[world_model.state_model]``: ``fields`` (state field names it predicts) and
+    ``offsets`` (pairs of field names whose difference it reads, e.g. the gripper's offset
+    from an object it may touch).
+    """
+
+    fields: tuple[str, ...]
+    offsets: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """A task as read from ``envs/<task>.toml``.
 
@@ -151,6 +164,8 @@ class TaskSpec:
     """The world model's drawn-once event, or None."""
     path: Path
     """The TOML file this spec was read from."""
+    state_model: StateModelSpec | None = None
+    """The fields the world model's state model predicts, or None."""
     _index: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -265,6 +280,19 @@ def _event(raw: dict, path: Path, fields: list[str], actions: list[str]) -> Even
     )
 
 
+def _state_model(raw: dict, path: Path, fields: list[str]) -> StateModelSpec | None:
+    if not raw:
+        return None
+    names = list(_require(raw, "fields", path, "world_model.state_model"))
+    offsets = [tuple(pair) for pair in raw.get("offsets", [])]
+    if any(len(pair) != 2 for pair in offsets):
+        raise ValueError(f"{path}: [world_model.state_model] offsets must be pairs of field names")
+    unknown = [n for n in [*names, *(n for pair in offsets for n in pair)] if n not in fields]
+    if unknown:
+        raise ValueError(f"{path}: [world_model.state_model] names unknown state fields {unknown}")
+    return StateModelSpec(fields=tuple(names), offsets=tuple(offsets))
+
+
 def read_spec(path: str | Path) -> TaskSpec:
     """Reads one spec file, failing with the file name and the missing or bad key."""
     path = Path(path)
@@ -317,6 +345,7 @@ def read_spec(path: str | Path) -> TaskSpec:
         checkpoint=ckpt if ckpt.is_absolute() else path.parent.parent / "checkpoints" / ckpt,
         event=_event(wm.get("event", {}), path, fields, actions),
         path=path,
+        state_model=_state_model(wm.get("state_model", {}), path, fields),
     )
 
 

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from wmgym.model import checkpoint as ckpt
 from wmgym.model.fast_decoder import FAST_DECODER
 from wmgym.model.fast_dynamics import FAST_DYNAMICS, load_fast_dynamics
+from wmgym.model.state_model import StateModel, has_state_model, load_state_model
 from wmgym.model.tokenizer import (
     ContextCode,
     Decoder,
@@ -58,6 +59,21 @@ class RolloutState:
     """One generator per rollout (reproducible sampling), or None for the global RNG."""
     steps: Tensor
     """``(B,)`` steps taken since each rollout's reset."""
+    track: StateTrack | None = None
+    """What the state model carries (with a state model)."""
+
+
+@dataclass
+class StateTrack:
+    """The state model's memory of every rollout: its latest state and last displacements."""
+
+    state: Tensor
+    """``(B, state_dim)`` the latest state, real units."""
+    past: Tensor
+    """``(B, history, n_fields)`` the last displacements of its fields, oldest first."""
+    known: Tensor
+    """``(B,)`` bool: the rollout started from a known state (else the transformer's reading
+    is kept until it has one)."""
 
 
 class StepOutput(NamedTuple):
@@ -95,6 +111,17 @@ class WorldModel(nn.Module):
         self.tokenizer = MMTokenizer(tokenizer)
         self.dynamics = DynamicsTransformer(dynamics)
         self.depth_range = tuple(depth_range)
+        self.state_model: StateModel | None = None  # see with_state_model
+
+    def with_state_model(self, model: StateModel | None) -> WorldModel:
+        """Imagine the state with ``model`` (:mod:`wmgym.model.state_model`); returns ``self``.
+
+        None: the transformer's reading of the state.
+        """
+        # a plain attribute, not a submodule: the state model lives in its own files
+        object.__setattr__(self, "state_model",
+                           None if model is None else model.to(self.device).eval())
+        return self
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict:
@@ -129,7 +156,7 @@ class WorldModel(nn.Module):
         nn.Module.__init__(model)
         model.tokenizer, model.dynamics, model.depth_range = self.tokenizer, dynamics, \
             self.depth_range
-        return model
+        return model.with_state_model(self.state_model)
 
     @classmethod
     def from_config(cls, config: dict) -> WorldModel:
@@ -139,7 +166,7 @@ class WorldModel(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu", *,
-             dynamics: str = "full") -> WorldModel:
+             dynamics: str = "full", state_model: bool = True) -> WorldModel:
         """Loads a checkpoint directory, verifying hash, keys, shapes and finiteness.
 
         Args:
@@ -147,6 +174,8 @@ class WorldModel(nn.Module):
             device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ….
             dynamics: ``"full"`` (the checkpoint's transformer) or ``"fast"`` (its distilled
                 one, :mod:`wmgym.model.fast_dynamics`, with the same tokenizer).
+            state_model: Use the checkpoint's state model when it has one
+                (:mod:`wmgym.model.state_model`).
 
         Raises:
             CheckpointError: A file is missing, corrupt or does not fit; the message names it.
@@ -167,6 +196,8 @@ class WorldModel(nn.Module):
         model = model.to(resolve_device(device)).eval()
         if dynamics == "fast":
             model = model.with_dynamics(load_fast_dynamics(directory, model.device))
+        if state_model and has_state_model(directory):
+            model.with_state_model(load_state_model(directory, model.device))
         return model
 
     @property
@@ -236,7 +267,46 @@ class WorldModel(nn.Module):
                 self.dynamics.teacher_force_frame(state.cache, hist_actions[:, k], tokens[:, k])
         if states is not None:
             self.dynamics.set_state(state.cache, states.to(self.device), rows)
+        if self.state_model is not None:
+            self._reset_track(state, states, rows)
         return state
+
+    def _reset_track(self, state: RolloutState, states: Tensor | None, rows: Tensor | None
+                     ) -> None:
+        """Start the state model's memory of rollouts ``rows`` (all: None) at ``states``.
+
+        The rollouts start at rest (no past displacement).
+        """
+        cfg, n = self.state_model.cfg, state.steps.shape[0]
+        if state.track is None:
+            z = torch.zeros
+            state.track = StateTrack(z(n, cfg.state_dim, device=self.device),
+                                     z(n, cfg.history, len(cfg.fields), device=self.device),
+                                     z(n, dtype=torch.bool, device=self.device))
+        at = slice(None) if rows is None else rows
+        state.track.past[at] = 0.0
+        state.track.known[at] = states is not None
+        if states is not None:
+            state.track.state[at] = states.to(self.device, torch.float32)
+
+    def _step_track(self, state: RolloutState, actions: Tensor, predicted: Tensor) -> Tensor:
+        """The transformer's predicted state with the state model's fields in it.
+
+        The result is what the next slot and the event head read. A rollout started without
+        a known state keeps the transformer's reading for this step.
+        """
+        track, idx = state.track, self.state_model.index
+        event = state.cache.event if self.dynamics.event_head is not None else None
+        fields, past = self.state_model.step(track.state, track.past, actions, event)
+        known = track.known.unsqueeze(-1)
+        out = predicted.float().clone()
+        out[:, idx] = torch.where(known, fields, out[:, idx])
+        read = (out[:, idx] - track.state[:, idx]).unsqueeze(1)
+        track.past = torch.where(known.unsqueeze(-1), past,
+                                 torch.cat([track.past[:, 1:], read], 1))
+        track.state, track.known = out, torch.ones_like(track.known)
+        self.dynamics.set_state(state.cache, out)
+        return out
 
     @torch.no_grad()
     def decode(self, tokens: Tensor, state: RolloutState, index: Tensor | None = None, *,
@@ -278,13 +348,16 @@ class WorldModel(nn.Module):
         actions = actions.to(self.device, torch.float32)
         sample = self.dynamics.generate_frame(state.cache, actions, generators=state.generators,
                                               temperature=temperature)
+        predicted = sample.state
+        if self.state_model is not None and state.track is not None:
+            predicted = self._step_track(state, actions, predicted).to(sample.state.dtype)
         frames = self.decode(sample.tokens, state, decoder=decoder) if decode else None
         state.steps += 1
         out = StepOutput(
             frames=frames,
             reward=sample.reward.clamp(0.0, 1.0),
             success=torch.sigmoid(sample.success_logit),
-            state=sample.state,
+            state=predicted,
             tokens=sample.tokens,
             uncertainty=sample.entropy,
         )

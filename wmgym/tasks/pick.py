@@ -270,8 +270,24 @@ NEARMISS_MIX: dict[str, float] = {
     "pick:hover=1,error=0.025": 0.15,
 }
 
+#: The arm's own motion, for its model (``wmgym train arm``): smooth random play at speeds from
+#: 0.03 to 1 (slow drifts, held actions, stops, pushes against the table and the cube), and
+#: slow, paused, hovering and hesitating picks that bring slow motion next to the cube and
+#: carry it. Learned agents converge on the cube with small, shrinking actions that no other mix
+#: has at the cube; the transformer moved the arm up to twice as far as robosuite under them.
+PLAY_MIX: dict[str, float] = {
+    "play": 0.35,
+    "play:high=0.2": 0.2,
+    "pick:gain=0.35,pause=0.05": 0.1,
+    "pick:gain=0.2,noise=0.05": 0.1,
+    "pick:hover=1,noise=0.05": 0.1,
+    "pick:hesitate=1": 0.05,
+    "pick:noise=0.3": 0.05,
+    "pick": 0.05,
+}
+
 MIXES: dict[str, dict[str, float]] = {
-    "mix": MIX, "explore": EXPLORE_MIX, "slow": SLOW_MIX, "reach": REACH_MIX,
+    "mix": MIX, "play": PLAY_MIX, "explore": EXPLORE_MIX, "slow": SLOW_MIX, "reach": REACH_MIX,
     "hesitate": HESITATE_MIX, "hover": HOVER_MIX, "miss": MISS_MIX, "nearmiss": NEARMISS_MIX,
 }
 
