@@ -273,6 +273,32 @@ def test_pick_family_is_well_formed():
     assert 1000 * len(family["runs"]) < family["eval_seed"] - family["seed"]
 
 
+def test_sibling_family_moves_every_seed_away_from_the_benchmark():
+    family = af.task_family("pick")
+    sibling = af.shifted_family(family, -100_000)
+    assert sibling["seed"] == family["seed"] - 100_000
+    assert sibling["eval_seed"] == family["eval_seed"] - 100_000
+    ours = {af.run_seed(family, i) for i in range(len(family["runs"]))}
+    theirs = {af.run_seed(sibling, i) for i in range(len(sibling["runs"]))}
+    assert max(theirs) + 1000 < min(ours) and [r["name"] for r in sibling["runs"]] == [
+        r["name"] for r in family["runs"]]
+
+
+def test_collect_takes_a_family_in_turn(tmp_path):
+    """Real rollouts of frozen agents as a dataset: episode i is agent i mod n."""
+    from wmgym.data.collect import CollectArgs, collect
+    from wmgym.data.dataset import read_dataset
+
+    for name in ("b", "a"):
+        save_agent(tmp_path / "fam" / name, _tiny_sac(), task="Pick")
+    out = tmp_path / "data"
+    collect(CollectArgs(task="pick", out=str(out), episodes=3, policy=f"family:{tmp_path / 'fam'}",
+                        workers=1, seed=800_000, max_steps=4, images=False, heldout=0.0))
+    episodes = read_dataset(out)
+    assert [e.policy for e in episodes] == [f"agent:{tmp_path / 'fam' / n}" for n in "aba"]
+    assert all(len(e) == 4 and set(e.observations) == {"state"} for e in episodes)
+
+
 def test_build_args_default_out_is_under_runs():
     from wmgym.spec import read_spec
 

@@ -41,8 +41,8 @@ def constant_model(move: list[float]) -> StateModel:
     model = StateModel(cfg)
     last = model.mlp[-1]
     torch.nn.init.zeros_(last.weight)
-    with torch.no_grad():
-        last.bias.copy_(torch.tensor(move) / cfg.scale)
+    with torch.no_grad():  # displacements, then rest logits (moving: negative)
+        last.bias.copy_(torch.cat([torch.tensor(move) / cfg.scale, -torch.ones(len(move))]))
     return model.eval()
 
 

@@ -68,6 +68,10 @@ class BuildAgentsArgs:
     """World-model checkpoint for runs trained in imagination (default: the task's)."""
     device: str = "auto"
     """Device of the world model for runs trained in imagination."""
+    seed_offset: int = 0
+    """Shift every seed of the family (training and held episodes) by this much: a sibling
+    family of the same recipes on other seeds, whose real rollouts may be training data (the
+    benchmark family's never are)."""
     threads: int = 1
     """Torch threads (small MLPs train fastest on one; more threads stall on a busy machine)."""
     progress: bool = True
@@ -387,6 +391,14 @@ def run_names(run: Mapping[str, Any]) -> list[str]:
     return [run["name"]]
 
 
+def shifted_family(family: Mapping[str, Any], offset: int) -> dict[str, Any]:
+    """``family`` with every seed moved by ``offset`` (a sibling on other seeds)."""
+    runs = [{**run, **({"seed": int(run["seed"]) + offset} if "seed" in run else {})}
+            for run in family["runs"]]
+    return {**family, "seed": int(family["seed"]) + offset,
+            "eval_seed": int(family["eval_seed"]) + offset, "runs": tuple(runs)}
+
+
 def task_family(task: str | TaskSpec) -> dict[str, Any]:
     """The task module's ``FAMILY``.
 
@@ -498,7 +510,8 @@ def build_agents_main(args: BuildAgentsArgs) -> dict[str, Any]:
     """``wmgym agents build``: build the family, print its table, write ``family.json``."""
     out = Path(args.out)
     torch.set_num_threads(args.threads)
-    index = build_family(args.task, out, only=args.only, rebuild=args.rebuild,
+    family = shifted_family(task_family(args.task), args.seed_offset)
+    index = build_family(args.task, out, family=family, only=args.only, rebuild=args.rebuild,
                          checkpoint=args.checkpoint or None, device=args.device,
                          progress=args.progress)
     write_result(out / FAMILY_FILE, index)

@@ -13,6 +13,7 @@ from wmgym.evaluation import format_table
 from wmgym.model.checkpoint import atomic_write, read_config
 from wmgym.model.fast_decoder import SUBDIR, has_fast_decoder
 from wmgym.model.fast_dynamics import FAST_DYNAMICS
+from wmgym.model.state_model import STATE_MODEL_DIR, has_state_model
 from wmgym.results import machine, resolve_task
 from wmgym.spec import TaskSpec
 
@@ -87,7 +88,8 @@ def render_card(args: CardArgs) -> str:
                  f"open loop from one real frame, temperature {metrics['args']['temperature']}")
     notes = ("\n" + Path(args.notes).read_text() if args.notes
              else "\n" + hand_written_notes(args.checkpoint))
-    fast = fast_decoder_section(args, metrics) + fast_dynamics_section(args)
+    fast = (state_model_section(args.checkpoint) + fast_decoder_section(args, metrics)
+            + fast_dynamics_section(args))
     probes = probe_lines(json.loads(Path(args.probes).read_text())) if args.probes else ""
     if "arm_probe" in metrics:  # measured by ``wmgym eval --arm-starts``
         probes = f"\n{format_arm_table(metrics['arm_probe'])}\n{probes}"
@@ -115,8 +117,9 @@ Training time: {times}; on {where}.{grasp_head_line(train)}
 {fast}## Limits
 - Trained on scripted/random policies only: states far from that data (e.g. an RL agent's
   unusual motions) are imagined less faithfully.
-- `state` and reward come from heads on the transformer, not from physics; check policies trained
-  in imagination on `{spec.sim_id}`.
+- Reward and success come from heads on the transformer, the state from the state model (or
+  the transformer's head without one), not from physics; check policies trained in imagination
+  on `{spec.sim_id}`.
 {notes}"""
 
 
@@ -195,6 +198,37 @@ Against the real frames of {metrics['episodes']} episodes of `{metrics['data']}`
 {chr(10).join(rows)}
 """
     return text + "\n"
+
+
+def state_model_section(checkpoint: str | Path) -> str:
+    """The state model: what it predicts, its data, its held-out errors."""
+    if not has_state_model(checkpoint):
+        return ""
+    config = read_config(Path(checkpoint) / STATE_MODEL_DIR)
+    cfg, report = config["state_model"], config["report"]
+    one = ", ".join(f"{k} {v:.2f}" for k, v in report["one_step_mm"].items())
+    still = ", ".join(f"{k} {v:.2f}" for k, v in report["standing_still_mm"].items())
+    loops = "\n".join(
+        f"| {name} | " + " | ".join(f"{v:.1f}" for v in per.values()) + " |"
+        for name, per in report["open_loop"].items())
+    heads = " | ".join(k.removesuffix("_mm") for k in next(iter(report["open_loop"].values())))
+    data = ", ".join(f"`{d}`" for d in report["args"]["data"])
+    return f"""## State model (`{STATE_MODEL_DIR}/`, `wmgym train state-model`)
+
+MLP {cfg['layers']}×{cfg['hidden']}, history {cfg['history']}, event input {cfg['event']};
+predicts {', '.join(cfg['names'])}. Fitted on {report['train_transitions']:,} real transitions
+of {data} in {report['seconds'] / 60:.1f} min; measured on {report['heldout_transitions']:,}
+held-out ones ({report['heldout_episodes']} episodes).
+
+One-step error (mm): {one}; standing still would be off by {still}.
+Open loop, the state model alone from every 10th step (the episode's actions and grasp
+outcomes), error in mm:
+
+| position | {heads} |
+|---|{'---|' * len(next(iter(report['open_loop'].values())))}
+{loops}
+
+"""
 
 
 def fast_dynamics_section(args: CardArgs) -> str:

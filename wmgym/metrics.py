@@ -67,6 +67,25 @@ def agreement(real: Sequence[float], imagined: Sequence[float]) -> dict[str, flo
     return {k: None if np.isnan(v) else round(v, 4) for k, v in out.items()}
 
 
+def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
+    """Area under the ROC curve of ``scores`` for ``positive`` (ties count one half).
+
+    The probability that a positive scores higher than a negative (Mann-Whitney U); None when
+    either class is empty.
+
+    >>> auroc([0.1, 0.4, 0.35, 0.8], [False, False, True, True])
+    0.75
+    """
+    s, y = np.asarray(scores, np.float64), np.asarray(positive, bool)
+    if s.shape != y.shape or s.ndim != 1:
+        raise ValueError(f"need two equally long lists, got {s.shape}, {y.shape}")
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    u = ranks(s)[y].sum() - n_pos * (n_pos + 1) / 2
+    return round(float(u / (n_pos * n_neg)), 4)
+
+
 def _pair(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1 or len(x) < 2:

@@ -34,7 +34,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from tqdm.auto import tqdm
 
-from wmgym.metrics import agreement
+from wmgym.metrics import agreement, auroc
 from wmgym.policies import Policy, reads_images
 from wmgym.policy_sources import PolicySource, named_policies, policy_factory
 from wmgym.results import checkpoint_id, machine, resolve_task, write_result
@@ -339,6 +339,10 @@ def _compare(
     for key in ("success", "return"):
         r_, s_ = ([p[twin][key] for p in per_policy] for twin in ("real", "imagined"))
         metrics[key] = agreement(r_, s_) if len(per_policy) >= 2 else None
+    if imagined.uncertainty is not None:  # does it flag the episodes whose outcome differs?
+        parted = real.success[rows.ravel()] != imagined.success[rows.ravel()]
+        metrics["uncertainty_auroc"] = auroc(imagined.uncertainty[rows.ravel()], parted)
+        metrics["parted_episodes"] = int(parted.sum())
     return per_policy, metrics
 
 
@@ -579,10 +583,15 @@ def format_table(result: dict[str, Any]) -> str:
             f"{r['return']:.2f} | {s['return']:.2f} | {'–' if u is None else f'{u:.2f}'} |"
         )
     for key, m in result["metrics"].items():
-        if m:
+        if isinstance(m, dict):
             lines.append(
                 f"\n{key}: " + ", ".join(f"{k} {'n/a' if v is None else v}" for k, v in m.items())
             )
+    if "uncertainty_auroc" in result["metrics"]:
+        m = result["metrics"]
+        lines.append(f"\nuncertainty AUROC for an imagined outcome that differs from the real "
+                     f"one: {'n/a' if m['uncertainty_auroc'] is None else m['uncertainty_auroc']}"
+                     f" ({m['parted_episodes']} such episodes)")
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wmgym.data.dataset import Episode, write_dataset
+from wmgym.policy_sources import family_agents
 from wmgym.spec import load_spec
 from wmgym.tasks import mixes as task_mixes
 
@@ -27,9 +28,12 @@ class CollectArgs:
     episodes: int = 200
     """Number of episodes."""
     policy: str = "mix"
-    """A data mix of the task (``wmgym.tasks.<task>.MIXES``: for Pick ``mix``, ``explore``,
-    ``slow``, ``reach``, ``hesitate``, ``hover``, ``miss``, ``nearmiss``) or one policy name
-    such as ``pick:noise=0.3`` or ``random:repeat=4``."""
+    """A data mix of the task (``wmgym.tasks.<task>.MIXES``: for Pick ``mix``, ``play``,
+    ``explore``, ``slow``, ``reach``, ``hesitate``, ``hover``, ``miss``, ``nearmiss``), one
+    policy name such as ``pick:noise=0.3`` or ``random:repeat=4``, a frozen agent
+    ``agent:DIR`` or a family of them, ``family:DIR`` (episode ``i`` takes agent ``i`` mod
+    their number): real rollouts of learned agents to train on (never the benchmark's family:
+    build a sibling with ``wmgym agents build --seed-offset``)."""
     workers: int = 2
     """Worker processes, each with its own simulator."""
     seed: int = 0
@@ -45,8 +49,16 @@ class CollectArgs:
     feeds the arm model, ``wmgym train arm``, not the tokenizer or the transformer)."""
 
 
-def choose_policy(policy: str, seed: int, mixes: dict[str, dict[str, float]]) -> str:
-    """The policy name for an episode: ``policy`` itself, or a draw from ``mixes[policy]``."""
+def choose_policy(policy: str, seed: int, mixes: dict[str, dict[str, float]],
+                  index: int = 0) -> str:
+    """The policy name for episode ``index``.
+
+    ``policy`` itself, a draw from ``mixes[policy]``, or for ``family:DIR`` its agent
+    ``index`` mod their number.
+    """
+    if policy.startswith("family:"):
+        agents = family_agents(policy.partition(":")[2])
+        return agents[index % len(agents)]
     if policy not in mixes:
         return policy
     mix = mixes[policy]
@@ -73,9 +85,9 @@ def run_episode(env, policy_name: str, seed: int) -> Episode:
 
     ``proprio`` is not stored: it is read off ``state``.
     """
-    from wmgym.policies import make_policy
+    from wmgym.policy_sources import policy_factory
 
-    policy = make_policy(policy_name, task=env.unwrapped.task)
+    policy = policy_factory(policy_name, task=env.unwrapped.task)()
     policy.reset(seed)
     obs, _ = env.reset(seed=seed)
     observations = defaultdict(list)
@@ -117,7 +129,7 @@ def collect(args: CollectArgs) -> dict:
     spec = load_spec(args.task)
     out = args.out or default_out(spec.name, args.policy)
     mixes = task_mixes(spec)
-    jobs = [(i, choose_policy(args.policy, args.seed + i, mixes), args.seed + i)
+    jobs = [(i, choose_policy(args.policy, args.seed + i, mixes, i), args.seed + i)
             for i in range(args.episodes)]
     if Path(out).exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import tyro
 from tqdm import tqdm
 
@@ -173,12 +174,18 @@ def fit_state_model(args: TrainStateModelArgs) -> tuple[StateModel, dict]:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps,
                                                 pct_start=0.05)
+    # every field's error in units of its own typical move: the fingers move a tenth of what
+    # the arm does, and a learned agent reads a tenth of a millimetre of them
+    unit = data.move.abs().mean(0).clamp_min(1e-5)
     gen = torch.Generator().manual_seed(args.seed)
     start = time.perf_counter()
     bar = tqdm(range(args.steps), desc="state model", unit="step", mininterval=2.0)
     for step in bar:
         *inputs, move = data.rows(torch.randint(len(data), (args.batch,), generator=gen))
-        loss = ((model(*inputs) - move) / cfg.scale).pow(2).mean()
+        pred, rest_logit = model.outputs(*inputs)
+        rest = (move.abs() < cfg.rest).float()
+        loss = ((pred - move) / unit).pow(2).mean() \
+            + F.binary_cross_entropy_with_logits(rest_logit, rest)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -190,12 +197,15 @@ def fit_state_model(args: TrainStateModelArgs) -> tuple[StateModel, dict]:
         *inputs, move = test.rows(torch.arange(len(test)))
         err = (model(*inputs) - move).abs().mean(0) * 1000
         still = move.abs().mean(0) * 1000
+        rest_logit = model.outputs(*inputs)[1]
+        rest_acc = ((rest_logit > 0) == (move.abs() < cfg.rest)).float().mean(0)
     report = {
         "args": asdict(args), "fields": cfg.names,
         "train_transitions": len(data), "heldout_transitions": len(test),
         "heldout_episodes": len(heldout),
         "one_step_mm": {n: round(float(e), 3) for n, e in zip(cfg.names, err)},
         "standing_still_mm": {n: round(float(e), 3) for n, e in zip(cfg.names, still)},
+        "rest_accuracy": {n: round(float(a), 4) for n, a in zip(cfg.names, rest_acc)},
         "open_loop": open_loop_errors(model, heldout, spec),
         "seconds": round(time.perf_counter() - start, 1), "machine": machine(),
     }
