@@ -176,7 +176,7 @@ def fit_state_model(args: TrainStateModelArgs) -> tuple[StateModel, dict]:
                                                 pct_start=0.05)
     # every field's error in units of its own typical move: the fingers move a tenth of what
     # the arm does, and a learned agent reads a tenth of a millimetre of them
-    unit = data.move.abs().mean(0).clamp_min(1e-5)
+    unit = data.move.abs().mean(0).clamp_min(1e-4)
     gen = torch.Generator().manual_seed(args.seed)
     start = time.perf_counter()
     bar = tqdm(range(args.steps), desc="state model", unit="step", mininterval=2.0)
