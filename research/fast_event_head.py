@@ -18,12 +18,14 @@ from dataclasses import dataclass
 import torch
 import tyro
 
-from wmgym.model.checkpoint import read_config, sha256_file
-from wmgym.model.fast_dynamics import FAST_DYNAMICS, load_fast_dynamics, save_fast_dynamics
+from wmgym.model.checkpoint import sha256_file
+from wmgym.model.fast_dynamics import (
+    FAST_DYNAMICS,
+    fast_dynamics_records,
+    load_fast_dynamics,
+    save_fast_dynamics,
+)
 from wmgym.model.world_model import WorldModel
-
-#: Keys of the fast transformer's config.json that saving it writes anew.
-_WRITTEN = ("dynamics", "teacher_sha256", "format", "wmgym_version", "sha256", "shapes")
 
 
 @dataclass
@@ -43,9 +45,8 @@ def copy_event_head(args: FastEventHeadArgs) -> dict:
     before = sha256_file(FAST_DYNAMICS.directory(args.checkpoint) / "model.safetensors")
     with torch.no_grad():
         student.event_head.load_state_dict(teacher.event_head.state_dict())
-    config = read_config(FAST_DYNAMICS.directory(args.checkpoint))
-    records = {k: v for k, v in config.items() if k not in _WRITTEN}
     record = {"replaced_sha256": before, "why": "the state model makes imagined states real"}
+    records = fast_dynamics_records(args.checkpoint)
     save_fast_dynamics(args.checkpoint, student, {**records, "event_head_from_teacher": record})
     print(f"{args.checkpoint}: the fast transformer now has the full transformer's event head")
     return record

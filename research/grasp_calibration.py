@@ -34,19 +34,18 @@ import torch.nn.functional as F
 import tyro
 
 from wmgym.data.dataset import Episode, read_dataset
-from wmgym.model.checkpoint import read_config
 from wmgym.model.event_latent import SUCCESS, EventConfig, event_labels, triggered
-from wmgym.model.fast_dynamics import FAST_DYNAMICS, load_fast_dynamics, save_fast_dynamics
+from wmgym.model.fast_dynamics import (
+    fast_dynamics_records,
+    load_fast_dynamics,
+    save_fast_dynamics,
+)
 from wmgym.model.transformer import DynamicsTransformer
 from wmgym.policies import make_policy
 from wmgym.results import machine
 from wmgym.spec import TaskSpec, load_spec
 from wmgym.sweep import run_imagined
 from wmgym.train.event_head import fit_event_head
-
-#: Keys of the fast transformer's config.json that saving it writes anew; the others (records
-#: of its distillation and other fits) are kept.
-_WRITTEN = ("dynamics", "teacher_sha256", "format", "wmgym_version", "sha256", "shapes")
 
 
 @dataclass
@@ -205,10 +204,8 @@ def calibrate_grasp_head(args: GraspCalibrationArgs) -> dict:
     report = {"args": asdict(args), "episodes": len(episodes), "draws": len(held),
               "before": before, "after": head_scores(student, x, y, names), "fit": fit,
               "imagine_seconds": round(imagine_seconds, 1), "machine": machine()}
-    config = read_config(FAST_DYNAMICS.directory(args.checkpoint))
-    records = {k: v for k, v in config.items() if k not in _WRITTEN}
     save_fast_dynamics(args.checkpoint, student.requires_grad_(False),
-                       {**records, "grasp_calibration": report})
+                       {**fast_dynamics_records(args.checkpoint), "grasp_calibration": report})
     print(f"event head on {len(held)} imagined event starts of {len(episodes)} episodes "
           f"(real held {before['real_held']}): accuracy {before['accuracy']} -> "
           f"{report['after']['accuracy']}, mean p(hold) {before['mean_p_hold']} -> "

@@ -49,16 +49,11 @@ class CollectArgs:
     feeds the arm model, ``wmgym train arm``, not the tokenizer or the transformer)."""
 
 
-def choose_policy(policy: str, seed: int, mixes: dict[str, dict[str, float]],
-                  index: int = 0) -> str:
-    """The policy name for episode ``index``.
+def choose_policy(policy: str, seed: int, mixes: dict[str, dict[str, float]]) -> str:
+    """The policy name for the episode of ``seed``.
 
-    ``policy`` itself, a draw from ``mixes[policy]``, or for ``family:DIR`` its agent
-    ``index`` mod their number.
+    ``policy`` itself or a draw from ``mixes[policy]``.
     """
-    if policy.startswith("family:"):
-        agents = family_agents(policy.partition(":")[2])
-        return agents[index % len(agents)]
     if policy not in mixes:
         return policy
     mix = mixes[policy]
@@ -129,8 +124,12 @@ def collect(args: CollectArgs) -> dict:
     spec = load_spec(args.task)
     out = args.out or default_out(spec.name, args.policy)
     mixes = task_mixes(spec)
-    jobs = [(i, choose_policy(args.policy, args.seed + i, mixes, i), args.seed + i)
-            for i in range(args.episodes)]
+    if args.policy.startswith("family:"):  # episode i takes agent i mod their number
+        agents = family_agents(args.policy.partition(":")[2])
+        jobs = [(i, agents[i % len(agents)], args.seed + i) for i in range(args.episodes)]
+    else:
+        jobs = [(i, choose_policy(args.policy, args.seed + i, mixes), args.seed + i)
+                for i in range(args.episodes)]
     if Path(out).exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     start = time.perf_counter()

@@ -116,6 +116,20 @@ def save_fast_dynamics(checkpoint: str | Path, student: DynamicsTransformer,
                               {"dynamics": asdict(student.cfg), **(extra or {})})
 
 
+#: Keys of a fast transformer's ``config.json`` that :func:`save_fast_dynamics` writes anew.
+WRITTEN = ("dynamics", "teacher_sha256", "format", "wmgym_version", "sha256", "shapes")
+
+
+def fast_dynamics_records(checkpoint: str | Path, *, also: tuple[str, ...] = ()) -> dict:
+    """The records in ``checkpoint``'s fast transformer config (its fits, refits, copies).
+
+    Everything :func:`save_fast_dynamics` would not write anew, less the keys ``also``; pass
+    them back as ``extra`` so that saving the student again keeps them.
+    """
+    config = ckpt.read_config(FAST_DYNAMICS.directory(checkpoint))
+    return {k: v for k, v in config.items() if k not in WRITTEN + also}
+
+
 def has_fast_dynamics(checkpoint: str | Path) -> bool:
     """Whether ``checkpoint`` ships a fast transformer."""
     return FAST_DYNAMICS.exists(checkpoint)

@@ -41,6 +41,7 @@ from wmgym.model.checkpoint import read_config
 from wmgym.model.event_latent import draw_steps
 from wmgym.model.fast_dynamics import (
     FAST_DYNAMICS,
+    fast_dynamics_records,
     init_student,
     init_student_from,
     load_fast_dynamics,
@@ -263,11 +264,6 @@ def event_begins(data: ImaginedRollouts, n_rows: int) -> tuple[Tensor, Tensor]:
     return rows, steps
 
 
-#: Keys of a fast transformer's config.json that a distillation writes anew.
-_WRITTEN = ("dynamics", "distill", "teacher_sha256", "format", "wmgym_version", "sha256",
-            "shapes")
-
-
 @dataclass
 class Pool:
     """Rollouts to cut windows from: the first ``n_train`` to train on, the rest held out."""
@@ -334,10 +330,9 @@ def train_fast_dynamics(args: TrainFastDynamicsArgs) -> Path:
     length = min(teacher.cfg.max_frames, args.horizon)
     previous, records = None, {}
     if args.resume:
-        config = read_config(FAST_DYNAMICS.directory(args.checkpoint))
-        previous = config["distill"]
+        previous = read_config(FAST_DYNAMICS.directory(args.checkpoint))["distill"]
         # records of the student's other fits stay true: no distillation loss reaches them
-        records = {k: v for k, v in config.items() if k not in _WRITTEN}
+        records = fast_dynamics_records(args.checkpoint, also=("distill",))
         student = load_fast_dynamics(args.checkpoint, device).requires_grad_(True)
     elif args.init_from:
         previous = read_config(FAST_DYNAMICS.directory(args.init_from))["distill"]
