@@ -140,7 +140,8 @@ def test_reset_draws_a_real_start_observation(ckpt):
     seen = set()
     for seed in range(12):
         obs, info = env.reset(seed=seed)
-        assert info == {"success": False, "success_prob": 0.0, "uncertainty": 0.0}
+        assert info == {"success": False, "success_prob": 0.0, "uncertainty": 0.0,
+                        "event_doubt": 0.0}
         match = [
             i
             for i in range(len(bank["state"]))

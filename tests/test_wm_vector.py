@@ -221,11 +221,11 @@ def test_same_step_autoreset_reports_final_obs_and_info(ckpt, bank):
         # the returned observation already starts the next episode: a real start observation
         assert any(np.array_equal(obs["state"][i], s) for s in bank["state"])
         assert not np.array_equal(final["rgb"], obs["rgb"][i])
-    assert set(infos["final_info"]) == {
-        "success", "_success", "success_prob", "_success_prob", "uncertainty", "_uncertainty"
-    }
+    keys = ("success", "success_prob", "uncertainty", "event_doubt")
+    assert set(infos["final_info"]) == {*keys, *(f"_{k}" for k in keys)}
     assert not infos["success"].any() and (infos["success_prob"] == 0).all()  # reset infos
     assert (infos["uncertainty"][infos["_final_info"]] == 0).all()
+    assert (infos["event_doubt"][infos["_final_info"]] == 0).all()
     # and the next step runs in the new episodes
     _, _, _, truncated, infos = envs.step(envs.action_space.sample())
     assert not truncated.any() and "final_obs" not in infos

@@ -81,24 +81,40 @@ class PlayPolicy:
     full speed; play covers the slow, drifting and held motions of learned agents, which an
     arm model must get to the millimetre.
 
+    Two options shape play like an agent's approach: ``sparse`` makes a held action move one
+    axis only (the others at 0, the trigger kept), as a controller correcting one coordinate at a
+    time does; ``pin`` holds the event's trigger axis at -1 (no event, e.g. the gripper open) for
+    a whole episode, as agents do while they reach, with probability ``pin`` per episode.
+
     Args:
         action_dim: Size of the action.
         low: Slowest speed drawn (action units).
         high: Fastest speed drawn.
         smooth: AR(1) coefficient of the random walk (0: white noise).
         hold: Probability per step of starting a held action or a stop.
+        sparse: Probability that a held action moves one axis only.
+        pin: Probability per episode that the trigger axis stays at -1.
+        trigger: The trigger axis (the task's event trigger); needed when ``sparse`` or ``pin``
+            is set on a task that has one.
     """
 
     observation_keys = ()  # reads nothing
 
     def __init__(self, action_dim: int, low: float = 0.03, high: float = 1.0,
-                 smooth: float = 0.9, hold: float = 0.04):
+                 smooth: float = 0.9, hold: float = 0.04, *, sparse: float = 0.0,
+                 pin: float = 0.0, trigger: int | None = None):
         if not 0 < low <= high <= 1:
             raise ValueError(f"play needs 0 < low <= high <= 1, got low={low}, high={high}")
         if not 0 <= smooth < 1:
             raise ValueError(f"play needs 0 <= smooth < 1, got {smooth}")
+        for name, p in (("hold", hold), ("sparse", sparse), ("pin", pin)):
+            if not 0 <= p <= 1:
+                raise ValueError(f"play needs 0 <= {name} <= 1, got {p}")
+        if trigger is not None and not 0 <= trigger < action_dim:
+            raise ValueError(f"play: trigger {trigger} is not an axis of a {action_dim}-d action")
         self.action_dim, self.low, self.high = int(action_dim), low, high
-        self.smooth, self.hold = smooth, hold
+        self.smooth, self.hold, self.sparse, self.pin = smooth, hold, sparse, pin
+        self.trigger = trigger
         self.reset()
 
     def reset(self, seed: int | None = None) -> None:
@@ -106,6 +122,8 @@ class PlayPolicy:
         self.speed = float(np.exp(self.rng.uniform(np.log(self.low), np.log(self.high))))
         self.walk = self.rng.standard_normal(self.action_dim)
         self.held, self.left = np.zeros(self.action_dim), 0
+        self.pinned = (self.pin > 0 and self.trigger is not None  # no draw: plain play replays
+                       and self.rng.random() < self.pin)
 
     def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         noise = self.rng.standard_normal(self.action_dim) * np.sqrt(1 - self.smooth ** 2)
@@ -114,10 +132,22 @@ class PlayPolicy:
             self.left = int(self.rng.integers(5, 21))
             stop = self.rng.random() < 0.3
             self.held = np.zeros(self.action_dim) if stop else self.walk * self.speed
+            if not stop and self.sparse > 0 and self.rng.random() < self.sparse:
+                axes = [i for i in range(self.action_dim) if i != self.trigger]
+                keep = self.rng.choice(axes)
+                moved = self.held.copy()
+                self.held = np.zeros(self.action_dim)
+                self.held[keep] = moved[keep]
+                if self.trigger is not None:
+                    self.held[self.trigger] = moved[self.trigger]
         if self.left > 0:
             self.left -= 1
-            return np.clip(self.held, -1.0, 1.0).astype(np.float32)
-        return np.clip(self.walk * self.speed, -1.0, 1.0).astype(np.float32)
+            action = self.held.copy()
+        else:
+            action = self.walk * self.speed
+        if self.pinned:
+            action[self.trigger] = -1.0
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
 
 
 def parse_policy_name(name: str) -> tuple[str, dict[str, float]]:
@@ -152,8 +182,9 @@ def make_policy(name: str, *, task: str | TaskSpec | None = None) -> Policy:
         dim = load_spec(task).action_dim
         if kind == "random":
             return RandomPolicy(dim, repeat=int(kwargs.get("repeat", 1)))
+        event = load_spec(task).event
         try:
-            return PlayPolicy(dim, **kwargs)
+            return PlayPolicy(dim, **kwargs, trigger=event.trigger if event else None)
         except TypeError as e:
             raise ValueError(f"policy {name!r}: {e}") from e
     known = experts()

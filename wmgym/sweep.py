@@ -10,8 +10,11 @@ every policy declares that it reads no camera observation (``observation_keys``)
 makes camera observations after that first frame (``SweepArgs.images``): the same episodes,
 faster.
 
-Reported per policy: success rate and mean return in both twins, and the imagined episodes'
-mean ``info["uncertainty"]`` (where it is high, imagination and reality part); over policies:
+Reported per policy: success rate and mean return in both twins, and two signals of the imagined
+episodes that may say where imagination and reality part: the mean ``info["uncertainty"]``
+(token entropy) and the episode's chance of an event outcome that differs from reality,
+``1 - prod(1 - info["event_doubt"])`` over its steps. Each signal's AUROC for the episodes whose
+imagined outcome differs from the real one is reported beside them. Over policies:
 Pearson and Spearman correlation of the success rates, SIMPLER's MMRV (mean maximum rank
 violation) and the mean absolute success gap. ``wmgym sweep`` writes them as ``sweep.json`` and
 ``sweep.png`` (real vs imagined success).
@@ -104,6 +107,9 @@ class Episodes(NamedTuple):
     """``(N,)`` int: steps taken."""
     uncertainty: np.ndarray | None = None
     """``(N,)`` float: mean ``info["uncertainty"]`` over the steps (imagined episodes only)."""
+    doubt: np.ndarray | None = None
+    """``(N,)`` float: chance that an event outcome parts from reality, ``1 - prod(1 -
+    info["event_doubt"])`` over the steps (imagined episodes only)."""
 
 
 def _start_episode(policy: Policy, seed: int) -> None:
@@ -281,7 +287,9 @@ def run_imagined(
     stacked = {k: np.stack([c[k] for c in contexts]) for k in contexts[0]}
     obs, _ = envs.reset(seed=[int(s) for s in seeds], options={"context": stacked})
     active = np.ones(n, dtype=bool)
-    out = Episodes(np.zeros(n, bool), np.zeros(n), np.zeros(n, np.int64), np.zeros(n))
+    out = Episodes(np.zeros(n, bool), np.zeros(n), np.zeros(n, np.int64), np.zeros(n),
+                   np.zeros(n))
+    agree = np.ones(n)  # chance that every event so far ends as in reality
     actions = np.zeros(envs.action_space.shape, dtype=np.float32)
     bar = tqdm(total=max_steps, desc=f"{spec.wm_id} steps ({n} envs)", disable=not progress)
     while active.any():
@@ -294,6 +302,7 @@ def run_imagined(
         done = terminated | truncated
         out.success[active] |= _final(infos, "success", done).astype(bool)[active]
         out.uncertainty[active] += _final(infos, "uncertainty", done).astype(float)[active]
+        agree[active] *= 1.0 - _final(infos, "event_doubt", done).astype(float)[active]
         out.ret[active] += reward[active]
         out.length[active] += 1
         active &= ~done
@@ -301,6 +310,7 @@ def run_imagined(
     bar.close()
     envs.close()
     out.uncertainty[:] /= np.maximum(out.length, 1)
+    out.doubt[:] = 1.0 - agree
     return out
 
 
@@ -318,10 +328,10 @@ def _summary(episodes: Episodes, rows: np.ndarray) -> dict[str, Any]:
             "length": [int(x) for x in episodes.length[rows]],
         },
     }
-    if episodes.uncertainty is not None:
-        out["uncertainty"] = round(float(episodes.uncertainty[rows].mean()), 4)
-        out["per_episode"]["uncertainty"] = [round(float(x), 4)
-                                             for x in episodes.uncertainty[rows]]
+    for key, values in (("uncertainty", episodes.uncertainty), ("doubt", episodes.doubt)):
+        if values is not None:
+            out[key] = round(float(values[rows].mean()), 4)
+            out["per_episode"][key] = [round(float(x), 4) for x in values[rows]]
     return out
 
 
@@ -342,6 +352,8 @@ def _compare(
     if imagined.uncertainty is not None:  # does it flag the episodes whose outcome differs?
         parted = real.success[rows.ravel()] != imagined.success[rows.ravel()]
         metrics["uncertainty_auroc"] = auroc(imagined.uncertainty[rows.ravel()], parted)
+        if imagined.doubt is not None:
+            metrics["doubt_auroc"] = auroc(imagined.doubt[rows.ravel()], parted)
         metrics["parted_episodes"] = int(parted.sum())
     return per_policy, metrics
 
@@ -514,8 +526,11 @@ def pool_sweeps(paths: Sequence[str | Path]) -> dict[str, Any]:
     def twin(key: str) -> Episodes:
         per = [r["policies"][i][key]["per_episode"] for i in range(len(names)) for r in results]
         fields = ["success", "return", "length"]
-        if all("uncertainty" in e for e in per):
-            fields.append("uncertainty")
+        for signal in ("uncertainty", "doubt"):  # in order: Episodes' fields
+            if all(signal in e for e in per):
+                fields.append(signal)
+            else:
+                break
         return Episodes(*(np.concatenate([np.asarray(e[f]) for e in per]) for f in fields))
 
     episodes = sum(r["episodes"] for r in results)
@@ -572,15 +587,15 @@ def format_table(result: dict[str, Any]) -> str:
     """Per-policy success, return and uncertainty in both twins, then the metrics, as Markdown."""
     lines = [
         "| policy | real success | imagined success | real return | imagined return | "
-        "uncertainty |",
-        "|---|---|---|---|---|---|",
+        "uncertainty | doubt |",
+        "|---|---|---|---|---|---|---|",
     ]
     for p in result["policies"]:
         r, s = p["real"], p["imagined"]
-        u = s.get("uncertainty")
+        u, d = ("–" if s.get(k) is None else f"{s[k]:.2f}" for k in ("uncertainty", "doubt"))
         lines.append(
             f"| {p['name']} | {r['success']:.2f} | {s['success']:.2f} | "
-            f"{r['return']:.2f} | {s['return']:.2f} | {'–' if u is None else f'{u:.2f}'} |"
+            f"{r['return']:.2f} | {s['return']:.2f} | {u} | {d} |"
         )
     for key, m in result["metrics"].items():
         if isinstance(m, dict):
@@ -589,8 +604,9 @@ def format_table(result: dict[str, Any]) -> str:
             )
     if "uncertainty_auroc" in result["metrics"]:
         m = result["metrics"]
-        lines.append(f"\nuncertainty AUROC for an imagined outcome that differs from the real "
-                     f"one: {'n/a' if m['uncertainty_auroc'] is None else m['uncertainty_auroc']}"
+        aurocs = ", ".join(f"{k.removesuffix('_auroc')} {'n/a' if m[k] is None else m[k]}"
+                           for k in ("uncertainty_auroc", "doubt_auroc") if k in m)
+        lines.append(f"\nAUROC for an imagined outcome that differs from the real one: {aurocs}"
                      f" ({m['parted_episodes']} such episodes)")
     return "\n".join(lines)
 

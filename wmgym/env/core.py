@@ -63,6 +63,15 @@ class Start:
         return {k: v[-1] for k, v in self.history.items()}
 
 
+#: What every imagined step reports in ``info``: the fields of :class:`Imagined` of that name.
+INFO_KEYS = ("success", "success_prob", "uncertainty", "event_doubt")
+
+
+def blank_info(n: int) -> dict[str, np.ndarray]:
+    """The ``info`` of ``n`` rollouts that have not stepped yet: no success, no doubt."""
+    return {k: np.zeros(n, dtype=bool if k == "success" else np.float64) for k in INFO_KEYS}
+
+
 class Imagined(NamedTuple):
     """One imagined step of every rollout, as numpy arrays with a leading ``N`` axis."""
 
@@ -71,6 +80,11 @@ class Imagined(NamedTuple):
     success: np.ndarray  # (N,) bool: the success head fired (and the state meets the task's rule)
     success_prob: np.ndarray  # (N,) float64: the success head's probability
     uncertainty: np.ndarray  # (N,) float64: mean entropy (nats) of the frame's token distributions
+    event_doubt: np.ndarray  # (N,) float64: chance that an event beginning now parts from reality
+
+    def info(self) -> dict[str, np.ndarray]:
+        """The step's ``info`` values (:data:`INFO_KEYS`), copies, with the leading axis."""
+        return {k: getattr(self, k).copy() for k in INFO_KEYS}
 
 
 #: Speed presets of the learned twin (``fast=``): which transformer imagines and which
@@ -334,6 +348,7 @@ class Imagination:
             success=self._success(prob, self.obs["state"]),
             success_prob=prob,
             uncertainty=out.uncertainty.to(torch.float64).cpu().numpy(),
+            event_doubt=out.event_doubt.to(torch.float64).cpu().numpy(),
         )
 
     def _success(self, prob: np.ndarray, state: np.ndarray) -> np.ndarray:

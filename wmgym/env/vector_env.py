@@ -14,7 +14,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
-from wmgym.env.core import Imagination, Obs, Start
+from wmgym.env.core import Imagination, Obs, Start, blank_info
 from wmgym.spec import TaskSpec, load_spec
 from wmgym.validation import check_action, check_render_mode
 
@@ -131,14 +131,7 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
         self.core.reset(starts, index=None if mask.all() else rows)
         self._elapsed[rows] = 0
         self._started = True
-        infos = {
-            "success": np.zeros(n, dtype=bool),
-            "_success": mask.copy(),
-            "success_prob": np.zeros(n),
-            "_success_prob": mask.copy(),
-            "uncertainty": np.zeros(n),
-            "_uncertainty": mask.copy(),
-        }
+        infos = _masked(blank_info(n), mask)
         return {k: v.copy() for k, v in self.core.obs.items()}, infos
 
     def step(self, actions: Any) -> tuple[Obs, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
@@ -154,15 +147,7 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
             truncated = np.zeros(self.num_envs, dtype=bool)
         else:
             truncated = self._elapsed >= self.max_episode_steps
-        everyone = np.ones(self.num_envs, dtype=bool)
-        infos: dict[str, Any] = {
-            "success": success.copy(),
-            "_success": everyone,
-            "success_prob": out.success_prob.copy(),
-            "_success_prob": everyone.copy(),
-            "uncertainty": out.uncertainty.copy(),
-            "_uncertainty": everyone.copy(),
-        }
+        infos: dict[str, Any] = _masked(out.info(), np.ones(self.num_envs, dtype=bool))
         obs, done = out.obs, terminated | truncated
         if done.any():
             rows = np.flatnonzero(done)
@@ -170,22 +155,16 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
             for i in rows:
                 final_obs[i] = {k: v[i].copy() for k, v in obs.items()}
             infos["final_obs"], infos["_final_obs"] = final_obs, done.copy()
-            infos["final_info"] = {
-                "success": success & done,
-                "_success": done.copy(),
-                "success_prob": np.where(done, out.success_prob, 0.0),
-                "_success_prob": done.copy(),
-                "uncertainty": np.where(done, out.uncertainty, 0.0),
-                "_uncertainty": done.copy(),
-            }
+            blank = blank_info(self.num_envs)
+            infos["final_info"] = _masked(
+                {k: np.where(done, v, blank[k]) for k, v in out.info().items()}, done)
             infos["_final_info"] = done.copy()
             starts = [self.core.draw_start(self._env_random[i]) for i in rows]
             fresh = self.core.reset(starts, index=rows)
             for k, v in fresh.items():
                 obs[k][rows] = v
-            infos["success"][rows] = False
-            infos["success_prob"][rows] = 0.0
-            infos["uncertainty"][rows] = 0.0
+            for k, v in blank.items():
+                infos[k][rows] = v[rows]
             self._elapsed[rows] = 0
         return obs, out.reward, terminated, truncated, infos
 
@@ -247,3 +226,11 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
         return [
             ({k: v[p] for k, v in arrays.items()}, None if acts is None else acts[p]) for p in pick
         ]
+
+
+def _masked(values: Mapping[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
+    """A vector env's info: each value with its ``_key`` mask (which sub-envs it holds for)."""
+    out: dict[str, np.ndarray] = {}
+    for k, v in values.items():
+        out[k], out[f"_{k}"] = v, mask.copy()
+    return out

@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from wmgym.env.core import Imagination, Obs
+from wmgym.env.core import Imagination, Obs, blank_info
 from wmgym.spec import TaskSpec, load_spec
 from wmgym.validation import check_action, check_render_mode
 
@@ -27,7 +27,10 @@ class WorldModelEnv(gym.Env):
     truncation is the ``TimeLimit`` wrapper's (``gym.make`` adds it). ``info["uncertainty"]`` is
     the mean entropy (nats) of the token distributions the frame was sampled from: it rises
     where the model saw little data like this (an unfamiliar action), for penalties or to cut
-    model rollouts short. Each reset seeds the
+    model rollouts short. ``info["event_doubt"]`` is the chance that the task's event (Pick's
+    grasp) beginning at this step ends otherwise in reality, ``2 p (1 - p)`` for the event
+    head's probability ``p`` that it succeeds (0 at steps where none begins): where imagined
+    and real outcomes part. Each reset seeds the
     env's own ``torch.Generator`` from ``np_random``, so seeded rollouts reproduce exactly.
     Weights load once per process and are shared by every instance.
 
@@ -35,8 +38,10 @@ class WorldModelEnv(gym.Env):
     >>> env = gym.make("WM-Pick-v0")  # or checkpoint="path/to/checkpoint"
     >>> obs, info = env.reset(seed=0)
     >>> obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
-    >>> sorted(obs), sorted(info)
-    (['depth', 'mask', 'proprio', 'rgb', 'state'], ['success', 'success_prob', 'uncertainty'])
+    >>> sorted(obs)
+    ['depth', 'mask', 'proprio', 'rgb', 'state']
+    >>> sorted(info)
+    ['event_doubt', 'success', 'success_prob', 'uncertainty']
 
     Args:
         task: Task spec or task name (``gym.make`` passes the registered task).
@@ -93,8 +98,8 @@ class WorldModelEnv(gym.Env):
                 first) with ``"context_actions"``, the ``(T - 1, action_dim)`` actions between them.
 
         Returns:
-            ``(observation, info)``: the (latest) real observation, ``{"success": False,
-            "success_prob": 0.0, "uncertainty": 0.0}``.
+            ``(observation, info)``: the (latest) real observation and an ``info`` with no
+            success and no doubt (``success`` False, the others 0).
         """
         super().reset(seed=seed)
         options = options or {}
@@ -102,8 +107,8 @@ class WorldModelEnv(gym.Env):
             self.np_random, options.get("context"), options.get("context_actions")
         )
         obs = self.core.reset([start])
-        return {k: v[0] for k, v in obs.items()}, {"success": False, "success_prob": 0.0,
-                                                "uncertainty": 0.0}
+        return {k: v[0] for k, v in obs.items()}, {k: v[0].item()
+                                                   for k, v in blank_info(1).items()}
 
     def step(self, action: Any) -> tuple[Obs, SupportsFloat, bool, bool, dict[str, Any]]:
         """Imagines one step; a bad action raises ValueError, an out-of-bounds one is clipped."""
@@ -111,8 +116,7 @@ class WorldModelEnv(gym.Env):
         out = self.core.step(action[None])
         success = bool(out.success[0])
         obs = {k: v[0] for k, v in out.obs.items()}
-        info = {"success": success, "success_prob": float(out.success_prob[0]),
-                "uncertainty": float(out.uncertainty[0])}
+        info = {k: v[0].item() for k, v in out.info().items()}
         return obs, float(out.reward[0]), success and self.terminate_on_success, False, info
 
     def render(self) -> np.ndarray | None:

@@ -103,7 +103,9 @@ class KVCache:
     ``state_dim``, ``state (B, state_dim)`` its latest state, normalised (valid where
     ``has_state``); and the event latent (models with one,
     :mod:`wmgym.model.event_latent`): ``event_run`` triggering commands in a row, ``event``
-    the latent, and ``event_u`` this frame's uniform draw for an event that begins.
+    the latent, ``event_u`` this frame's uniform draw for an event that begins, and
+    ``event_doubt`` the chance that an event beginning this frame ends otherwise in reality,
+    ``2 p (1 - p)`` for a head's probability ``p`` of success (0 where none begins).
 
     Args:
         n_layer: Transformer blocks.
@@ -149,6 +151,7 @@ class KVCache:
         self.event_run = torch.zeros_like(self.start)
         self.event = torch.zeros_like(self.start)
         self.event_u = torch.full((batch_size,), 0.5, device=device)
+        self.event_doubt = torch.zeros(batch_size, device=device)
 
     def forget(self, rows: Tensor | None = None) -> None:
         """Clear what the next slot of ``rows`` (all if ``None``) reads: state and event."""
@@ -156,6 +159,7 @@ class KVCache:
         self.has_state[rows] = False
         self.event_run[rows] = 0
         self.event[rows] = 0
+        self.event_doubt[rows] = 0
 
     def restart(self, rows: Tensor, fresh: KVCache, inv_freq: Tensor) -> None:
         """Restart ``rows`` from ``fresh``, a cache holding just their contexts.

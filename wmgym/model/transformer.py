@@ -421,6 +421,8 @@ class DynamicsTransformer(nn.Module):
             p = torch.sigmoid(self.event_logit(cache.state).float())
             cache.event_run, cache.event = advance(cache.event_run, cache.event, actions, p,
                                                    cache.event_u, self.event_head.cfg)
+            begins = cache.event_run == self.event_head.cfg.run
+            cache.event_doubt = torch.where(begins, 2 * p * (1 - p), torch.zeros_like(p))
             event = cache.event
         return self._slots(actions, full, cache.state, cache.has_state, event).unsqueeze(1)
 

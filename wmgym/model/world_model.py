@@ -85,6 +85,7 @@ class StepOutput(NamedTuple):
     state: Tensor  # (B, state_dim) predicted privileged state
     tokens: Tensor  # (B, n) the sampled frame tokens
     uncertainty: Tensor  # (B,) mean entropy (nats) of the token distributions sampled from
+    event_doubt: Tensor  # (B,) chance that an event beginning now ends otherwise in reality
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -360,5 +361,6 @@ class WorldModel(nn.Module):
             state=predicted,
             tokens=sample.tokens,
             uncertainty=sample.entropy,
+            event_doubt=state.cache.event_doubt.clone(),
         )
         return out, state
