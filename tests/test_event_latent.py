@@ -151,6 +151,29 @@ def test_sampled_events_follow_the_head(bias, outcome):
     assert cache.event.tolist() == [outcome, outcome, NONE, outcome]
 
 
+@pytest.mark.parametrize("bias", [0.0, 1.5, -3.0])
+def test_the_doubt_is_the_chance_of_the_other_outcome_where_an_event_begins(bias):
+    model = event_model(1)
+    with torch.no_grad():
+        model.event_head.mlp[-1].weight.zero_()
+        model.event_head.mlp[-1].bias.fill_(bias)
+    cfg = model.cfg
+    ctx = dynamics_batch(cfg, 2, 1, seed=2)["ctx_tokens"]
+    cache = model.new_cache(2)
+    model.prefill(cache, ctx)
+    model.set_state(cache, torch.randn(2, cfg.state_dim))
+    p = torch.sigmoid(torch.tensor(bias)).item()
+    doubts = []
+    for code in "occcc":  # rollout 0 closes from step 1; rollout 1 stays open
+        a = torch.from_numpy(gripper(code + "o"))
+        model.generate_frame(cache, a)
+        doubts.append(cache.event_doubt.tolist())
+    begins = RUN  # step 0 is open: the RUN-th close in a row is step RUN
+    for step, (closing, still) in enumerate(doubts):
+        assert still == 0.0
+        assert closing == pytest.approx(2 * p * (1 - p) if step == begins else 0.0, abs=1e-6)
+
+
 def test_the_draw_is_per_rollout_reproducible():
     model = event_model(2)  # the head at its initialisation: p near one half
     cfg = model.cfg
