@@ -390,33 +390,41 @@ def test_mbpo_reports_crossings(ckpt, tmp_path):
 
 @pytest.mark.slow
 def test_mbpo_with_the_imagined_warmup(ckpt, tmp_path):
-    """MBPO imagines its warm-up; plain SAC still spends it in the real twin."""
+    """MBPO imagines its warm-up, as does ``warmup`` (no branches); plain SAC spends it in the
+    real twin."""
     args = MBPOArgs(
         steps=30, learning_starts=20, warmup_policy="pick:noise=0.1", eval_every=30,
         curve_episodes=1, checkpoint=str(ckpt), imagined_warmup=True,
+        methods=("mbpo", "warmup", "sac"),
         mbpo=MBPOConfig(every=10, rollouts=4, horizon=2, max_uncertainty=None), device="cpu",
         out=tmp_path / "runs", progress=False,
     )
     result = mbpo_main(args)
     runs = {r["method"]: r for r in result["runs"]}
-    assert {m: r["warmup"] for m, r in runs.items()} == {"mbpo": "imagined", "sac": "real"}
+    assert {m: r["warmup"] for m, r in runs.items()} == {
+        "mbpo": "imagined", "warmup": "imagined", "sac": "real"}
     assert runs["mbpo"]["imagined_warmup"]["steps"] == 20 and runs["mbpo"]["real_steps"] == 30
+    assert runs["warmup"]["imagined_warmup"]["steps"] == 20
     assert runs["mbpo"]["imagined_steps"] > 0 and "imagined_steps" not in runs["sac"]
-    assert "speedup_50" in result["summary"]
+    assert "imagined_steps" not in runs["warmup"]
+    assert {"speedup_50", "branch_gain_50"} <= result["summary"].keys()
     assert (tmp_path / "runs" / "mbpo.png").exists()  # the defaults: under --out
     # a later call with a real warm-up does not mix its MBPO runs with these
     again = mbpo_main(MBPOArgs(**{**args.__dict__, "imagined_warmup": False, "seeds": (1,),
                                   "methods": ("sac",)}))
-    assert [(r["method"], r["seed"]) for r in again["runs"]] == [("sac", 0), ("sac", 1)]
+    assert [(r["method"], r["seed"]) for r in again["runs"]] == [
+        ("warmup", 0), ("sac", 0), ("sac", 1)]
 
 
 def test_steps_to_and_summary():
     curve = [{"step": s, "real_success": v} for s, v in [(1, 0.1), (2, 0.6), (3, 0.9)]]
     assert steps_to(curve, 0.5) == 2 and steps_to(curve, 0.8) == 3 and steps_to(curve, 0.95) is None
     runs = [{"method": "mbpo", "steps_to_50": 2, "steps_to_80": 3},
-            {"method": "sac", "steps_to_50": 6, "steps_to_80": None}]
+            {"method": "sac", "steps_to_50": 6, "steps_to_80": None},
+            {"method": "warmup", "steps_to_50": 2, "steps_to_80": 6}]
     s = summarize(runs, steps=10)
     assert s["speedup_50"] == 3.0 and s["speedup_80"] == "> 3.33"
+    assert s["branch_gain_50"] == 1.0 and s["branch_gain_80"] == 2.0
     assert s["sac"]["steps_to_80_reached"] == "0/1"
 
 

@@ -15,9 +15,10 @@ is also rendered and kept, images included, in a :class:`ContextBank` that branc
 >>> agent = SAC("MultiInputPolicy", env, gradient_steps=4)
 >>> agent.learn(20_000, callback=MBPO(bank, horizon=3))  # doctest: +SKIP
 
-Branches stop early where the model is unsure (``max_uncertainty``: the mean token entropy of
-an imagined frame, see ``WorldModelEnv``), so transitions imagined from unfamiliar actions do
-not reach the agent.
+Branches stop early where the model is unsure, so transitions it may have wrong do not reach
+the agent: at a frame imagined from unfamiliar actions (``max_uncertainty``: its mean token
+entropy) and where an event begins whose outcome may differ from reality's
+(``max_event_doubt``: ``info["event_doubt"]``, see ``WorldModelEnv``).
 """
 
 from __future__ import annotations
@@ -251,6 +252,9 @@ class MBPOConfig:
     """Imagined transitions kept (the oldest are overwritten)."""
     max_uncertainty: float | None = 1.2
     """Stop a branch at the first frame whose mean token entropy (nats) is above this."""
+    max_event_doubt: float | None = 0.25
+    """Stop a branch where an event begins with more than this chance of ending otherwise in
+    reality (``info["event_doubt"]``; 0.25: success probabilities between 0.15 and 0.85)."""
     temperature: float = 1.0
     """Token sampling temperature of the world model."""
     fast: Literal["default", "fast", "full"] = "default"
@@ -338,6 +342,8 @@ class MBPO(BaseCallback):
             u = info["uncertainty"]
             uncertainty.append(float(u[live].mean()))
             keep = live if cfg.max_uncertainty is None else live & (u <= cfg.max_uncertainty)
+            if cfg.max_event_doubt is not None:
+                keep &= info["event_doubt"] <= cfg.max_event_doubt
             self.cut_short += int((live & ~keep).sum())
             if keep.any():
                 self.buffer.add({k: x[k][keep] for k in self.keys}, actions[keep],
