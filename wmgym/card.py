@@ -115,8 +115,9 @@ Training time: {times}; on {where}.{grasp_head_line(train)}
 {format_table(metrics)}
 {probes}
 {fast}## Limits
-- Trained on scripted/random policies only: states far from that data (e.g. an RL agent's
-  unusual motions) are imagined less faithfully.
+- Frames, reward and success are learned from the data's policies (scripted and random for
+  the shipped checkpoint; see the state model's data above): states far from that data are
+  imagined less faithfully.
 - Reward and success come from heads on the transformer, the state from the state model (or
   the transformer's head without one), not from physics; check policies trained in imagination
   on `{spec.sim_id}`.
