@@ -23,7 +23,7 @@ from wmgym import sweep as sw
 from wmgym.bench import BenchSpeedArgs, bench_speed_main, format_speed_table, time_env
 from wmgym.cli import COMMANDS
 from wmgym.env.testing import make_tiny_checkpoint, synthetic_start_obs
-from wmgym.policies import RandomPolicy, reads_images
+from wmgym.policies import PlayPolicy, RandomPolicy, make_policy, reads_images
 from wmgym.profiling import top_functions
 from wmgym.spec import load_spec
 from wmgym.tasks.pick import ScriptedPick
@@ -114,6 +114,24 @@ def test_policy_factory_kinds():
             policy_sources.policy_factory(bad, task="pick")
     with pytest.raises(ValueError, match="task"):  # random play needs the task's action size
         policy_sources.policy_factory("random")
+
+
+def test_play_reaches_hold_one_axis_with_the_trigger_pinned():
+    """``play:pin=1,sparse=1``: the gripper (Pick's trigger, action 3) stays open; held actions
+    move one arm axis; plain ``play`` replays as before (no extra draws)."""
+    reach = make_policy("play:pin=1,sparse=1,hold=0.3", task="pick")
+    reach.reset(seed=3)
+    actions = np.array([reach({}) for _ in range(300)])
+    assert (actions[:, 3] == -1.0).all()
+    held = actions[1:][(actions[1:] == actions[:-1]).all(1)]  # repeated: a hold
+    moving = held[np.abs(held[:, :3]).sum(1) > 0]
+    assert len(moving) > 20 and ((moving[:, :3] != 0).sum(1) == 1).all()
+    plain, again = make_policy("play", task="pick"), PlayPolicy(4)
+    plain.reset(seed=5)
+    again.reset(seed=5)
+    np.testing.assert_array_equal([plain({}) for _ in range(50)], [again({}) for _ in range(50)])
+    with pytest.raises(ValueError, match="sparse"):
+        make_policy("play:sparse=2", task="pick")
 
 
 @pytest.mark.parametrize("keys", [None, ["state"]])
