@@ -16,6 +16,7 @@ from wmgym.model.event_latent import (
     event_labels,
     first_run,
 )
+from wmgym.model.kv_cache import KVCache
 from wmgym.model.transformer import DynamicsTransformer
 from wmgym.train.data import EpisodeTensors, TokenizedEpisode, sample_clips
 from wmgym.train.event_head import fit_event_head, label_events
@@ -130,18 +131,23 @@ def test_the_latent_in_the_cache_matches_the_training_pass():
     cache_matches_training(event_model(), trigger=3)
 
 
-@pytest.mark.parametrize(("bias", "outcome"), [(8.0, SUCCESS), (-8.0, FAILURE)])
-def test_sampled_events_follow_the_head(bias, outcome):
+def biased_rollouts(bias: float, n: int) -> tuple[DynamicsTransformer, KVCache, torch.Tensor]:
+    """A model whose event head says ``sigmoid(bias)`` everywhere, ``n`` rollouts started."""
     model = event_model(1)
     with torch.no_grad():
         model.event_head.mlp[-1].weight.zero_()
         model.event_head.mlp[-1].bias.fill_(bias)
-    cfg = model.cfg
-    ctx = dynamics_batch(cfg, 4, 1, seed=2)["ctx_tokens"]
-    a = torch.tensor(gripper("c")).expand(4, 4)
-    cache = model.new_cache(4)
+    ctx = dynamics_batch(model.cfg, n, 1, seed=2)["ctx_tokens"]
+    cache = model.new_cache(n)
     model.prefill(cache, ctx)
-    model.set_state(cache, torch.randn(4, cfg.state_dim))
+    model.set_state(cache, torch.randn(n, model.cfg.state_dim))
+    return model, cache, ctx
+
+
+@pytest.mark.parametrize(("bias", "outcome"), [(8.0, SUCCESS), (-8.0, FAILURE)])
+def test_sampled_events_follow_the_head(bias, outcome):
+    model, cache, ctx = biased_rollouts(bias, 4)
+    a = torch.tensor(gripper("c")).expand(4, 4)
     gens = [torch.Generator().manual_seed(i) for i in range(4)]
     for _ in range(RUN):
         assert cache.event.tolist() == [NONE] * 4
@@ -153,15 +159,7 @@ def test_sampled_events_follow_the_head(bias, outcome):
 
 @pytest.mark.parametrize("bias", [0.0, 1.5, -3.0])
 def test_the_doubt_is_the_chance_of_the_other_outcome_where_an_event_begins(bias):
-    model = event_model(1)
-    with torch.no_grad():
-        model.event_head.mlp[-1].weight.zero_()
-        model.event_head.mlp[-1].bias.fill_(bias)
-    cfg = model.cfg
-    ctx = dynamics_batch(cfg, 2, 1, seed=2)["ctx_tokens"]
-    cache = model.new_cache(2)
-    model.prefill(cache, ctx)
-    model.set_state(cache, torch.randn(2, cfg.state_dim))
+    model, cache, _ = biased_rollouts(bias, 2)
     p = torch.sigmoid(torch.tensor(bias)).item()
     doubts = []
     for code in "occcc":  # rollout 0 closes from step 1; rollout 1 stays open
