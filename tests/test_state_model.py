@@ -10,9 +10,8 @@ import torch
 
 from wmgym.data.collect import CollectArgs, collect
 from wmgym.data.dataset import read_dataset
-from wmgym.env.testing import make_tiny_checkpoint
 from wmgym.model import checkpoint as ckpt
-from wmgym.model.event_latent import FAILURE, SUCCESS, EventHead
+from wmgym.model.event_latent import SUCCESS
 from wmgym.model.state_model import (
     StateModel,
     StateModelConfig,
@@ -114,36 +113,6 @@ def test_imagination_steps_the_state_with_the_state_model(ckpt):
         np.testing.assert_allclose(obs["state"], start + k * np.array(move), atol=1e-4)
     assert WorldModel.load(ckpt).state_model is None  # a checkpoint without one
     env.close()
-
-
-@pytest.mark.parametrize(("bias", "outcome"), [(8.0, SUCCESS), (-8.0, FAILURE)])
-def test_the_state_models_event_head_draws_the_imagined_events(tmp_path, bias, outcome):
-    """A state model with an event head decides how imagined grasps end, saved and loaded."""
-    checkpoint = make_tiny_checkpoint(tmp_path / "wm", event=True, task="pick")
-    model = constant_model([0.0] * 8)
-    model.cfg.event_head = SPEC.event.as_config()
-    model.event_head = EventHead(SPEC.event)
-    with torch.no_grad():
-        model.event_head.mlp[-1].weight.zero_()
-        model.event_head.mlp[-1].bias.fill_(bias)
-    save_state_model(tmp_path, model, {"report": {}})
-    loaded = load_state_model(tmp_path)
-    assert loaded.cfg.event_head == SPEC.event.as_config()
-    env = gym.make("WM-Pick-v0", checkpoint=str(checkpoint), images=False, device="cpu")
-    core = env.unwrapped.core
-    core.model.with_state_model(loaded)
-    close = np.zeros(SPEC.action_dim, np.float32)
-    close[SPEC.event.trigger] = 1.0
-    try:
-        for seed in range(3):
-            env.reset(seed=seed)
-            doubts = [env.step(close)[-1]["event_doubt"] for _ in range(SPEC.event.run)]
-            assert core.state.cache.event.tolist() == [outcome]
-            p = 1 / (1 + np.exp(-bias))
-            assert doubts[-1] == pytest.approx(2 * p * (1 - p), rel=1e-3)
-    finally:
-        core.model.with_state_model(None)
-        env.close()
 
 
 def test_shipped_state_model_is_accurate_on_heldout_real_episodes():

@@ -214,17 +214,6 @@ def state_model_section(checkpoint: str | Path) -> str:
         for name, per in report["open_loop"].items())
     heads = " | ".join(k.removesuffix("_mm") for k in next(iter(report["open_loop"].values())))
     data = ", ".join(f"`{d}`" for d in report["args"]["data"])
-    head = ""
-    if "event_head" in report:
-        e = report["event_head"]
-        t, s = e["heldout"]["transformer_head"], e["heldout"]["state_model_head"]
-        head = (f"\nIts event head, fitted on {e['fit']['events']:,} real events of the same data "
-                f"(noise {e['noise']}), draws imagined events. On {e['heldout_events']} held-out "
-                f"events: accuracy {s['accuracy']:.3f}, log loss {s['log_loss']:.3f}, mean "
-                f"p(success) {s['mean_p_succeeded']:.2f} where they succeeded and "
-                f"{s['mean_p_failed']:.2f} where they failed (the transformer's head: "
-                f"{t['accuracy']:.3f}, {t['log_loss']:.3f}, {t['mean_p_succeeded']:.2f}, "
-                f"{t['mean_p_failed']:.2f}).\n")
     return f"""## State model (`{STATE_MODEL_DIR}/`, `wmgym train state-model`)
 
 MLP {cfg['layers']}×{cfg['hidden']}, history {cfg['history']}, event input {cfg['event']};
@@ -239,7 +228,7 @@ outcomes), error in mm:
 | position | {heads} |
 |---|{'---|' * len(next(iter(report['open_loop'].values())))}
 {loops}
-{head}
+
 """
 
 

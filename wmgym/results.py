@@ -46,10 +46,15 @@ def machine() -> dict:
 
 
 def checkpoint_id(directory: str | Path) -> dict[str, str]:
-    """Which world model a result came from: its resolved path and weights' sha256."""
+    """Which world model a result came from: its resolved path and weights' sha256, and its
+    state model's (``state_model_sha256``) when it has one."""
     from wmgym.model.checkpoint import read_config
+    from wmgym.model.state_model import STATE_MODEL_DIR, has_state_model
 
-    return {"path": str(Path(directory).resolve()), "sha256": read_config(directory)["sha256"]}
+    out = {"path": str(Path(directory).resolve()), "sha256": read_config(directory)["sha256"]}
+    if has_state_model(directory):
+        out["state_model_sha256"] = read_config(Path(directory) / STATE_MODEL_DIR)["sha256"]
+    return out
 
 
 def resolve_task(task: str = "", checkpoint: str | Path | None = None

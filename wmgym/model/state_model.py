@@ -26,7 +26,6 @@ import torch
 from torch import Tensor, nn
 
 from wmgym.model import checkpoint as ckpt
-from wmgym.model.event_latent import EventConfig, EventHead
 
 __all__ = ["STATE_MODEL_DIR", "StateModel", "StateModelConfig", "has_state_model",
            "load_state_model", "save_state_model"]
@@ -63,12 +62,6 @@ class StateModelConfig:
     held still. The model says so apart (a logit per field) and then moves it by exactly 0:
     a regression alone leaves a drift of a tenth of a millimetre a step, and agents that
     standardize their inputs read a resting cube a millimetre off as a moved one."""
-    event_head: dict | None = None
-    """The event (``EventConfig.as_config()``) of an event head the state model carries, or
-    None. It is fitted on real states, which the state model makes the imagined ones, and
-    draws events in imagination instead of the transformer's head, which was fitted on states
-    noised as the transformer reads them. It reads the state normalised as the checkpoint's
-    transformer does."""
 
     @property
     def n_inputs(self) -> int:
@@ -97,8 +90,6 @@ class StateModel(nn.Module):
         self.register_buffer("pairs", pairs, persistent=False)
         self.register_buffer("index", torch.tensor(cfg.fields, dtype=torch.long),
                              persistent=False)
-        self.event_head = (None if cfg.event_head is None
-                           else EventHead(EventConfig.from_dict(cfg.event_head)))
 
     def set_normalization(self, mean: Tensor, std: Tensor) -> None:
         """The state's mean and std (real units), from the training data.
@@ -168,13 +159,12 @@ def load_state_model(checkpoint: str | Path, device: str | torch.device = "cpu")
     """
     directory = Path(checkpoint) / STATE_MODEL_DIR
     config = ckpt.read_config(directory)
-    # a state model saved before it could carry an event head carries none
-    fields = {"event_head": None, **config.get("state_model", {})}
     try:
-        ckpt.check_fields(StateModelConfig, fields, f"{directory / ckpt.CONFIG} state_model")
+        ckpt.check_fields(StateModelConfig, config.get("state_model", {}),
+                          f"{directory / ckpt.CONFIG} state_model")
     except ValueError as e:
         raise ckpt.CheckpointError(str(e)) from e
-    model = StateModel(StateModelConfig(**fields))
+    model = StateModel(StateModelConfig(**config["state_model"]))
     ckpt.load_state_dict_strict(model, ckpt.load_weights(directory, config),
                                 directory / ckpt.WEIGHTS)
     return model.to(device).eval()

@@ -207,16 +207,10 @@ class DynamicsTransformer(nn.Module):
         """Raw state (real units) -> the normalised units of the state heads."""
         return (state - self.state_mean) / self.state_std
 
-    def event_logit(self, state: Tensor, head: EventHead | None = None) -> Tensor:
-        """The logit ``(...)`` that an event beginning at normalised ``state`` succeeds.
-
-        ``head``: another head on the same normalised state (a state model's, fitted on real
-        states) instead of the transformer's own.
-        """
-        dtype = self.event_emb.dtype if head is None else next(head.parameters()).dtype
-        head = head or self.event_head
-        feats = head.features(state, self.state_mean, self.state_std)
-        return head(feats.to(dtype))
+    def event_logit(self, state: Tensor) -> Tensor:
+        """The logit ``(...)`` that an event beginning at normalised ``state`` succeeds."""
+        feats = self.event_head.features(state, self.state_mean, self.state_std)
+        return self.event_head(feats.to(self.event_emb.dtype))
 
     def _decode_aux(self, aux: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         reward = symexp(aux[..., 0])
@@ -411,14 +405,12 @@ class DynamicsTransformer(nn.Module):
         cache.state[rows] = self.normalize_state(state.to(cache.state))
         cache.has_state[rows] = True
 
-    def _begin_frame(self, cache: KVCache, actions: Tensor,
-                     event_head: EventHead | None = None) -> Tensor:
+    def _begin_frame(self, cache: KVCache, actions: Tensor) -> Tensor:
         """Make room in a full window; return the slot tokens ``(B, 1, d)`` of the new frame.
 
         A row whose window is full drops its oldest frame by moving its context one block
         forward over it (see :mod:`wmgym.model.kv_cache`); the new frame then carries the gap
-        flag. An event beginning now draws its outcome from the latest state (with
-        ``event_head`` instead of the transformer's own head where given).
+        flag. An event beginning now draws its outcome from the latest state.
         """
         if cache.end < self.cfg.n_ctx_tokens:
             raise RuntimeError("call prefill(cache, ctx_tokens) before generating frames")
@@ -426,7 +418,7 @@ class DynamicsTransformer(nn.Module):
         cache.drop_oldest(full, self.rope_inv_freq)
         event = None
         if self.event_head is not None:
-            p = torch.sigmoid(self.event_logit(cache.state, event_head).float())
+            p = torch.sigmoid(self.event_logit(cache.state).float())
             cache.event_run, cache.event = advance(cache.event_run, cache.event, actions, p,
                                                    cache.event_u, self.event_head.cfg)
             begins = cache.event_run == self.event_head.cfg.run
@@ -449,10 +441,9 @@ class DynamicsTransformer(nn.Module):
 
     def _frame(self, cache: KVCache, actions: Tensor, forced: Tensor | None,
                gumbel: Tensor | None, temperature: float,
-               logits_out: Tensor | None = None,
-               event_head: EventHead | None = None) -> FrameSample:
+               logits_out: Tensor | None = None) -> FrameSample:
         """Append one (slot + frame) block: ``n + 1`` single-token passes over the batch."""
-        x = self._begin_frame(cache, actions, event_head)
+        x = self._begin_frame(cache, actions)
         b, n = actions.shape[0], self.cfg.n_frame_tokens
         tokens = torch.empty(b, n, dtype=torch.long, device=actions.device)
         entropy = torch.zeros(b, device=actions.device)
@@ -474,8 +465,7 @@ class DynamicsTransformer(nn.Module):
     @torch.no_grad()
     def generate_frame(self, cache: KVCache, actions: Tensor, *,
                        generators: list[torch.Generator] | None = None,
-                       temperature: float = 1.0,
-                       event_head: EventHead | None = None) -> FrameSample:
+                       temperature: float = 1.0) -> FrameSample:
         """Sample the next frame of every rollout in the cache.
 
         Per-sample reproducible: sample ``i`` draws all its randomness for the frame from
@@ -488,8 +478,6 @@ class DynamicsTransformer(nn.Module):
             generators: One ``torch.Generator`` per sample, or ``None`` for the global RNG.
             temperature: Softmax temperature; ``0`` takes the argmax (and the likelier
                 outcome of an event).
-            event_head: Draw events with this head instead of the transformer's own (see
-                :meth:`event_logit`).
 
         Returns:
             :class:`FrameSample` with tokens ``(B, n)``, reward ``(B,)``, success logit
@@ -497,11 +485,11 @@ class DynamicsTransformer(nn.Module):
         """
         if temperature == 0:
             cache.event_u.fill_(0.5)
-            return self._frame(cache, actions, None, None, temperature, event_head=event_head)
+            return self._frame(cache, actions, None, None, temperature)
         shape = (actions.shape[0], self.cfg.n_frame_tokens, self.cfg.vocab_size)
         gumbel = cache.draw(generators, shape, self.lm_head.weight.device,
                             event=self.event_head is not None)
-        return self._frame(cache, actions, None, gumbel, temperature, event_head=event_head)
+        return self._frame(cache, actions, None, gumbel, temperature)
 
     @torch.no_grad()
     def teacher_force_frame(self, cache: KVCache, actions: Tensor, frame_tokens: Tensor

@@ -347,9 +347,8 @@ class WorldModel(nn.Module):
             ``(StepOutput, state)``; the state is updated in place and returned for clarity.
         """
         actions = actions.to(self.device, torch.float32)
-        head = None if self.state_model is None else self.state_model.event_head
         sample = self.dynamics.generate_frame(state.cache, actions, generators=state.generators,
-                                              temperature=temperature, event_head=head)
+                                              temperature=temperature)
         predicted = sample.state
         if self.state_model is not None and state.track is not None:
             predicted = self._step_track(state, actions, predicted).to(sample.state.dtype)

@@ -13,18 +13,10 @@ named position (``[state] positions``) after 1, 5, 20 and 50 steps of the state 
 (its own state from the start on, the episode's actions and event latent), in millimetres.
 
 The fields come from the spec's ``[world_model.state_model]`` (``fields``, ``offsets``).
-
-With an event in the spec, an event head is fitted too (``--event-head``, on by default): on
-the real states where the training episodes' events begin, labelled by how each ended, with
-little noise (``--event-noise``), since the state model makes the imagined states real ones. It
-then draws the events in imagination instead of the transformer's head (:class:`~wmgym.model.
-state_model.StateModelConfig`). Its report scores both heads on the held-out episodes' events.
-``--event-head-only`` refits just the head of the checkpoint's state model.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -37,15 +29,8 @@ import tyro
 from tqdm import tqdm
 
 from wmgym.data.dataset import Episode, read_dataset
-from wmgym.model import checkpoint as ckpt
-from wmgym.model.event_latent import SUCCESS, draw_steps, event_labels
-from wmgym.model.state_model import (
-    STATE_MODEL_DIR,
-    StateModel,
-    StateModelConfig,
-    load_state_model,
-    save_state_model,
-)
+from wmgym.model.event_latent import event_labels
+from wmgym.model.state_model import StateModel, StateModelConfig, save_state_model
 from wmgym.results import machine
 from wmgym.spec import TaskSpec, load_spec
 
@@ -72,12 +57,6 @@ class TrainStateModelArgs:
     hidden: int = 256
     layers: int = 3
     seed: int = 0
-    event_head: bool = True
-    """Fit an event head on the data's real events (a spec with an event; see the module doc)."""
-    event_noise: float = 0.03
-    """Std of the noise on the normalised states the event head is fitted on (it regularises)."""
-    event_head_only: bool = False
-    """Keep the checkpoint's state model and refit only its event head."""
     out: str = "runs/state_model"
     """Where the report (``metrics.json``) is written."""
 
@@ -233,77 +212,9 @@ def fit_state_model(args: TrainStateModelArgs) -> tuple[StateModel, dict]:
     return model, report
 
 
-def event_examples(episodes: list[Episode], spec: TaskSpec
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(states, succeeded, episode index)`` where the episodes' events begin, real units."""
-    states, ok, groups = [], [], []
-    for i, ep in enumerate(episodes):
-        latent = torch.from_numpy(episode_events(ep, spec))
-        idx = draw_steps(latent).nonzero().squeeze(1)
-        states.append(torch.from_numpy(ep.observations["state"][idx.numpy()]).float())
-        ok.append((latent[idx] == SUCCESS).float())
-        groups.append(torch.full((len(idx),), i))
-    return torch.cat(states), torch.cat(ok), torch.cat(groups)
-
-
-@torch.no_grad()
-def head_scores(dynamics, head, states: torch.Tensor, ok: torch.Tensor) -> dict[str, float]:
-    """Accuracy, log loss and mean probability of success of an event head on real events.
-
-    Args:
-        dynamics: The transformer whose state normalisation the head reads.
-        head: The head (None: the transformer's own).
-        states: ``(G, state_dim)`` real states where events begin.
-        ok: ``(G,)`` 1 where the event succeeded.
-    """
-    p = torch.sigmoid(dynamics.event_logit(dynamics.normalize_state(states), head).float())
-    return {"accuracy": round(float(((p > 0.5).float() == ok).float().mean()), 4),
-            "log_loss": round(float(F.binary_cross_entropy(p.clamp(1e-6, 1 - 1e-6), ok)), 4),
-            "mean_p_succeeded": round(float(p[ok > 0].mean()), 4),
-            "mean_p_failed": round(float(p[ok == 0].mean()), 4)}
-
-
-def fit_state_event_head(model: StateModel, args: TrainStateModelArgs, spec: TaskSpec) -> dict:
-    """Fits ``model.event_head`` on the real events of ``args.data``; returns its report.
-
-    The head reads the state normalised as the checkpoint's transformer does; it is fitted on
-    the training episodes' events and scored, beside the transformer's own head, on the
-    held-out episodes' events.
-    """
-    from wmgym.model.world_model import WorldModel
-    from wmgym.train.event_head import fit_event_head
-
-    dynamics = WorldModel.load(args.checkpoint, state_model=False).dynamics
-    states, ok, episodes = event_examples(
-        [e for d in args.data for e in read_dataset(d, "train")], spec)
-    test = event_examples([e for d in args.data for e in read_dataset(d, "heldout")], spec)
-    fitted = copy.deepcopy(dynamics)
-    fit = fit_event_head(fitted, states, ok, noise=args.event_noise,
-                         copies=1 if args.event_noise == 0 else 8, seed=args.seed,
-                         groups=episodes)
-    model.cfg.event_head = spec.event.as_config()
-    model.event_head = fitted.event_head.float().eval()
-    return {"data": list(args.data), "noise": args.event_noise, "fit": fit,
-            "heldout_events": len(test[1]),
-            "heldout": {"transformer_head": head_scores(dynamics, None, *test[:2]),
-                        "state_model_head": head_scores(dynamics, model.event_head,
-                                                        *test[:2])}}
-
-
 def train_state_model_main(args: TrainStateModelArgs) -> dict:
     """``wmgym train state-model``: fit, save into the checkpoint, write and print the report."""
-    spec = load_spec(args.task)
-    if args.event_head_only:
-        model = load_state_model(args.checkpoint)
-        report = ckpt.read_config(Path(args.checkpoint) / STATE_MODEL_DIR)["report"]
-    else:
-        model, report = fit_state_model(args)
-    if (args.event_head or args.event_head_only) and spec.event is not None:
-        report["event_head"] = fit_state_event_head(model, args, spec)
-        scores = report["event_head"]["heldout"]
-        print(f"event head on {report['event_head']['fit']['events']} real events; held out "
-              f"({report['event_head']['heldout_events']}): transformer's "
-              f"{scores['transformer_head']}, state model's {scores['state_model_head']}")
+    model, report = fit_state_model(args)
     save_state_model(args.checkpoint, model, {"report": report})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
