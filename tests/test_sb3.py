@@ -13,6 +13,8 @@ from wmgym.env import SB3VecEnv, WorldModelVectorEnv, make_sb3_env
 
 # exact reproducibility is promised on CPU (CUDA kernels may add in any order)
 DEVICE = "cpu"
+#: What a reset reports: no success, no doubt.
+BLANK_INFO = {"success": False, "success_prob": 0.0, "uncertainty": 0.0, "event_doubt": 0.0}
 
 
 def test_make_sb3_env_wraps_the_native_vector_env(ckpt):
@@ -27,7 +29,7 @@ def test_make_sb3_env_wraps_the_native_vector_env(ckpt):
     obs = env.reset()
     assert set(obs) == {"rgb", "depth", "mask", "proprio", "state"}
     assert obs["rgb"].shape == (2, 64, 64, 3) and obs["proprio"].shape == (2, 5)
-    assert env.venv.reset_infos == [{"success": False, "success_prob": 0.0, "uncertainty": 0.0}] * 2
+    assert env.venv.reset_infos == [BLANK_INFO] * 2
 
 
 def test_step_follows_the_vec_env_contract(ckpt):
@@ -53,7 +55,7 @@ def test_step_follows_the_vec_env_contract(ckpt):
         assert env.observation_space.contains(final)
         assert not np.array_equal(final["rgb"], obs["rgb"][i])  # obs starts the next episode
         assert info["is_success"] is False
-    assert env.reset_infos == [{"success": False, "success_prob": 0.0, "uncertainty": 0.0}] * 2
+    assert env.reset_infos == [BLANK_INFO] * 2
 
 
 def test_seed_and_attributes(ckpt):

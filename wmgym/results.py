@@ -46,8 +46,10 @@ def machine() -> dict:
 
 
 def checkpoint_id(directory: str | Path) -> dict[str, str]:
-    """Which world model a result came from: its resolved path and weights' sha256, and its
-    state model's (``state_model_sha256``) when it has one."""
+    """Which world model a result came from: its path and weights' sha256.
+
+    With a state model, its weights' sha256 too (``state_model_sha256``).
+    """
     from wmgym.model.checkpoint import read_config
     from wmgym.model.state_model import STATE_MODEL_DIR, has_state_model
 
