@@ -341,7 +341,9 @@ class MBPO(BaseCallback):
             next_obs, rewards, terminated, _, info = self.wm.step(actions)
             u = info["uncertainty"]
             uncertainty.append(float(u[live].mean()))
-            keep = live if cfg.max_uncertainty is None else live & (u <= cfg.max_uncertainty)
+            keep = live.copy()  # not an alias: the cut is counted against live below
+            if cfg.max_uncertainty is not None:
+                keep &= u <= cfg.max_uncertainty
             if cfg.max_event_doubt is not None:
                 keep &= info["event_doubt"] <= cfg.max_event_doubt
             self.cut_short += int((live & ~keep).sum())

@@ -134,12 +134,8 @@ class PlayPolicy:
             self.held = np.zeros(self.action_dim) if stop else self.walk * self.speed
             if not stop and self.sparse > 0 and self.rng.random() < self.sparse:
                 axes = [i for i in range(self.action_dim) if i != self.trigger]
-                keep = self.rng.choice(axes)
-                moved = self.held.copy()
-                self.held = np.zeros(self.action_dim)
-                self.held[keep] = moved[keep]
-                if self.trigger is not None:
-                    self.held[self.trigger] = moved[self.trigger]
+                kept = [self.rng.choice(axes), *([] if self.trigger is None else [self.trigger])]
+                self.held = np.where(np.isin(np.arange(self.action_dim), kept), self.held, 0.0)
         if self.left > 0:
             self.left -= 1
             action = self.held.copy()
@@ -179,12 +175,12 @@ def make_policy(name: str, *, task: str | TaskSpec | None = None) -> Policy:
     if kind in ("random", "play"):
         if task is None:
             raise ValueError(f"policy {name!r} needs task= ({kind} takes its action size)")
-        dim = load_spec(task).action_dim
+        spec = load_spec(task)
         if kind == "random":
-            return RandomPolicy(dim, repeat=int(kwargs.get("repeat", 1)))
-        event = load_spec(task).event
+            return RandomPolicy(spec.action_dim, repeat=int(kwargs.get("repeat", 1)))
+        trigger = spec.event.trigger if spec.event else None
         try:
-            return PlayPolicy(dim, **kwargs, trigger=event.trigger if event else None)
+            return PlayPolicy(spec.action_dim, **kwargs, trigger=trigger)
         except TypeError as e:
             raise ValueError(f"policy {name!r}: {e}") from e
     known = experts()

@@ -104,6 +104,14 @@ def event_labels(actions: np.ndarray, outcome: np.ndarray, cfg: EventConfig
     return latent, starts
 
 
+def begins(run_length: Tensor, cfg: EventConfig) -> Tensor:
+    """Where an event begins and its outcome is drawn, from the run lengths after this step.
+
+    An event begins at the ``cfg.run``-th triggering command in a row.
+    """
+    return run_length == cfg.run
+
+
 def advance(run_length: Tensor, latent: Tensor, actions: Tensor, p_success: Tensor, u: Tensor,
             cfg: EventConfig) -> tuple[Tensor, Tensor]:
     """One step of every rollout's event latent, in imagination.
@@ -123,7 +131,7 @@ def advance(run_length: Tensor, latent: Tensor, actions: Tensor, p_success: Tens
     run_length = torch.where(on, run_length + 1, torch.zeros_like(run_length))
     drawn = torch.where(u < p_success, SUCCESS, FAILURE)
     kept = torch.where(on, latent, torch.full_like(latent, NONE))
-    return run_length, torch.where(run_length == cfg.run, drawn, kept)
+    return run_length, torch.where(begins(run_length, cfg), drawn, kept)
 
 
 class EventHead(nn.Module):

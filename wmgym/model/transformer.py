@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from wmgym.model.blocks import Block, RMSNorm
 from wmgym.model.checkpoint import check_fields
-from wmgym.model.event_latent import EventConfig, EventHead, advance
+from wmgym.model.event_latent import EventConfig, EventHead, advance, begins
 from wmgym.model.kv_cache import KVCache, apply_rope, rope_at, rope_inv_freq, rope_tables
 
 __all__ = ["DynamicsConfig", "DynamicsOutput", "DynamicsTransformer", "FrameSample", "KVCache",
@@ -421,8 +421,8 @@ class DynamicsTransformer(nn.Module):
             p = torch.sigmoid(self.event_logit(cache.state).float())
             cache.event_run, cache.event = advance(cache.event_run, cache.event, actions, p,
                                                    cache.event_u, self.event_head.cfg)
-            begins = cache.event_run == self.event_head.cfg.run
-            cache.event_doubt = torch.where(begins, 2 * p * (1 - p), torch.zeros_like(p))
+            cache.event_doubt = torch.where(begins(cache.event_run, self.event_head.cfg),
+                                            2 * p * (1 - p), torch.zeros_like(p))
             event = cache.event
         return self._slots(actions, full, cache.state, cache.has_state, event).unsqueeze(1)
 
