@@ -134,6 +134,8 @@ class TaskSpec:
     """Policy steps per simulated second."""
     reward_shaping: bool
     """Use the shaped reward (else sparse)."""
+    sim_options: dict[str, object]
+    """Further keyword arguments of the robosuite environment (``[sim] options``)."""
     action_names: tuple[str, ...]
     """One name per action dimension (the controller's inputs, then the gripper's)."""
     state_observables: tuple[str, ...]
@@ -325,6 +327,7 @@ def read_spec(path: str | Path) -> TaskSpec:
         controller=_require(sim, "controller", path, "sim"),
         control_freq=int(_require(sim, "control_freq", path, "sim")),
         reward_shaping=bool(sim.get("reward_shaping", True)),
+        sim_options=dict(sim.get("options", {})),
         action_names=tuple(actions),
         state_observables=tuple(_require(state, "observables", path, "state")),
         state_fields=tuple(fields),

@@ -88,6 +88,7 @@ class SimEnv(gym.Env):
             reward_scale=1.0,
             hard_reset=False,
             seed=0,  # some tasks draw object sizes at construction: fix them for every instance
+            **self.task.sim_options,
         )
         missing = [k for k in self.task.state_observables if k not in self._rs.observation_spec()]
         if missing:
