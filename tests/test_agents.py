@@ -302,7 +302,7 @@ def test_collect_takes_a_family_in_turn(tmp_path):
 def test_build_args_default_out_is_under_runs():
     from wmgym.spec import read_spec
 
-    assert af.BuildAgentsArgs().out.startswith("runs/")
+    assert af.BuildAgentsArgs(task="pick").out.startswith("runs/")
     # the second test task has no task module, hence no family
     no_family = read_spec(Path(__file__).parent / "data" / "specs" / "pickpose.toml")
     with pytest.raises(KeyError, match="FAMILY"):

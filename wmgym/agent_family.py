@@ -56,7 +56,7 @@ FAMILY_FILE = "family.json"
 class BuildAgentsArgs:
     """Options of ``wmgym agents build``."""
 
-    task: str = "pick"
+    task: str
     """Task name; its module's ``FAMILY`` says which agents to build."""
     out: str = "runs/agents"
     """Directory for the agents (one folder each) and ``family.json``."""

@@ -40,6 +40,11 @@ class CardArgs:
     fast_sweep: str = ""
     """``wmgym sweep --fast fast``'s sweep.json, shown in the fast transformer's section
     (empty: none)."""
+    sweep: str = ""
+    """``wmgym sweep``'s sweep.json of the scripted experts, shown in its own section (empty:
+    none)."""
+    stages: str = ""
+    """``wmgym recipe``'s ``recipe.json``: its stage times, shown under *Recipe* (empty: none)."""
     probes: str = ""
     """A JSON of probe summaries (``action_probe``, ``grasp_probe``) measured outside wmgym, shown
     after the evaluation (empty: none)."""
@@ -109,12 +114,12 @@ sha256 `{config['sha256'][:16]}…`, wmgym {config['wmgym_version']}.
 ## Recipe
 {recipe}collect → train tokenizer → train dynamics → fine-tune on every dataset → eval →
 card).
-Training time: {times}; on {where}.{grasp_head_line(train)}
+Training time: {times}; on {where}.{grasp_head_line(train)}{stages_line(args.stages)}
 
 ## Evaluation (`wmgym eval`: {eval_what})
 {format_table(metrics)}
 {probes}
-{fast}## Limits
+{sweep_section(args.sweep)}{fast}## Limits
 - Frames, reward and success are learned from the data's policies (scripted and random for
   the shipped checkpoint; see the state model's data above): states far from that data are
   imagined less faithfully.
@@ -122,6 +127,38 @@ Training time: {times}; on {where}.{grasp_head_line(train)}
   the transformer's head without one), not from physics; check policies trained in imagination
   on `{spec.sim_id}`.
 {notes}"""
+
+
+def stages_line(path: str) -> str:
+    """The recipe's stage times and machine (``wmgym recipe``'s record), or ``""``."""
+    if not path or not Path(path).exists():
+        return ""
+    record = json.loads(Path(path).read_text())
+    stages = ", ".join(f"{name} {s['seconds'] / 60:.1f}" for name, s in record["stages"].items())
+    mach = record["machine"]
+    where = mach.get("cuda") or f"{mach['cores']} CPU cores ({mach['cpu']})"
+    return (f"\n`wmgym recipe` stages (min): {stages}; "
+            f"{record.get('seconds', 0) / 3600:.2f} h in all on {where}.")
+
+
+def sweep_section(path: str) -> str:
+    """The scripted sweep's ranking metrics and per-policy success, or ``""``."""
+    if not path:
+        return ""
+    sweep = json.loads(Path(path).read_text())
+    m = {k: "n/a" if v is None or v != v else f"{v:.3f}"  # None or NaN: success never varied
+         for k, v in sweep["metrics"]["success"].items() if isinstance(v, float | int | None)}
+    rows = "\n".join(f"| `{p['name']}` | {p['real']['success']:.2f} | "
+                     f"{p['imagined']['success']:.2f} |" for p in sweep["policies"])
+    return f"""## Scripted sweep (`wmgym sweep`, preset `{sweep.get('fast', 'default')}`)
+{len(sweep['policies'])} policies × {sweep['episodes']} paired seeds: success Pearson
+{m['pearson']}, Spearman {m['spearman']}, MMRV {m['mmrv']}, mean |gap| {m['mean_abs_gap']}.
+
+| policy | real success | imagined success |
+|---|---|---|
+{rows}
+
+"""
 
 
 def probe_lines(probes: dict) -> str:

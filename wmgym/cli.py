@@ -28,6 +28,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("mbpo",): ("wmgym.mbpo_compare", "MBPOArgs", "mbpo_main"),
     ("agents", "build"): ("wmgym.agent_family", "BuildAgentsArgs", "build_agents_main"),
     ("card",): ("wmgym.card", "CardArgs", "card_main"),
+    ("recipe",): ("wmgym.recipe", "RecipeArgs", "recipe_main"),
     ("demo",): ("wmgym.demo", "DemoArgs", "demo_main"),
 }
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from wmgym.spec import all_specs
+from wmgym.spec import TaskSpec, all_specs, spec_paths
 
 
 def register_all() -> list[str]:
@@ -18,25 +18,24 @@ def register_all() -> list[str]:
     ``vector_entry_point`` is the native batched env, so ``gym.make_vec`` steps all sub-envs
     with one model call.
     """
-    ids = []
-    for spec in all_specs():
-        if spec.sim_id not in gym.registry:
-            gym.register(
-                spec.sim_id,
-                entry_point="wmgym.sim.env:SimEnv",
-                max_episode_steps=spec.max_episode_steps,
-                kwargs={"task": spec.name},
-            )
-        if spec.wm_id not in gym.registry:
-            gym.register(
-                spec.wm_id,
-                entry_point="wmgym.env.world_model_env:WorldModelEnv",
-                vector_entry_point="wmgym.env.vector_env:WorldModelVectorEnv",
-                max_episode_steps=spec.max_episode_steps,
-                kwargs={"task": spec.name},
-            )
-        ids += [spec.sim_id, spec.wm_id]
-    return ids
+    return [env_id for spec in all_specs() for env_id in register_spec(spec)]
+
+
+def register_spec(spec: TaskSpec) -> list[str]:
+    """Registers both twins of one spec (unless registered already); returns their ids.
+
+    A spec outside the data roots (a TOML path) is registered by its path.
+    """
+    known = spec_paths().get(spec.name.lower()) == spec.path
+    kwargs = {"task": spec.name if known else str(spec.path)}
+    if spec.sim_id not in gym.registry:
+        gym.register(spec.sim_id, entry_point="wmgym.sim.env:SimEnv",
+                     max_episode_steps=spec.max_episode_steps, kwargs=kwargs)
+    if spec.wm_id not in gym.registry:
+        gym.register(spec.wm_id, entry_point="wmgym.env.world_model_env:WorldModelEnv",
+                     vector_entry_point="wmgym.env.vector_env:WorldModelVectorEnv",
+                     max_episode_steps=spec.max_episode_steps, kwargs=kwargs)
+    return [spec.sim_id, spec.wm_id]
 
 
 def make_env(env_id: str, **kwargs: Any):

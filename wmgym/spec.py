@@ -168,6 +168,9 @@ class TaskSpec:
     """The TOML file this spec was read from."""
     state_model: StateModelSpec | None = None
     """The fields the world model's state model predicts, or None."""
+    recipe: dict = field(default_factory=dict)
+    """``[recipe]``: the datasets and budgets of ``wmgym recipe`` (:mod:`wmgym.recipe` reads
+    and checks it)."""
     _index: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -349,6 +352,7 @@ def read_spec(path: str | Path) -> TaskSpec:
         event=_event(wm.get("event", {}), path, fields, actions),
         path=path,
         state_model=_state_model(wm.get("state_model", {}), path, fields),
+        recipe=dict(raw.get("recipe", {})),
     )
 
 

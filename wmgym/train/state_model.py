@@ -32,7 +32,8 @@ from wmgym.data.dataset import Episode, read_dataset
 from wmgym.model.event_latent import event_labels
 from wmgym.model.state_model import StateModel, StateModelConfig, save_state_model
 from wmgym.results import machine
-from wmgym.spec import TaskSpec, load_spec
+from wmgym.spec import TaskSpec
+from wmgym.train.common import dataset_task
 
 #: Horizons of the open-loop errors reported.
 HORIZONS = (1, 5, 20, 50)
@@ -46,8 +47,9 @@ class TrainStateModelArgs:
     """Checkpoint directory the model is written into (``<checkpoint>/state_model``)."""
     data: tuple[str, ...]
     """Datasets of real episodes (state-only ones, ``wmgym collect --no-images``, suffice)."""
-    task: str = "pick"
-    """Task spec: the fields (``[world_model.state_model]``) and the event."""
+    task: str = ""
+    """Task spec: the fields (``[world_model.state_model]``) and the event; empty: the task the
+    first dataset was collected for."""
     steps: int = 8000
     """AdamW steps."""
     batch: int = 2048
@@ -163,7 +165,7 @@ def open_loop_errors(model: StateModel, episodes: list[Episode], spec: TaskSpec,
 
 def fit_state_model(args: TrainStateModelArgs) -> tuple[StateModel, dict]:
     """Fits the state model; returns it and its report."""
-    spec = load_spec(args.task)
+    spec = dataset_task(args.task, args.data[0])
     cfg = state_model_config(spec, args)
     train = [e for path in args.data for e in read_dataset(path, "train")]
     heldout = [e for path in args.data for e in read_dataset(path, "heldout")]
