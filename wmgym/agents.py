@@ -4,7 +4,8 @@ A frozen agent is a folder of two files:
 
 * ``actor.safetensors``: the actor's tensors only (no critics, no replay buffer, no optimizer,
   never pickle);
-* ``agent.json``: the architecture (observation features, layers, output), the observation
+* ``agent.json``: the architecture (observation features: state vectors, or a conv encoder
+  over the camera's frames for :mod:`wmgym.vision`'s actors; layers, output), the observation
   keys it reads, the task, how it was trained, the weights' sha256 and the real success measured
   when it was frozen.
 
@@ -186,6 +187,10 @@ class FrozenAgent:
         """Stateless: nothing to reset."""
 
     def _features(self, obs: Mapping[str, Any]) -> torch.Tensor:
+        if self.features["kind"] == "vision":
+            from wmgym.vision import vision_features
+
+            return vision_features(self.tensors, self.features, obs)
         parts = [torch.as_tensor(np.asarray(obs[k], np.float32)) for k in self.features["keys"]]
         x = torch.cat(parts, dim=-1)
         if self.features["kind"] == "standardized":
@@ -326,6 +331,11 @@ def load_agent(directory: str | Path) -> FrozenAgent:
              for p in ("weight", "bias")]
     if agent.features["kind"] == "standardized":
         names += [f"features.{n}" for n in ("mean", "std", "relative_std")]
+    if agent.features["kind"] == "vision":
+        names += [f"features.conv{i}.{p}" for i in range(agent.features["convs"])
+                  for p in ("weight", "bias")]
+        names += ["features.proj.weight", "features.proj.bias", "features.proprio_mean",
+                  "features.proprio_std"]
     missing = [n for n in names if n not in tensors]
     if missing:
         raise AgentError(f"{weights}: lacks tensors {missing} that {META} names")

@@ -26,6 +26,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("eval",): ("wmgym.evaluation", "EvalArgs", "eval_main"),
     ("transfer",): ("wmgym.transfer", "TransferArgs", "transfer_main"),
     ("mbpo",): ("wmgym.mbpo_compare", "MBPOArgs", "mbpo_main"),
+    ("imitate",): ("wmgym.imitation", "ImitateArgs", "imitate_main"),
     ("agents", "build"): ("wmgym.agent_family", "BuildAgentsArgs", "build_agents_main"),
     ("card",): ("wmgym.card", "CardArgs", "card_main"),
     ("recipe",): ("wmgym.recipe", "RecipeArgs", "recipe_main"),
