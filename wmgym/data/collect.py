@@ -46,7 +46,7 @@ class CollectArgs:
     """Replace ``out`` if it exists."""
     images: bool = True
     """Record the cameras (``--no-images``: ``state`` only, about 4x faster; such a dataset
-    feeds the arm model, ``wmgym train arm``, not the tokenizer or the transformer)."""
+    feeds the state model, ``wmgym train state-model``, not the tokenizer or the transformer)."""
 
 
 def choose_policy(policy: str, seed: int, mixes: dict[str, dict[str, float]]) -> str:

@@ -270,11 +270,12 @@ NEARMISS_MIX: dict[str, float] = {
     "pick:hover=1,error=0.025": 0.15,
 }
 
-#: The arm's own motion, for its model (``wmgym train arm``): smooth random play at speeds from
-#: 0.03 to 1 (slow drifts, held actions, stops, pushes against the table and the cube), and
-#: slow, paused, hovering and hesitating picks that bring slow motion next to the cube and
-#: carry it. Learned agents converge on the cube with small, shrinking actions that no other mix
-#: has at the cube; the transformer moved the arm up to twice as far as robosuite under them.
+#: The arm's own motion, for the state model (``wmgym train state-model``): smooth random play
+#: at speeds from 0.03 to 1 (slow drifts, held actions, stops, pushes against the table and the
+#: cube), and slow, paused, hovering and hesitating picks that bring slow motion next to the
+#: cube and carry it. Learned agents converge on the cube with small, shrinking actions that no
+#: other mix has at the cube; the transformer moved the arm up to twice as far as robosuite
+#: under them.
 PLAY_MIX: dict[str, float] = {
     "play": 0.35,
     "play:high=0.2": 0.2,
