@@ -29,16 +29,17 @@ def observations(n: int, seed: int = 0) -> dict[str, np.ndarray]:
             "state": np.full((n, 8), np.nan, np.float32)}  # never read
 
 
-def actor() -> VisionActor:
+def actor(binary: tuple[int, ...] = ()) -> VisionActor:
     torch.manual_seed(0)
     a = VisionActor(resolution=SPEC.resolution, proprio_dim=5, action_dim=4,
-                    depth_range=SPEC.depth_range)
+                    depth_range=SPEC.depth_range, binary=binary)
     a.fit_proprio(observations(32)["proprio"])
     return a.eval()
 
 
-def test_frozen_vision_actor_acts_as_trained(tmp_path):
-    a, obs = actor(), observations(6)
+@pytest.mark.parametrize("binary", [(), (3,)])
+def test_frozen_vision_actor_acts_as_trained(tmp_path, binary):
+    a, obs = actor(binary), observations(6)
     tensors, arch = a.export()
     directory = write_agent(tmp_path / "v", tensors, arch, task="pick")
     frozen = load_agent(directory)
@@ -49,6 +50,8 @@ def test_frozen_vision_actor_acts_as_trained(tmp_path):
     grid = {k: v.reshape(2, 3, *v.shape[1:]) for k, v in obs.items()}  # two batch axes
     assert frozen(grid).shape == (2, 3, 4)
     assert np.isfinite(frozen(obs)).all()  # state (NaN here) is never read
+    for d in binary:  # on/off commands are ±1
+        assert set(np.unique(frozen(obs)[:, d])) <= {-1.0, 1.0}
 
 
 def test_a_vision_agent_missing_a_conv_tensor_is_refused(tmp_path):
@@ -78,11 +81,25 @@ def test_imitation_in_imagination_gathers_and_trains(tmp_path):
     from wmgym.imitation import ImitateArgs, imitate_main
 
     report = imitate_main(ImitateArgs(
-        task="pick", steps=48, num_envs=4, rounds=2, train_steps=3, batch=8, eval_episodes=0,
-        device="cpu", out=str(tmp_path), progress=False))
-    assert report["dataset_steps"] == 48 and report["expert"] == "pick"
+        task="pick", expert="pick:press=0.03", steps=48, num_envs=4, rounds=2, train_steps=3,
+        batch=8, eval_episodes=0, device="cpu", out=str(tmp_path), progress=False))
+    assert report["dataset_steps"] == 48 and report["expert"] == "pick:press=0.03"
+    assert report["binary_dims"] == [3]  # the expert only opens or closes the gripper
     assert [r["kind"] for r in report["rounds"]] == ["dart", "dagger"]
     meta = json.loads((tmp_path / "agent" / "agent.json").read_text())
     assert meta["architecture"]["features"]["kind"] == "vision"
     agent = load_agent(tmp_path / "agent")
     assert agent(observations(2)).shape == (2, 4)
+
+
+@pytest.mark.slow
+def test_transfer_imitates_in_imagination_and_scores_with_cameras(tmp_path):
+    from wmgym.transfer import TransferArgs, run_transfer
+
+    result = run_transfer(TransferArgs(
+        task="pick", algo="imitate", twins=("wm",), steps=48, wm_envs=4, eval_episodes=2,
+        imitation_train_steps=2, device="cpu", out=tmp_path, progress=False))
+    wm = result["twins"]["wm"]
+    assert wm["steps"] == 48 and [r["kind"] for r in wm["rounds"]] == ["dart", "dagger", "dagger"]
+    assert 0.0 <= wm["real_success"] <= 1.0 and 0.0 <= wm["imagined_success"] <= 1.0
+    assert (tmp_path / "wm" / "agent" / "agent.json").exists()

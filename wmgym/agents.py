@@ -221,6 +221,10 @@ class FrozenAgent:
             x = self.low + 0.5 * (torch.tanh(x) + 1.0) * (self.high - self.low)
         else:
             x = torch.clamp(x, self.low, self.high)
+        if self.meta["architecture"].get("binary"):  # on/off commands (wmgym.vision)
+            from wmgym.vision import binarize
+
+            x = binarize(x, self.meta["architecture"]["binary"])
         return x.numpy().astype(np.float32)
 
     def __call__(self, obs: Mapping[str, Any]) -> np.ndarray:

@@ -60,7 +60,7 @@ class ImitateArgs:
     """Speed preset of ``WM-<Task>-v0``."""
     train_steps: int = 1500
     """Gradient steps after each round."""
-    batch: int = 128
+    batch: int = 64
     lr: float = 3e-4
     seed: int = 0
     device: str = "auto"
@@ -107,6 +107,11 @@ def default_expert(spec: TaskSpec) -> str:
     if not experts:
         raise ValueError(f"task {spec.name!r} has no scripted expert (EXPERTS) to imitate")
     return next(iter(experts))
+
+
+def on_off_dims(labels: np.ndarray) -> list[int]:
+    """Action dimensions the expert only ever sets to -1 or +1 (e.g. a gripper command)."""
+    return [d for d in range(labels.shape[-1]) if np.all(np.abs(labels[:, d]) == 1.0)]
 
 
 def _make_env(args: ImitateArgs, spec: TaskSpec, checkpoint: Path, device: str) -> Any:
@@ -199,6 +204,7 @@ def imitate(args: ImitateArgs) -> tuple[VisionActor, dict[str, Any]]:
             arrays = data.arrays()
             if r == 0:
                 actor.fit_proprio(arrays["proprio"])
+                actor.binary = on_off_dims(arrays["label"])
             loss = train_actor(actor, arrays, steps=args.train_steps, batch=args.batch,
                                lr=args.lr, seed=args.seed + r, progress=args.progress)
             rounds.append({"round": r, "kind": "dart" if r == 0 else "dagger",
@@ -211,6 +217,7 @@ def imitate(args: ImitateArgs) -> tuple[VisionActor, dict[str, Any]]:
     finally:
         env.close()
     report = {"task": spec.name, "twin": args.twin, "expert": expert_name,
+              "binary_dims": actor.binary,
               "dataset_steps": len(arrays["label"]), "rounds": rounds,
               "args": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()}}
     return actor.cpu().eval(), report

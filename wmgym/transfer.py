@@ -48,8 +48,10 @@ Twin = Literal["wm", "sim"]
 class TransferArgs(RLArgs):
     """Train an SB3 agent in WM-<Task>-v0 and in Sim-<Task>-v0; evaluate both in Sim."""
 
-    algo: Literal["sac", "ppo"] = "sac"
-    """SB3 algorithm."""
+    algo: Literal["sac", "ppo", "imitate"] = "sac"
+    """SB3 algorithm, or ``imitate``: a camera-based actor (rgb, depth, mask, proprio) trained
+    by DART then DAgger with the task's scripted expert labelling (:mod:`wmgym.imitation`;
+    ``--steps`` is its step budget, scored on paired seeds in both twins with cameras)."""
     steps: int = 40_000
     """Environment steps of training, per twin."""
     twins: tuple[Twin, ...] = ("wm", "sim")
@@ -70,6 +72,8 @@ class TransferArgs(RLArgs):
     """Train on camera observations (rgb, depth, mask, proprio, state) instead of state only."""
     fast: Literal["default", "fast", "full"] = "default"
     """Speed preset of ``WM-<Task>-v0`` (see its ``fast``)."""
+    imitation_train_steps: int = 1500
+    """With ``--algo imitate``: the actor's gradient steps after each of its three rounds."""
     agent_device: str = "cpu"
     """Device of the SB3 agent (small MLPs are fastest on CPU)."""
     out: Path = Path("runs/transfer")
@@ -145,9 +149,50 @@ def make_agent(args: TransferArgs, env: VecEnv, *, spec: TaskSpec,
     return PPO("MultiInputPolicy", env, n_steps=max(64, 2048 // env.num_envs), **common)
 
 
+def imitate_twin(args: TransferArgs, twin: Twin, *, spec: TaskSpec, checkpoint: Path
+                 ) -> dict[str, Any]:
+    """Trains a camera-based actor by imitation in ``twin``; scores it in both twins.
+
+    The scoring is :func:`wmgym.sweep.run_sweep` on ``--eval-episodes`` paired seeds: the real
+    and the imagined episode of one seed start from the same real frame.
+    """
+    from wmgym.agents import load_agent, write_agent
+    from wmgym.imitation import ImitateArgs, imitate
+    from wmgym.sweep import SweepArgs, run_sweep
+
+    start = time.perf_counter()
+    actor, report = imitate(ImitateArgs(
+        task=str(spec.path), checkpoint=str(checkpoint), twin=twin, steps=args.steps,
+        num_envs=args.wm_envs if twin == "wm" else args.sim_envs, fast=args.fast,
+        seed=args.seed, device=args.device, train_steps=args.imitation_train_steps,
+        eval_episodes=0, progress=args.progress))
+    wall = time.perf_counter() - start
+    tensors, architecture = actor.export()
+    agent_dir = write_agent(args.out / twin / "agent", tensors, architecture, task=spec.name,
+                            name=f"vision-{twin}-{args.seed}", training=report)
+    sweep = run_sweep({"agent": load_agent(agent_dir)}, SweepArgs(
+        task=str(spec.path), checkpoint=str(checkpoint), episodes=args.eval_episodes,
+        seed=args.seed + EVAL_SEED_OFFSET, device=args.device, fast=args.fast,
+        progress=args.progress, out=str(args.out / twin / "sweep")))
+    row = sweep["policies"][0]
+    record: dict[str, Any] = {
+        "env": spec.wm_id if twin == "wm" else spec.sim_id,
+        "steps": report["dataset_steps"], "train_seconds": wall,
+        "real_success": row["real"]["success"], "real_return": row["real"]["return"],
+        "curve": [], "rounds": report["rounds"], "model": str(agent_dir),
+    }
+    if twin == "wm":
+        record["checkpoint"] = checkpoint_id(checkpoint)
+        record["imagined_success"] = row["imagined"]["success"]
+        record["imagined_return"] = row["imagined"]["return"]
+    return record
+
+
 def train_twin(args: TransferArgs, twin: Twin, *, spec: TaskSpec, checkpoint: Path,
                evaluate: RealEvaluator) -> dict[str, Any]:
     """Trains one agent in ``twin`` and evaluates it in the real twin; returns its record."""
+    if args.algo == "imitate":
+        return imitate_twin(args, twin, spec=spec, checkpoint=checkpoint)
     env = make_train_env(args, spec=spec, checkpoint=checkpoint, twin=twin)
     agent = make_agent(args, env, spec=spec, tensorboard_log=str(args.out / "tb"))
     callback = CurveCallback(evaluate, every=args.eval_every, episodes=args.curve_episodes,

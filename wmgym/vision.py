@@ -86,11 +86,13 @@ class VisionActor(nn.Module):
         depth_range: The spec's depth range, metres (scales depth to [0, 1]).
         channels: Output channels of the four convolutions.
         hidden: Width of the projection and of the MLP's layers.
+        binary: Action dimensions that act as on/off commands (a gripper the expert only ever
+            opens or closes fully): :meth:`act` gives their sign, ±1.
     """
 
     def __init__(self, *, resolution: int, proprio_dim: int, action_dim: int,
                  depth_range: Sequence[float], channels: Sequence[int] = (32, 64, 64, 128),
-                 hidden: int = 256) -> None:
+                 hidden: int = 256, binary: Sequence[int] = ()) -> None:
         super().__init__()
         if resolution % 16:
             raise ValueError(f"resolution must be a multiple of 16, got {resolution}")
@@ -98,6 +100,7 @@ class VisionActor(nn.Module):
         self.config = {"resolution": resolution, "proprio_dim": proprio_dim,
                        "action_dim": action_dim, "depth_range": list(self.depth_range),
                        "channels": list(channels), "hidden": hidden}
+        self.binary = [int(d) for d in binary]
         convs, c_in = [], 5
         for c in channels:
             convs.append(nn.Conv2d(c_in, c, 3, stride=2, padding=1))
@@ -132,7 +135,7 @@ class VisionActor(nn.Module):
         device = self.proj.weight.device
         images = image_batch(obs, self.depth_range).to(device)
         proprio = torch.as_tensor(np.asarray(obs["proprio"], np.float32), device=device)
-        return self(images, proprio).cpu().numpy().astype(np.float32)
+        return binarize(self(images, proprio).cpu(), self.binary).numpy().astype(np.float32)
 
     def export(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """The tensors and architecture of the frozen agent (:func:`wmgym.agents.write_agent`)."""
@@ -155,10 +158,19 @@ class VisionActor(nn.Module):
             "features": {"kind": "vision", "keys": list(VISION_KEYS),
                          "depth_range": list(self.depth_range), "convs": len(self.convs),
                          "config": self.config},
-            "layers": layers, "output": "tanh",
+            "layers": layers, "output": "tanh", "binary": list(self.binary),
             "action_low": [-1.0] * action_dim, "action_high": [1.0] * action_dim,
         }
         return tensors, architecture
+
+
+def binarize(actions: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
+    """``actions`` with the on/off dimensions ``dims`` set to ±1 by their sign (0 gives -1)."""
+    if not dims:
+        return actions
+    out = actions.clone()
+    out[..., list(dims)] = torch.where(actions[..., list(dims)] > 0, 1.0, -1.0)
+    return out
 
 
 def random_shift(images: torch.Tensor, pad: int = 4,

@@ -61,6 +61,10 @@ class ScriptedPick:
             3-25 steps (zero motion, as an agent at rest commands); then the descent goes on, or
             (half the time) the gripper closes right there and robosuite decides the grasp.
             Without such data a model finishes the descent for an arm told to stay.
+        press: How far below the grasp point the descent aims (metres; it still closes at the
+            grasp point). Its actions then stay large down to the cube instead of shrinking
+            with the distance, so the moment to close follows from where the arm is rather than
+            from how fast it moves: a label a policy without memory can imitate.
 
     """
 
@@ -70,11 +74,13 @@ class ScriptedPick:
         self, noise: float = 0.0, error: float = 0.0, drop_prob: float = 0.0,
         give_up_prob: float = 0.0, explore: float = 0.0, gain: float = 1.0, pause: float = 0.0,
         hold: int = 8, lead: float = 0.0, hesitate: float = 0.0, hover: float = 0.0,
+        press: float = 0.0,
     ):
         if hold < 2:
             raise ValueError(f"hold must be at least 2 steps, got {hold}")
         self.noise, self.error, self.gain, self.pause = noise, error, gain, pause
         self.hold, self.lead, self.hesitate, self.hover = int(hold), lead, hesitate, hover
+        self.press = press
         self.drop_prob, self.give_up_prob, self.explore = drop_prob, give_up_prob, explore
         self.reset()
 
@@ -147,11 +153,12 @@ class ScriptedPick:
             return self._goto(eef, hover, -1.0)
         if self.phase == "descend":
             grasp = cube + [0.0, 0.0, GRASP_DEPTH]
+            aim = grasp - [0.0, 0.0, self.press]  # press=: aim below, descend at speed
             if self.stop is not None and eef[2] - grasp[2] < self.stop[0]:
                 self._next("hover")
             elif eef[2] - grasp[2] < 0.008 or self.t_phase > 30:
                 self._next("close" if self.wait is None else "wait")
-            return self._goto(eef, grasp, -1.0)
+            return self._goto(eef, aim, -1.0)
         if self.phase == "hover":  # hover=: the arm held still above the cube, gripper open
             _, steps, close_there = self.stop  # type: ignore[misc]
             if self.t_phase >= steps:
