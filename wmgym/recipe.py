@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tyro
+
 from wmgym.results import machine, write_result
 from wmgym.spec import TaskSpec, load_spec
 
@@ -48,7 +50,7 @@ RECORD = "recipe.json"
 class RecipeArgs:
     """Options of ``wmgym recipe``."""
 
-    spec: str
+    spec: tyro.conf.Positional[str]
     """Task name or spec file (``envs/<task>.toml``); its ``[recipe]`` sets datasets and budgets."""
     out: str = ""
     """Where every stage writes (default: ``runs/recipe/<task>``)."""
