@@ -28,7 +28,11 @@ def _registers_bundled_tasks():
 
     import wmgym  # noqa: F401
 
-    assert "WM-Pick-v0" in gym.registry and "Sim-Pick-v0" in gym.registry
+    for task in ("Pick", "Stack", "Door"):
+        assert f"Sim-{task}-v0" in gym.registry and f"WM-{task}-v0" in gym.registry
+    from wmgym.policies import make_policy  # the task modules come with the wheel
+
+    assert make_policy("door:noise=0.1", task="door").observation_keys == ("state",)
 
 
 def _learned_twin_steps():
