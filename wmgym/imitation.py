@@ -44,8 +44,8 @@ class ImitateArgs:
     twin: Literal["wm", "sim"] = "wm"
     """Where the actor gathers its steps: imagination or robosuite."""
     expert: str = ""
-    """The labelling expert, a policy name with knobs (default: the task's first expert,
-    clean)."""
+    """The labelling expert, a policy name with knobs (default: the task module's
+    ``IMITATION_EXPERT``, else its first expert, clean)."""
     steps: int = 20_000
     """Environment steps in all rounds together."""
     rounds: int = 3
@@ -96,14 +96,17 @@ class Steps:
 
 
 def default_expert(spec: TaskSpec) -> str:
-    """The first scripted expert of the task's module.
+    """The task module's ``IMITATION_EXPERT``, else its first scripted expert.
 
     Raises:
         ValueError: The task has no scripted expert to label with.
     """
     from wmgym.tasks import task_module
 
-    experts = getattr(task_module(spec), "EXPERTS", {})
+    module = task_module(spec)
+    if getattr(module, "IMITATION_EXPERT", None):
+        return module.IMITATION_EXPERT
+    experts = getattr(module, "EXPERTS", {})
     if not experts:
         raise ValueError(f"task {spec.name!r} has no scripted expert (EXPERTS) to imitate")
     return next(iter(experts))

@@ -8,7 +8,9 @@ A spec names its module with ``[task] module = "<name>"``; ``wmgym.tasks.<name>`
 * ``SWEEP_POLICIES``: the policies of graded competence ``wmgym sweep`` ranks by default;
 * ``DISTILL_POLICIES``: the policies whose imagined rollouts the fast parts are distilled on;
 * ``SAC_RECIPE``: the task's measured :func:`wmgym.sac.make_sac` keywords
-  (:func:`wmgym.rl.sac_recipe`).
+  (:func:`wmgym.rl.sac_recipe`);
+* ``IMITATION_EXPERT``: the expert that labels a camera-based actor's steps
+  (:mod:`wmgym.imitation`; default: the first of ``EXPERTS``).
 
 A task without a module has no scripted experts: it collects random play only.
 """

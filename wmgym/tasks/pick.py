@@ -315,6 +315,10 @@ SWEEP_POLICIES = (
     "random",
 )
 
+#: The expert that labels a camera-based actor's steps (``wmgym imitate``): its descent stays
+#: fast down to the cube, so where to close shows in the frames rather than in the speed.
+IMITATION_EXPERT = "pick:press=0.03"
+
 #: The policies whose imagined rollouts the fast decoder and the fast transformer are distilled
 #: on (``wmgym train decoder`` / ``train fast-dynamics``).
 DISTILL_POLICIES = (
