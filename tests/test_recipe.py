@@ -68,6 +68,16 @@ def test_a_second_run_resumes_and_reruns_what_changed(home, shipped, capsys):
                                   from_stage="eval", until="eval"))
     assert rerun["stages"]["dynamics"] == record["stages"]["dynamics"]
     assert set(rerun["stages"]) == set(record["stages"]) - {"sweep", "card"}
+    # a dynamics run cut off part way goes on from its own checkpoint
+    saved = json.loads((out / "recipe.json").read_text())
+    saved["stages"]["dynamics"] = {"options": saved["stages"]["dynamics"]["options"],
+                                   "started": True}
+    (out / "recipe.json").write_text(json.dumps(saved))
+    capsys.readouterr()
+    resumed = run_recipe(RecipeArgs(spec="pickpose", out=str(out), workers=1, device="cpu",
+                                    until="dynamics"))
+    assert "dynamics resumed" in capsys.readouterr().out
+    assert "seconds" in resumed["stages"]["dynamics"] and "eval" not in resumed["stages"]
 
 
 def test_bad_recipe_tables_name_the_problem(tmp_path):

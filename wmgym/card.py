@@ -134,7 +134,8 @@ def stages_line(path: str) -> str:
     if not path or not Path(path).exists():
         return ""
     record = json.loads(Path(path).read_text())
-    stages = ", ".join(f"{name} {s['seconds'] / 60:.1f}" for name, s in record["stages"].items())
+    stages = ", ".join(f"{name} {s['seconds'] / 60:.1f}" for name, s in record["stages"].items()
+                       if "seconds" in s)  # the card's own stage is still running
     mach = record["machine"]
     where = mach.get("cuda") or f"{mach['cores']} CPU cores ({mach['cpu']})"
     return (f"\n`wmgym recipe` stages (min): {stages}; "

@@ -8,9 +8,11 @@ the options the spec's ``[recipe.<stage>]`` table gives (the keys are the comman
 in the paths. Everything is written under ``--out`` (``runs/recipe/<task>``); ``--ship``
 copies the checkpoint and its card to where the spec's ``WM-<Task>-v0`` loads it from.
 
-The run is resumable stage by stage: ``<out>/recipe.json`` records each finished stage with its
-options and time, and a later run skips a stage whose options are unchanged, so long as every
-stage before it was skipped too. ``--from STAGE`` runs again from there.
+The run is resumable stage by stage: ``<out>/recipe.json`` records each stage with its options
+(and its time once finished), and a later run skips a finished stage whose options are
+unchanged, so long as every stage before it was skipped too. A stage that was interrupted
+starts again, or, where its trainer keeps checkpoints (tokenizer, dynamics), goes on from the
+last one. ``--from-stage STAGE`` runs again from there.
 
 >>> plan = recipe_plan(load_spec("pick"), Path("runs/recipe/pick"))  # doctest: +SKIP
 >>> [stage.name for stage in plan][:2]  # doctest: +SKIP
@@ -75,6 +77,8 @@ class Stage:
     name: str
     options: dict[str, Any]
     run: Callable[[], Any]
+    resume: Callable[[], Any] | None = None
+    """Runs it on from its own last checkpoint, after an interruption (trainers that can)."""
 
 
 def _options(cls: type, table: dict[str, Any], fixed: dict[str, Any], where: str) -> Any:
@@ -158,8 +162,12 @@ def recipe_plan(spec: TaskSpec, out: Path, args: RecipeArgs | None = None) -> li
                    {"data": images[0], "extra_data": tuple(images[1:]), "task": task,
                     "tokenizer": str(out / "tokenizer" / "final"), "device": device,
                     "out": str(out / "dynamics"), "checkpoint": ckpt}, where("dynamics"))
-    stages += [Stage("tokenizer", dataclasses.asdict(tok), lambda: train_tokenizer(tok)),
-               Stage("dynamics", dataclasses.asdict(dyn), lambda: train_dynamics(dyn))]
+    stages += [
+        Stage("tokenizer", dataclasses.asdict(tok), lambda: train_tokenizer(tok),
+              lambda: train_tokenizer(dataclasses.replace(tok, resume=True))),
+        Stage("dynamics", dataclasses.asdict(dyn), lambda: train_dynamics(dyn),
+              lambda: train_dynamics(dataclasses.replace(dyn, resume=True))),
+    ]
     if spec.state_model is not None:
         sm = _options(TrainStateModelArgs, table("state_model"),
                       {"checkpoint": ckpt, "data": tuple(everything), "task": task,
@@ -226,28 +234,34 @@ def run_recipe(args: RecipeArgs) -> dict[str, Any]:
     rerun = False
     for i, stage in enumerate(plan, 1):
         options = json.loads(json.dumps(stage.options, default=str))
-        rerun = (rerun or stage.name not in done or done[stage.name]["options"] != options
-                 or bool(args.from_stage) and _matches(stage.name, args.from_stage))
+        prior = done.get(stage.name, {})
+        same = prior.get("options") == options
+        forced = bool(args.from_stage) and _matches(stage.name, args.from_stage)
+        rerun = rerun or not same or "seconds" not in prior or forced
         if not rerun:
-            print(f"[{i}/{len(plan)}] {stage.name}: done ({done[stage.name]['seconds']:.0f} s), "
+            print(f"[{i}/{len(plan)}] {stage.name}: done ({prior['seconds']:.0f} s), "
                   "options unchanged")
         else:
-            print(f"[{i}/{len(plan)}] {stage.name} ...", flush=True)
+            # an interrupted stage with the same options goes on from its last checkpoint
+            resume = same and "seconds" not in prior and not forced and stage.resume
+            print(f"[{i}/{len(plan)}] {stage.name} {'resumed ' if resume else ''}...", flush=True)
             for later in names[i - 1:]:  # whatever follows is built on this stage anew
                 done.pop(later, None)
+            done[stage.name] = {"options": options, "started": True}
+            write_result(path, record)
             start = time.perf_counter()
-            stage.run()
+            (stage.resume if resume else stage.run)()
             done[stage.name] = {"options": options,
                                 "seconds": round(time.perf_counter() - start, 1)}
-            record["seconds"] = round(sum(s["seconds"] for s in done.values()), 1)
+            record["seconds"] = round(sum(s.get("seconds", 0.0) for s in done.values()), 1)
             write_result(path, record)
         if i == last:
             break
-    if args.ship and len(done) == len(plan):
+    unfinished = [n for n in names if "seconds" not in done.get(n, {})]
+    if args.ship and not unfinished:
         ship(out / "checkpoint", spec.checkpoint)
     elif args.ship:
-        raise RuntimeError(f"--ship needs every stage finished; {sorted(set(names) - set(done))} "
-                           "are not")
+        raise RuntimeError(f"--ship needs every stage finished; {unfinished} are not")
     return record
 
 
