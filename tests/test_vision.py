@@ -103,3 +103,19 @@ def test_transfer_imitates_in_imagination_and_scores_with_cameras(tmp_path):
     assert wm["steps"] == 48 and [r["kind"] for r in wm["rounds"]] == ["dart", "dagger", "dagger"]
     assert 0.0 <= wm["real_success"] <= 1.0 and 0.0 <= wm["imagined_success"] <= 1.0
     assert (tmp_path / "wm" / "agent" / "agent.json").exists()
+
+
+@pytest.mark.slow
+def test_example_trains_in_imagination_and_runs_in_robosuite(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "examples" / "train_vision_in_imagination.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl"}
+    cmd = [sys.executable, str(script), "--steps", "32", "--num-envs", "4", "--rounds", "2",
+           "--train-steps", "2", "--episodes", "1", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "real success" in proc.stdout and (tmp_path / "agent" / "agent.json").exists()
