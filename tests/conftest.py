@@ -32,3 +32,22 @@ def ckpt(tmp_path_factory):
     from wmgym.env.testing import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("wm") / "WM-Pick-v0", task="pick")
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """``WMGYM_HOME``: a user's data root holding the second task's spec.
+
+    The spec is ``tests/data/specs/pickpose.toml``; it registers as a user's own task would.
+    """
+    import shutil
+    from pathlib import Path
+
+    root = tmp_path_factory.mktemp("home")
+    (root / "envs").mkdir()
+    shutil.copy(Path(__file__).parent / "data" / "specs" / "pickpose.toml",
+                root / "envs" / "pickpose.toml")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("WMGYM_HOME", str(root))
+    yield root
+    patch.undo()

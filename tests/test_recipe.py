@@ -6,7 +6,6 @@ real in about a minute, and the spec's ``WM-PickPose-v0`` then loads the shipped
 """
 
 import json
-import shutil
 from pathlib import Path
 
 import gymnasium as gym
@@ -18,18 +17,6 @@ from wmgym.spec import load_spec, read_spec
 SPEC = Path(__file__).parent / "data" / "specs" / "pickpose.toml"
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    """A user's data root with the second task's spec, as ``WMGYM_HOME``."""
-    root = tmp_path_factory.mktemp("home")
-    (root / "envs").mkdir()
-    shutil.copy(SPEC, root / "envs" / "pickpose.toml")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("WMGYM_HOME", str(root))
-    yield root
-    patch.undo()
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,6 @@ Nothing in the core knows Pick's layout, so both twins, collection, training and
 layer run on it unchanged.
 """
 
-import shutil
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -17,21 +15,7 @@ from gymnasium.utils.env_checker import check_env
 
 from wmgym.spec import load_spec
 
-SPEC = Path(__file__).parent / "data" / "specs" / "pickpose.toml"
-
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    """A user's data root with the second task's spec, as ``WMGYM_HOME``."""
-    root = tmp_path_factory.mktemp("home")
-    (root / "envs").mkdir()
-    shutil.copy(SPEC, root / "envs" / "pickpose.toml")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("WMGYM_HOME", str(root))
-    yield root
-    patch.undo()
 
 
 @pytest.fixture(scope="module")

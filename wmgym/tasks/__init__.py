@@ -63,3 +63,23 @@ def mixes(task: str | TaskSpec) -> dict[str, dict[str, float]]:
 def sweep_policies(task: str | TaskSpec) -> tuple[str, ...]:
     """The policies a sweep of the task ranks by default (random play without a module)."""
     return tuple(getattr(task_module(task), "SWEEP_POLICIES", ("random", "random:repeat=4")))
+
+
+def play_mix(expert: str) -> dict[str, float]:
+    """A task's ``play`` mix for its state model: the arm's own motion near the objects.
+
+    Smooth random play at speeds from 0.03 to 1 (``play``, and slow play), and the expert slow,
+    paused and noisy, which brings slow motion next to the objects and carries them.
+
+    >>> sorted(play_mix("door"))[:2]
+    ['door', 'door:gain=0.2,noise=0.05']
+    """
+    return {
+        "play": 0.35,
+        "play:high=0.2": 0.2,
+        f"{expert}:gain=0.35,pause=0.05": 0.1,
+        f"{expert}:gain=0.2,noise=0.05": 0.1,
+        f"{expert}:pause=0.15": 0.1,
+        f"{expert}:noise=0.3": 0.1,
+        expert: 0.05,
+    }

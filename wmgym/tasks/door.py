@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from wmgym.tasks import play_mix
+
 #: Where the expert reads the end effector, the handle, the door body and the hinge angle in
 #: ``state`` (``envs/door.toml``).
 EEF_POS, HANDLE_POS, DOOR_POS, HINGE = slice(0, 3), slice(5, 8), slice(8, 11), 11
@@ -189,15 +191,7 @@ MIX: dict[str, float] = {
 #: The arm's own motion, for the state model (``wmgym train state-model``): smooth random play
 #: at speeds from 0.03 to 1, and slow and paused pulls that bring slow motion to the handle and
 #: the door.
-PLAY_MIX: dict[str, float] = {
-    "play": 0.35,
-    "play:high=0.2": 0.2,
-    "door:gain=0.35,pause=0.05": 0.15,
-    "door:gain=0.2,noise=0.05": 0.1,
-    "door:pause=0.15": 0.1,
-    "door:noise=0.3": 0.05,
-    "door": 0.05,
-}
+PLAY_MIX: dict[str, float] = play_mix("door")
 
 MIXES: dict[str, dict[str, float]] = {"mix": MIX, "play": PLAY_MIX}
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from wmgym.spec import load_spec
+from wmgym.tasks import play_mix
 
 _SPEC = load_spec("stack")
 #: Where the expert reads the end effector and the cubes in ``state`` (``envs/stack.toml``).
@@ -191,18 +192,10 @@ MIX: dict[str, float] = {
     "random": 0.05,
 }
 
-#: The arm's own motion, for its model (``wmgym train arm``): smooth random play at speeds from
-#: 0.03 to 1, and slow and paused stacks that bring slow motion next to the cubes and carry
-#: cube A (as ``wmgym.tasks.pick.PLAY_MIX`` does for Pick).
-PLAY_MIX: dict[str, float] = {
-    "play": 0.35,
-    "play:high=0.2": 0.2,
-    "stack:gain=0.35,pause=0.05": 0.1,
-    "stack:gain=0.2,noise=0.05": 0.1,
-    "stack:pause=0.15": 0.1,
-    "stack:noise=0.3": 0.1,
-    "stack": 0.05,
-}
+#: The arm's own motion, for the state model (``wmgym train state-model``): smooth random play
+#: at speeds from 0.03 to 1, and slow and paused stacks that bring slow motion next to the cubes
+#: and carry cube A.
+PLAY_MIX: dict[str, float] = play_mix("stack")
 
 MIXES: dict[str, dict[str, float]] = {"mix": MIX, "play": PLAY_MIX}
 
