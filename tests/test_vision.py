@@ -119,3 +119,12 @@ def test_example_trains_in_imagination_and_runs_in_robosuite(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "real success" in proc.stdout and (tmp_path / "agent" / "agent.json").exists()
+
+
+def test_shipped_agent_is_found_or_named_missing(tmp_path, monkeypatch):
+    from wmgym.agents import AgentError, shipped_agent
+
+    assert shipped_agent("pick-vision").observation_keys == VISION_KEYS
+    monkeypatch.setenv("WMGYM_HOME", str(tmp_path))
+    with pytest.raises(AgentError, match="no shipped agent 'nope'"):
+        shipped_agent("nope")

@@ -346,6 +346,24 @@ def load_agent(directory: str | Path) -> FrozenAgent:
     return agent
 
 
+def shipped_agent(name: str) -> FrozenAgent:
+    """A frozen agent shipped in a data root's ``checkpoints/agents/<name>``.
+
+    ``$WMGYM_HOME`` is looked in first, then wmgym's own data, e.g.
+    ``shipped_agent("pick-vision")``.
+
+    Raises:
+        AgentError: No data root holds it (naming the folders looked in).
+    """
+    from wmgym.paths import data_roots
+
+    folders = [root / "checkpoints" / "agents" / name for root in data_roots()]
+    for folder in folders:
+        if is_agent(folder):
+            return load_agent(folder)
+    raise AgentError(f"no shipped agent {name!r}; looked in {[str(f) for f in folders]}")
+
+
 def is_agent(directory: str | Path) -> bool:
     """Whether ``directory`` holds a frozen agent (an ``agent.json``)."""
     return (Path(directory) / META).is_file()
