@@ -3,7 +3,6 @@
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
 
 from wmgym.policies import make_policy
 from wmgym.spec import load_spec
@@ -27,12 +26,6 @@ def test_spec_has_the_dims_and_options():
     assert spec.positions["door"] == tuple(range(DOOR_POS.start, DOOR_POS.stop))
     assert spec.event.target == spec.positions["handle"] and spec.event.outcome == HINGE
     assert 0.0 < spec.event.above < spec.success_above
-
-
-def test_check_env_with_images():
-    env = gym.make("Sim-Door-v0", render_mode="rgb_array")  # check_env closes it
-    assert env.observation_space["rgb"].shape == (64, 64, 3)
-    check_env(env.unwrapped, skip_render_check=False)
 
 
 def test_seeded_reset_places_the_door(door_env):

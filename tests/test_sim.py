@@ -24,8 +24,9 @@ def test_spaces_are_exactly_the_spec(sim_env):
     assert sim_env.spec.max_episode_steps == spec.max_episode_steps
 
 
-def test_check_env_without_warnings():
-    env = gym.make("Sim-Pick-v0", render_mode="rgb_array")  # check_env closes it
+@pytest.mark.parametrize("env_id", ["Sim-Pick-v0", "Sim-Stack-v0", "Sim-Door-v0"])
+def test_check_env_without_warnings(env_id):
+    env = gym.make(env_id, render_mode="rgb_array")  # check_env closes it
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         check_env(env.unwrapped, skip_render_check=False)

@@ -1,11 +1,9 @@
 """Sim-Stack-v0: the spec, Gymnasium's battery, the scripted expert and the success rule."""
 
-import warnings
 
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
 
 from wmgym.policies import make_policy, parse_policy_name
 from wmgym.spec import load_spec
@@ -42,15 +40,6 @@ def test_spec_has_the_stack_layout():
     assert spec.event.target == (5, 6, 7) and spec.event.outcome == 7
     assert spec.state_model.fields == spec.state_fields
     assert spec.checkpoint.name == "WM-Stack-v0"
-
-
-def test_check_env_without_warnings():
-    env = gym.make("Sim-Stack-v0", render_mode="rgb_array")  # check_env closes it
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        check_env(env.unwrapped, skip_render_check=False)
-    messages = [str(w.message) for w in caught if "gymnasium" in w.filename.lower()]
-    assert not messages, messages
 
 
 @pytest.fixture(scope="module")
