@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import tyro
 
@@ -52,7 +52,7 @@ RECORD = "recipe.json"
 class RecipeArgs:
     """Options of ``wmgym recipe``."""
 
-    spec: tyro.conf.Positional[str]
+    spec: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="SPEC")]
     """Task name or spec file (``envs/<task>.toml``); its ``[recipe]`` sets datasets and budgets."""
     out: str = ""
     """Where every stage writes (default: ``runs/recipe/<task>``)."""
