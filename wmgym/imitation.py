@@ -19,7 +19,7 @@ seeds in both twins.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from wmgym.model.world_model import resolve_device
 from wmgym.results import resolve_task
 from wmgym.spec import TaskSpec
 from wmgym.vision import VISION_KEYS, VisionActor, image_batch, random_shift
@@ -78,11 +79,11 @@ class ImitateArgs:
 class Steps:
     """The gathered steps: frames, proprio and the expert's labels."""
 
-    rgb: list[np.ndarray]
-    depth: list[np.ndarray]
-    mask: list[np.ndarray]
-    proprio: list[np.ndarray]
-    label: list[np.ndarray]
+    rgb: list[np.ndarray] = field(default_factory=list)
+    depth: list[np.ndarray] = field(default_factory=list)
+    mask: list[np.ndarray] = field(default_factory=list)
+    proprio: list[np.ndarray] = field(default_factory=list)
+    label: list[np.ndarray] = field(default_factory=list)
 
     def add(self, obs: dict[str, np.ndarray], label: np.ndarray) -> None:
         self.rgb.append(np.asarray(obs["rgb"], np.uint8))
@@ -166,8 +167,7 @@ def imitate(args: ImitateArgs) -> tuple[VisionActor, dict[str, Any]]:
         raise ValueError(f"need at least one round and num_envs steps per round, got "
                          f"{args.rounds} rounds of {args.steps} steps for {args.num_envs} envs")
     spec, checkpoint = resolve_task(args.task, args.checkpoint)
-    device = args.device if args.device != "auto" else (
-        "cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(args.device))
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     expert_name = args.expert or default_expert(spec)
@@ -180,7 +180,7 @@ def imitate(args: ImitateArgs) -> tuple[VisionActor, dict[str, Any]]:
     actor = VisionActor(resolution=spec.resolution, proprio_dim=len(spec.proprio_fields),
                         action_dim=spec.action_dim, depth_range=spec.depth_range).to(device)
     env = _make_env(args, spec, checkpoint, device)
-    data = Steps([], [], [], [], [])
+    data = Steps()
     rounds: list[dict[str, Any]] = []
     per_round = args.steps // args.rounds // n
     obs = env.reset()
@@ -226,29 +226,51 @@ def imitate(args: ImitateArgs) -> tuple[VisionActor, dict[str, Any]]:
     return actor.cpu().eval(), report
 
 
+def freeze_and_score(actor: VisionActor, report: dict[str, Any], directory: str | Path, *,
+                     spec: TaskSpec, checkpoint: Path, name: str, episodes: int, seed: int,
+                     device: str, fast: str, progress: bool = True
+                     ) -> tuple[Path, dict[str, Any] | None]:
+    """Freezes the actor as an agent in ``directory`` and scores it in both twins.
+
+    The scoring is :func:`wmgym.sweep.run_sweep` on ``episodes`` paired seeds from ``seed``
+    (the real and the imagined episode of one seed start from the same real frame); its real
+    and imagined success go into the agent's ``agent.json``.
+
+    Returns:
+        The agent's folder and the sweep's row for it (None when ``episodes`` is 0).
+    """
+    from wmgym.agents import load_agent, update_agent_meta, write_agent
+    from wmgym.sweep import SweepArgs, run_sweep
+
+    tensors, architecture = actor.export()
+    agent_dir = write_agent(directory, tensors, architecture, task=spec.name, name=name,
+                            training=report)
+    if not episodes:
+        return agent_dir, None
+    sweep = run_sweep({"agent": load_agent(agent_dir)}, SweepArgs(
+        task=str(spec.path), checkpoint=str(checkpoint), episodes=episodes, seed=seed,
+        device=device, fast=fast, progress=progress, out=str(Path(directory).parent / "sweep")))
+    row = sweep["policies"][0]
+    update_agent_meta(agent_dir, real_success={
+        "success": row["real"]["success"], "imagined_success": row["imagined"]["success"],
+        "episodes": episodes, "seeds": [seed, seed + episodes - 1]})
+    return agent_dir, row
+
+
 def imitate_main(args: ImitateArgs) -> dict[str, Any]:
     """``wmgym imitate``: train, freeze the actor, score it in both twins, write the report."""
-    from wmgym.agents import load_agent, update_agent_meta, write_agent
     from wmgym.results import checkpoint_id, machine, write_result
-    from wmgym.sweep import SweepArgs, run_sweep
 
     spec, checkpoint = resolve_task(args.task, args.checkpoint)
     actor, report = imitate(args)
     out = Path(args.out)
-    tensors, architecture = actor.export()
-    agent_dir = write_agent(out / "agent", tensors, architecture, task=spec.name,
-                            name=f"vision-{args.twin}", training=report)
-    if args.eval_episodes:
-        sweep = run_sweep({"agent": load_agent(agent_dir)}, SweepArgs(
-            task=spec.name, checkpoint=str(checkpoint), episodes=args.eval_episodes,
-            seed=args.eval_seed, device=args.device, fast=args.fast, progress=args.progress,
-            out=str(out / "sweep")))
-        row = sweep["policies"][0]
+    agent_dir, row = freeze_and_score(
+        actor, report, out / "agent", spec=spec, checkpoint=checkpoint,
+        name=f"vision-{args.twin}", episodes=args.eval_episodes, seed=args.eval_seed,
+        device=args.device, fast=args.fast, progress=args.progress)
+    if row is not None:
         report["real_success"] = row["real"]["success"]
         report["imagined_success"] = row["imagined"]["success"]
-        update_agent_meta(agent_dir, real_success={
-            "success": row["real"]["success"], "episodes": args.eval_episodes,
-            "seeds": [args.eval_seed, args.eval_seed + args.eval_episodes - 1]})
         print(f"real success {report['real_success']:.2f}, imagined "
               f"{report['imagined_success']:.2f} ({args.eval_episodes} paired episodes)")
     report.update(checkpoint=checkpoint_id(checkpoint), machine=machine(),

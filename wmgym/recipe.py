@@ -72,13 +72,21 @@ class RecipeArgs:
 
 @dataclass
 class Stage:
-    """One step of the recipe: a name, the options it runs with and what runs it."""
+    """One step of the recipe: a name, the function that runs it and its options."""
 
     name: str
-    options: dict[str, Any]
-    run: Callable[[], Any]
-    resume: Callable[[], Any] | None = None
-    """Runs it on from its own last checkpoint, after an interruption (trainers that can)."""
+    function: Callable[[Any], Any]
+    args: Any
+    """The function's options (a command's dataclass)."""
+    resumable: bool = False
+    """The function goes on from its own last checkpoint with ``resume=True`` (trainers)."""
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.args)
+
+    def run(self, *, resume: bool = False) -> Any:
+        return self.function(dataclasses.replace(self.args, resume=True) if resume else self.args)
 
 
 def _options(cls: type, table: dict[str, Any], fixed: dict[str, Any], where: str) -> Any:
@@ -147,8 +155,7 @@ def recipe_plan(spec: TaskSpec, out: Path, args: RecipeArgs | None = None) -> li
         c = _options(CollectArgs, options, {"task": task, "out": str(out / "data" / name),
                                             "workers": args.workers, "overwrite": True},
                      f"{spec.path} [[recipe.data]] {name}")
-        stages.append(Stage(f"collect:{name}", dataclasses.asdict(c),
-                            lambda c=c: collect(c)))
+        stages.append(Stage(f"collect:{name}", collect, c))
     images = [str(out / "data" / e["name"]) for e in data if e.get("images", True)]
     everything = [str(out / "data" / e["name"]) for e in data]
 
@@ -162,18 +169,13 @@ def recipe_plan(spec: TaskSpec, out: Path, args: RecipeArgs | None = None) -> li
                    {"data": images[0], "extra_data": tuple(images[1:]), "task": task,
                     "tokenizer": str(out / "tokenizer" / "final"), "device": device,
                     "out": str(out / "dynamics"), "checkpoint": ckpt}, where("dynamics"))
-    stages += [
-        Stage("tokenizer", dataclasses.asdict(tok), lambda: train_tokenizer(tok),
-              lambda: train_tokenizer(dataclasses.replace(tok, resume=True))),
-        Stage("dynamics", dataclasses.asdict(dyn), lambda: train_dynamics(dyn),
-              lambda: train_dynamics(dataclasses.replace(dyn, resume=True))),
-    ]
+    stages += [Stage("tokenizer", train_tokenizer, tok, resumable=True),
+               Stage("dynamics", train_dynamics, dyn, resumable=True)]
     if spec.state_model is not None:
         sm = _options(TrainStateModelArgs, table("state_model"),
                       {"checkpoint": ckpt, "data": tuple(everything), "task": task,
                        "out": str(out / "state_model")}, where("state_model"))
-        stages.append(Stage("state_model", dataclasses.asdict(sm),
-                            lambda: train_state_model_main(sm)))
+        stages.append(Stage("state_model", train_state_model_main, sm))
     dec = _options(TrainDecoderArgs, table("decoder"),
                    {"checkpoint": ckpt, "task": task, "device": device,
                     "out": str(out / "fast_decoder")}, where("decoder"))
@@ -192,11 +194,11 @@ def recipe_plan(spec: TaskSpec, out: Path, args: RecipeArgs | None = None) -> li
                      "sweep": str(out / "sweep" / "sweep.json"), "stages": str(out / RECORD),
                      "out": str(out / "checkpoint" / "card.md")}, where("card"))
     stages += [
-        Stage("decoder", dataclasses.asdict(dec), lambda: train_decoder(dec)),
-        Stage("fast_dynamics", dataclasses.asdict(fdyn), lambda: train_fast_dynamics(fdyn)),
-        Stage("eval", dataclasses.asdict(ev), lambda: eval_main(ev)),
-        Stage("sweep", dataclasses.asdict(sw), lambda: sweep_main(sw)),
-        Stage("card", dataclasses.asdict(card), lambda: card_main(card)),
+        Stage("decoder", train_decoder, dec),
+        Stage("fast_dynamics", train_fast_dynamics, fdyn),
+        Stage("eval", eval_main, ev),
+        Stage("sweep", sweep_main, sw),
+        Stage("card", card_main, card),
     ]
     return stages
 
@@ -243,14 +245,14 @@ def run_recipe(args: RecipeArgs) -> dict[str, Any]:
                   "options unchanged")
         else:
             # an interrupted stage with the same options goes on from its last checkpoint
-            resume = same and "seconds" not in prior and not forced and stage.resume
+            resume = same and "seconds" not in prior and not forced and stage.resumable
             print(f"[{i}/{len(plan)}] {stage.name} {'resumed ' if resume else ''}...", flush=True)
             for later in names[i - 1:]:  # whatever follows is built on this stage anew
                 done.pop(later, None)
             done[stage.name] = {"options": options, "started": True}
             write_result(path, record)
             start = time.perf_counter()
-            (stage.resume if resume else stage.run)()
+            stage.run(resume=resume)
             done[stage.name] = {"options": options,
                                 "seconds": round(time.perf_counter() - start, 1)}
             record["seconds"] = round(sum(s.get("seconds", 0.0) for s in done.values()), 1)

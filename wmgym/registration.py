@@ -18,15 +18,17 @@ def register_all() -> list[str]:
     ``vector_entry_point`` is the native batched env, so ``gym.make_vec`` steps all sub-envs
     with one model call.
     """
-    return [env_id for spec in all_specs() for env_id in register_spec(spec)]
+    return [env_id for spec in all_specs() for env_id in register_spec(spec, in_roots=True)]
 
 
-def register_spec(spec: TaskSpec) -> list[str]:
+def register_spec(spec: TaskSpec, *, in_roots: bool | None = None) -> list[str]:
     """Registers both twins of one spec (unless registered already); returns their ids.
 
-    A spec outside the data roots (a TOML path) is registered by its path.
+    A spec outside the data roots (a TOML path) is registered by its path; ``in_roots`` says
+    which it is when the caller knows (None: look it up).
     """
-    known = spec_paths().get(spec.name.lower()) == spec.path
+    known = in_roots if in_roots is not None else (
+        spec_paths().get(spec.name.lower()) == spec.path)
     kwargs = {"task": spec.name if known else str(spec.path)}
     if spec.sim_id not in gym.registry:
         gym.register(spec.sim_id, entry_point="wmgym.sim.env:SimEnv",

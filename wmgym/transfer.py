@@ -156,9 +156,7 @@ def imitate_twin(args: TransferArgs, twin: Twin, *, spec: TaskSpec, checkpoint: 
     The scoring is :func:`wmgym.sweep.run_sweep` on ``--eval-episodes`` paired seeds: the real
     and the imagined episode of one seed start from the same real frame.
     """
-    from wmgym.agents import load_agent, write_agent
-    from wmgym.imitation import ImitateArgs, imitate
-    from wmgym.sweep import SweepArgs, run_sweep
+    from wmgym.imitation import ImitateArgs, freeze_and_score, imitate
 
     start = time.perf_counter()
     actor, report = imitate(ImitateArgs(
@@ -167,14 +165,11 @@ def imitate_twin(args: TransferArgs, twin: Twin, *, spec: TaskSpec, checkpoint: 
         seed=args.seed, device=args.device, train_steps=args.imitation_train_steps,
         eval_episodes=0, progress=args.progress))
     wall = time.perf_counter() - start
-    tensors, architecture = actor.export()
-    agent_dir = write_agent(args.out / twin / "agent", tensors, architecture, task=spec.name,
-                            name=f"vision-{twin}-{args.seed}", training=report)
-    sweep = run_sweep({"agent": load_agent(agent_dir)}, SweepArgs(
-        task=str(spec.path), checkpoint=str(checkpoint), episodes=args.eval_episodes,
+    agent_dir, row = freeze_and_score(
+        actor, report, args.out / twin / "agent", spec=spec, checkpoint=checkpoint,
+        name=f"vision-{twin}-{args.seed}", episodes=args.eval_episodes,
         seed=args.seed + EVAL_SEED_OFFSET, device=args.device, fast=args.fast,
-        progress=args.progress, out=str(args.out / twin / "sweep")))
-    row = sweep["policies"][0]
+        progress=args.progress)
     record: dict[str, Any] = {
         "env": spec.wm_id if twin == "wm" else spec.sim_id,
         "steps": report["dataset_steps"], "train_seconds": wall,
