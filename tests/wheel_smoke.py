@@ -1,7 +1,7 @@
 """Smoke test of an installed wheel, run outside the repository (``make wheel-smoke``).
 
-Checks that ``import wmgym`` registers every bundled task, that both twins of Pick make, reset
-and step from the installed package data alone, and that ``WMGYM_HOME`` adds a user's task.
+Checks that ``import wmgym`` registers every bundled task, that both twins of Pick (and WM-Door-v0) make,
+reset and step from the installed package data alone, and that ``WMGYM_HOME`` adds a user's task.
 Prints ``N passed, N failed`` and exits non-zero on a failure.
 """
 
@@ -47,6 +47,11 @@ def _learned_twin_steps():
     fast = gym.make("WM-Pick-v0", fast=True, images=False, device="cpu")
     fast.reset(seed=0)
     fast.step(fast.action_space.sample())
+    door = gym.make("WM-Door-v0", fast=True, device="cpu")  # the second shipped checkpoint
+    obs, _ = door.reset(seed=0)
+    obs, *_ = door.step(door.action_space.sample())
+    assert obs["rgb"].shape == (64, 64, 3) and obs["state"].shape == (12,)
+    door.close()
 
 
 def _real_twin_steps():

@@ -86,7 +86,7 @@ def render_card(args: CardArgs) -> str:
     times = ", ".join(f"{k} {v:.1f} min" for k, v in minutes.items())
     if train.get("tokens_from_cache"):
         times += f" (tokens of {', '.join(train['tokens_from_cache'])} read from the token cache)"
-    where = f"{mach['cores']} CPU cores ({mach['cpu']}), torch {mach['torch']}"
+    where = f"{_cpu(mach)}, torch {mach['torch']}"
     if mach.get("cuda"):
         where = f"{mach['cuda']}, torch {mach['torch']}"
     eval_what = (f"{metrics['episodes']} {metrics['split']} episodes, {metrics['steps']} steps "
@@ -112,8 +112,7 @@ sha256 `{config['sha256'][:16]}…`, wmgym {config['wmgym_version']}.
 ## Data
 {"".join(data_section(path, spec) for path in args.data)}
 ## Recipe
-{recipe}collect → train tokenizer → train dynamics → fine-tune on every dataset → eval →
-card).
+{recipe}{recipe_stages(args.stages)}).
 Training time: {times}; on {where}.{grasp_head_line(train)}{stages_line(args.stages)}
 
 ## Evaluation (`wmgym eval`: {eval_what})
@@ -129,6 +128,19 @@ Training time: {times}; on {where}.{grasp_head_line(train)}{stages_line(args.sta
 {notes}"""
 
 
+def _cpu(mach: dict) -> str:
+    """``2 CPU cores (AMD EPYC …)``: the CPU's model name where recorded."""
+    return f"{mach['cores']} CPU cores ({mach.get('cpu_model') or mach['cpu']})"
+
+
+def recipe_stages(path: str) -> str:
+    """The stages that made the checkpoint: ``wmgym recipe``'s record, else the chain's."""
+    if not path or not Path(path).exists():
+        return ("collect → train tokenizer → train dynamics → fine-tune on every dataset → eval → "
+                "card")
+    return " → ".join(json.loads(Path(path).read_text())["stages"])
+
+
 def stages_line(path: str) -> str:
     """The recipe's stage times and machine (``wmgym recipe``'s record), or ``""``."""
     if not path or not Path(path).exists():
@@ -137,7 +149,7 @@ def stages_line(path: str) -> str:
     stages = ", ".join(f"{name} {s['seconds'] / 60:.1f}" for name, s in record["stages"].items()
                        if "seconds" in s)  # the card's own stage is still running
     mach = record["machine"]
-    where = mach.get("cuda") or f"{mach['cores']} CPU cores ({mach['cpu']})"
+    where = mach.get("cuda") or _cpu(mach)
     return (f"\n`wmgym recipe` stages (min): {stages}; "
             f"{record.get('seconds', 0) / 3600:.2f} h in all on {where}.")
 
