@@ -1,7 +1,8 @@
 """Smoke test of an installed wheel, run outside the repository (``make wheel-smoke``).
 
-Checks that ``import wmgym`` registers every bundled task, that both twins of Pick (and WM-Door-v0) make,
-reset and step from the installed package data alone, and that ``WMGYM_HOME`` adds a user's task.
+Checks that ``import wmgym`` registers every bundled task, that both twins of Pick (and
+WM-Door-v0) make, reset and step from the installed package data alone, and that
+``WMGYM_HOME`` adds a user's task.
 Prints ``N passed, N failed`` and exits non-zero on a failure.
 """
 
