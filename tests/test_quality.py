@@ -133,6 +133,28 @@ def test_learned_agents_rank_as_in_robosuite():
     assert success["ppo-bc@6144"][0] >= 0.75 and success["ppo-bc@6144"][1] >= 0.75, success
 
 
+#: Three frozen agents of Door's family (``docs/agents.md#doors-family``): one that gives up,
+#: one cloned from clean pulls that never opens the door in robosuite but does in some imagined
+#: episodes (imagination's known optimism for agents that hesitate at the handle: 4 of these 8
+#: when shipped), and one that nearly always opens it.
+DOOR_AGENTS = Path(__file__).parent / "data" / "agents_door"
+
+
+@pytest.mark.skipif(not (load_spec("door").checkpoint / "config.json").exists(),
+                    reason="no shipped door checkpoint")
+def test_door_agents_rank_as_in_robosuite():
+    from wmgym import sweep as sw
+
+    names = ("bc-giveup-30", "bc-clean-40", "bc-noise03-80")
+    args = sw.SweepArgs(task="door", device="cpu", episodes=8, seed=500_000, progress=False)
+    result = sw.run_sweep([f"agent:{DOOR_AGENTS / n}" for n in names], args)
+    success = {n: (p["real"]["success"], p["imagined"]["success"])
+               for n, p in zip(names, result["policies"])}
+    assert max(success["bc-giveup-30"]) <= 0.25, success
+    assert success["bc-clean-40"][0] <= 0.25 and success["bc-clean-40"][1] <= 0.625, success
+    assert min(success["bc-noise03-80"]) >= 0.75, success
+
+
 def test_shipped_vision_agent_picks_in_both_twins():
     """The camera-based actor trained only in imagination picks in robosuite as imagined.
 
