@@ -113,43 +113,39 @@ def test_shipped_fast_transformer_stays_close_to_the_full_one(task):
     assert got["success_agree"] >= 0.99 and got["state_mse"] <= 3 * recorded["state_mse"]
 
 
-#: Three frozen agents of Pick's learned family (``docs/agents.md``), from never to nearly
-#: always: ``bc-noise01-10`` hovers 9 mm above the cube and never closes in robosuite, which
-#: imagination without the state model took for a grasp (0.90 imagined against 0.03 real).
-AGENTS = Path(__file__).parent / "data" / "agents"
+def _paired_success(task: str, folder: str, names: tuple[str, ...]) -> dict[str, tuple]:
+    """(real, imagined) success of frozen agents in ``tests/data/<folder>``, 8 paired starts."""
+    from wmgym import sweep as sw
+
+    args = sw.SweepArgs(task=task, device="cpu", episodes=8, seed=500_000, progress=False)
+    result = sw.run_sweep([f"agent:{DATA / folder / n}" for n in names], args)
+    return {n: (p["real"]["success"], p["imagined"]["success"])
+            for n, p in zip(names, result["policies"])}
 
 
 def test_learned_agents_rank_as_in_robosuite():
-    """A small learned-agent sweep, paired real starts: imagination must not be fooled."""
-    from wmgym import sweep as sw
+    """A small learned-agent sweep, paired real starts: imagination must not be fooled.
 
-    names = ("bc-clean-40", "bc-noise01-10", "ppo-bc@6144")
-    args = sw.SweepArgs(task="pick", device="cpu", episodes=8, seed=500_000, progress=False)
-    result = sw.run_sweep([f"agent:{AGENTS / n}" for n in names], args)
-    success = {n: (p["real"]["success"], p["imagined"]["success"])
-               for n, p in zip(names, result["policies"])}
-    assert success["bc-clean-40"][0] <= 0.25 and success["bc-clean-40"][1] <= 0.25, success
-    assert success["bc-noise01-10"][0] <= 0.25 and success["bc-noise01-10"][1] <= 0.25, success
-    assert success["ppo-bc@6144"][0] >= 0.75 and success["ppo-bc@6144"][1] >= 0.75, success
-
-
-#: Three frozen agents of Door's family (``docs/agents.md#doors-family``): one that gives up,
-#: one cloned from clean pulls that never opens the door in robosuite but does in some imagined
-#: episodes (imagination's known optimism for agents that hesitate at the handle: 4 of these 8
-#: when shipped), and one that nearly always opens it.
-DOOR_AGENTS = Path(__file__).parent / "data" / "agents_door"
+    Three frozen agents of Pick's learned family (``docs/agents.md``), from never to nearly
+    always: ``bc-noise01-10`` hovers 9 mm above the cube and never closes in robosuite, which
+    imagination without the state model took for a grasp (0.90 imagined against 0.03 real).
+    """
+    success = _paired_success("pick", "agents", ("bc-clean-40", "bc-noise01-10", "ppo-bc@6144"))
+    assert max(success["bc-clean-40"]) <= 0.25 and max(success["bc-noise01-10"]) <= 0.25, success
+    assert min(success["ppo-bc@6144"]) >= 0.75, success
 
 
 @pytest.mark.skipif(not (load_spec("door").checkpoint / "config.json").exists(),
                     reason="no shipped door checkpoint")
 def test_door_agents_rank_as_in_robosuite():
-    from wmgym import sweep as sw
+    """Three frozen agents of Door's family (``docs/agents.md#doors-family``).
 
-    names = ("bc-giveup-30", "bc-clean-40", "bc-noise03-80")
-    args = sw.SweepArgs(task="door", device="cpu", episodes=8, seed=500_000, progress=False)
-    result = sw.run_sweep([f"agent:{DOOR_AGENTS / n}" for n in names], args)
-    success = {n: (p["real"]["success"], p["imagined"]["success"])
-               for n, p in zip(names, result["policies"])}
+    One gives up; one cloned from clean pulls never opens the door in robosuite but does in
+    some imagined episodes (imagination's known optimism for agents that hesitate at the
+    handle: 4 of these 8 when shipped); one nearly always opens it.
+    """
+    success = _paired_success("door", "agents_door",
+                              ("bc-giveup-30", "bc-clean-40", "bc-noise03-80"))
     assert max(success["bc-giveup-30"]) <= 0.25, success
     assert success["bc-clean-40"][0] <= 0.25 and success["bc-clean-40"][1] <= 0.625, success
     assert min(success["bc-noise03-80"]) >= 0.75, success
