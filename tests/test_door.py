@@ -1,4 +1,5 @@
-"""Sim-Door-v0: the spec, Gymnasium's battery, the scripted expert and the success rule."""
+"""Sim-Door-v0: the spec, the scripted expert and the success rule (Gymnasium's battery:
+test_sim.py)."""
 
 import gymnasium as gym
 import numpy as np

@@ -133,19 +133,25 @@ def _cpu(mach: dict) -> str:
     return f"{mach['cores']} CPU cores ({mach.get('cpu_model') or mach['cpu']})"
 
 
+def _recipe_record(path: str) -> dict | None:
+    """``wmgym recipe``'s record at ``path``, or None (no path given, or no such file)."""
+    return json.loads(Path(path).read_text()) if path and Path(path).exists() else None
+
+
 def recipe_stages(path: str) -> str:
     """The stages that made the checkpoint: ``wmgym recipe``'s record, else the chain's."""
-    if not path or not Path(path).exists():
+    record = _recipe_record(path)
+    if record is None:
         return ("collect → train tokenizer → train dynamics → fine-tune on every dataset → eval → "
                 "card")
-    return " → ".join(json.loads(Path(path).read_text())["stages"])
+    return " → ".join(record["stages"])
 
 
 def stages_line(path: str) -> str:
     """The recipe's stage times and machine (``wmgym recipe``'s record), or ``""``."""
-    if not path or not Path(path).exists():
+    record = _recipe_record(path)
+    if record is None:
         return ""
-    record = json.loads(Path(path).read_text())
     stages = ", ".join(f"{name} {s['seconds'] / 60:.1f}" for name, s in record["stages"].items()
                        if "seconds" in s)  # the card's own stage is still running
     mach = record["machine"]
