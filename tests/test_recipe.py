@@ -6,6 +6,7 @@ real in about a minute, and the spec's ``WM-PickPose-v0`` then loads the shipped
 """
 
 import json
+import time
 from pathlib import Path
 
 import gymnasium as gym
@@ -58,13 +59,33 @@ def test_a_second_run_resumes_and_reruns_what_changed(home, shipped, capsys):
     # a dynamics run cut off part way goes on from its own checkpoint
     saved = json.loads((out / "recipe.json").read_text())
     saved["stages"]["dynamics"] = {"options": saved["stages"]["dynamics"]["options"],
-                                   "started": True}
+                                   "started": True, "elapsed": 1000.0}
     (out / "recipe.json").write_text(json.dumps(saved))
     capsys.readouterr()
     resumed = run_recipe(RecipeArgs(spec="pickpose", out=str(out), workers=1, device="cpu",
                                     until="dynamics"))
     assert "dynamics resumed" in capsys.readouterr().out
     assert "seconds" in resumed["stages"]["dynamics"] and "eval" not in resumed["stages"]
+    assert resumed["stages"]["dynamics"]["seconds"] >= 1000.0  # the time before the cut counts
+
+
+def test_a_stage_cut_off_records_how_long_it_ran(home, shipped, monkeypatch):
+    out, _ = shipped
+    from wmgym import recipe
+
+    def cut_off(stage, *, resume=False):
+        if stage.name == "eval":
+            time.sleep(0.2)
+            raise KeyboardInterrupt
+        return real_run(stage, resume=resume)
+
+    real_run = recipe.Stage.run
+    monkeypatch.setattr(recipe.Stage, "run", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(RecipeArgs(spec="pickpose", out=str(out), workers=1, device="cpu",
+                              from_stage="eval", until="eval"))
+    entry = json.loads((out / "recipe.json").read_text())["stages"]["eval"]
+    assert "seconds" not in entry and entry["elapsed"] >= 0.2
 
 
 def test_bad_recipe_tables_name_the_problem(tmp_path):

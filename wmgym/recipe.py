@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -249,12 +250,19 @@ def run_recipe(args: RecipeArgs) -> dict[str, Any]:
             print(f"[{i}/{len(plan)}] {stage.name} {'resumed ' if resume else ''}...", flush=True)
             for later in names[i - 1:]:  # whatever follows is built on this stage anew
                 done.pop(later, None)
-            done[stage.name] = {"options": options, "started": True}
+            # a resumed stage's time includes the time it ran before it was cut off
+            before = float(prior.get("elapsed", 0.0)) if resume else 0.0
+            done[stage.name] = {"options": options, "started": True, "elapsed": before}
             write_result(path, record)
             start = time.perf_counter()
-            stage.run(resume=resume)
+            try:
+                stage.run(resume=resume)
+            except BaseException:  # cut off (Ctrl-C, SIGTERM) or failed: keep the time it ran
+                done[stage.name]["elapsed"] = round(before + time.perf_counter() - start, 1)
+                write_result(path, record)
+                raise
             done[stage.name] = {"options": options,
-                                "seconds": round(time.perf_counter() - start, 1)}
+                                "seconds": round(before + time.perf_counter() - start, 1)}
             record["seconds"] = round(sum(s.get("seconds", 0.0) for s in done.values()), 1)
             write_result(path, record)
         if i == last:
@@ -279,8 +287,16 @@ def ship(checkpoint: Path, target: Path) -> Path:
     return target
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def recipe_main(args: RecipeArgs) -> dict[str, Any]:
-    """``wmgym recipe``: run the stages, print their times."""
+    """``wmgym recipe``: run the stages, print their times.
+
+    SIGTERM ends it as Ctrl-C does, so a stage cut off either way records how long it ran.
+    """
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     record = run_recipe(args)
     total = record.get("seconds", 0.0) / 60
     print(f"recipe of {record['task']}: {total:.1f} min of stages; record in "
