@@ -225,3 +225,43 @@ DISTILL_POLICIES = (
     "stack:release_height=0.08", "stack:gain=0.35,pause=0.05", "stack:drop_prob=1",
     "stack:give_up_prob=1", "random", "random:repeat=4",
 )
+
+#: The learned-agent family ``wmgym agents build --task stack`` trains and freezes
+#: (:mod:`wmgym.agent_family`): state-based agents that made none of the world model's data.
+#: Behaviour cloning of more or fewer, cleaner or noisier, mis-aimed and mis-placed stacks and
+#: stacks that give up, and PPO cloned from noisy stacks, then fine-tuned, and PPO from scratch.
+#: Training seeds from 900,000 (under 1000 a run), held episodes from 990,000: far from
+#: ``wmgym collect``'s seeds and the sweeps'.
+FAMILY = {
+    "seed": 900_000,
+    "eval_seed": 990_000,
+    "eval_episodes": 20,
+    "runs": (
+        {"name": "bc-clean-40", "algo": "bc", "seed": 900_000, "demos": "stack", "episodes": 40,
+         "bc_steps": 3000},
+        {"name": "bc-noise03-40", "algo": "bc", "seed": 903_000, "demos": "stack:noise=0.3",
+         "episodes": 40, "bc_steps": 3000},
+        {"name": "bc-noise03-10", "algo": "bc", "seed": 912_000, "demos": "stack:noise=0.3",
+         "episodes": 10, "bc_steps": 1000},
+        {"name": "bc-noise03-80", "algo": "bc", "seed": 913_000, "demos": "stack:noise=0.3",
+         "episodes": 80, "bc_steps": 5000},
+        {"name": "bc-noise01-40", "algo": "bc", "seed": 914_000, "demos": "stack:noise=0.1",
+         "episodes": 40, "bc_steps": 3000},
+        {"name": "bc-noise05-40", "algo": "bc", "seed": 915_000, "demos": "stack:noise=0.5",
+         "episodes": 40, "bc_steps": 3000},
+        {"name": "bc-noisy-8", "algo": "bc", "seed": 904_000, "demos": "stack:noise=0.6",
+         "episodes": 8, "bc_steps": 1000},
+        {"name": "bc-aim2noisy-40", "algo": "bc", "seed": 906_000,
+         "demos": "stack:error=0.02,noise=0.3", "episodes": 40, "bc_steps": 3000},
+        {"name": "bc-placeerr-30", "algo": "bc", "seed": 907_000,
+         "demos": "stack:place_error=0.03,noise=0.3", "episodes": 30, "bc_steps": 2000},
+        {"name": "bc-giveup-30", "algo": "bc", "seed": 908_000,
+         "demos": "stack:give_up_prob=1,noise=0.3", "episodes": 30, "bc_steps": 2000},
+        {"name": "ppo-bc", "algo": "ppo", "seed": 910_000, "demos": "stack:noise=0.3",
+         "episodes": 20, "bc_steps": 2000,
+         "ppo": {"n_steps": 1024, "batch_size": 128, "learning_rate": 1e-4},
+         "save_at": (0, 2048, 6144)},
+        {"name": "ppo", "algo": "ppo", "seed": 911_000, "ppo": {"n_steps": 1024, "batch_size": 128},
+         "save_at": (4096,)},
+    ),
+}
