@@ -19,20 +19,20 @@ Pearson and Spearman correlation of the success rates, SIMPLER's MMRV (mean maxi
 violation) and the mean absolute success gap. ``wmgym sweep`` writes them as ``sweep.json`` and
 ``sweep.png`` (real vs imagined success).
 
-Policies are given as names, SB3 zip files, Python paths or objects: see
-:mod:`wmgym.policy_sources`. Without any, the task's own list of graded competence
+The real twin's episodes run in :mod:`wmgym.sweep_real`; :mod:`wmgym.sweep_report` draws the
+scatter and writes the table. Policies are given as names, SB3 zip files, Python paths or
+objects: see :mod:`wmgym.policy_sources`. Without any, the task's own list of graded competence
 (:func:`wmgym.tasks.sweep_policies`) is ranked.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -42,7 +42,8 @@ from wmgym.policies import Policy, reads_images
 from wmgym.policy_sources import PolicySource, named_policies, policy_factory
 from wmgym.results import checkpoint_id, machine, resolve_task, write_result
 from wmgym.spec import TaskSpec
-from wmgym.viz import save_figure
+from wmgym.sweep_real import Episodes, reset_observations, reuse_real, run_real, start_episode
+from wmgym.sweep_report import format_table, plot_sweep
 
 Preset = Literal["default", "fast", "full"]
 
@@ -94,140 +95,6 @@ class SweepArgs:
     """Output directory for sweep.json and sweep.png."""
     progress: bool = True
     """Show progress bars."""
-
-
-class Episodes(NamedTuple):
-    """Outcomes of a batch of episodes, one entry per episode."""
-
-    success: np.ndarray
-    """``(N,)`` bool: ``info["success"]`` at any step."""
-    ret: np.ndarray
-    """``(N,)`` float: sum of rewards."""
-    length: np.ndarray
-    """``(N,)`` int: steps taken."""
-    uncertainty: np.ndarray | None = None
-    """``(N,)`` float: mean ``info["uncertainty"]`` over the steps (imagined episodes only)."""
-    doubt: np.ndarray | None = None
-    """``(N,)`` float: chance that an event outcome parts from reality, ``1 - prod(1 -
-    info["event_doubt"])`` over the steps (imagined episodes only)."""
-
-
-def _start_episode(policy: Policy, seed: int) -> None:
-    if hasattr(policy, "reset"):
-        policy.reset(seed=seed)
-
-
-# ----------------------------------------------------------------------------- the real twin
-
-
-def _sim_env(env_id: str, images: bool, **kwargs: Any) -> Any:
-    """``Sim-<Task>-v0``; without camera observations it can still render (first frames)."""
-    from wmgym.registration import make_env
-
-    return make_env(env_id, images=images, **({} if images else {"render_mode": "rgb_array"}),
-                    **kwargs)
-
-
-def _real_episode(env: Any, make: Callable[[], Policy], seed: int) -> tuple[Any, ...]:
-    """One Sim episode: ``(success, return, length, first observation with its images)``."""
-    policy = make()
-    _start_episode(policy, seed)
-    obs, _ = env.reset(seed=seed)
-    first = obs if "rgb" in obs else {**env.unwrapped.render_images(), **obs}
-    success, ret, t = False, 0.0, 0
-    done = False
-    while not done:
-        obs, reward, terminated, truncated, info = env.step(policy(obs))
-        success, ret, t = success or bool(info["success"]), ret + float(reward), t + 1
-        done = terminated or truncated
-    return success, ret, t, first
-
-
-_WORKER_ENV: Any = None
-
-
-def _init_worker(env_id: str, max_steps: int, images: bool) -> None:
-    global _WORKER_ENV
-    _WORKER_ENV = _sim_env(env_id, images, max_episode_steps=max_steps)
-
-
-def _worker_episode(job: tuple[Callable[[], Policy], int]) -> tuple[Any, ...]:
-    return _real_episode(_WORKER_ENV, *job)
-
-
-def run_real(
-    spec: TaskSpec,
-    jobs: Sequence[tuple[Callable[[], Policy], int]],
-    *,
-    max_steps: int,
-    workers: int = 1,
-    progress: bool = True,
-    images: bool = True,
-) -> tuple[Episodes, list[dict[str, np.ndarray]]]:
-    """Runs ``(policy factory, seed)`` episodes in ``Sim-<Task>-v0``.
-
-    Args:
-        spec: The task.
-        jobs: One ``(factory, seed)`` per episode.
-        max_steps: Truncate episodes after this many steps.
-        workers: Processes (spawned, each with its own robosuite env); 1 runs in this process.
-            With more, the factories are pickled to the workers.
-        progress: Show a progress bar.
-        images: Camera observations at every step (else the policies see ``proprio`` and
-            ``state`` only and just the first observations are rendered).
-
-    Returns:
-        The episodes' outcomes and each episode's first (reset) observation, images included,
-        in job order.
-    """
-    bar = tqdm(total=len(jobs), desc=f"{spec.sim_id} episodes", disable=not progress)
-    results = []
-    if workers <= 1:
-        env = _sim_env(spec.sim_id, images, max_episode_steps=max_steps)
-        for job in jobs:
-            results.append(_real_episode(env, *job))
-            bar.update()
-        env.close()
-    else:
-        ctx = mp.get_context("spawn")  # a forked child inherits the parent's EGL state and hangs
-        with ctx.Pool(workers, _init_worker, (spec.sim_id, max_steps, images)) as pool:
-            for r in pool.imap(_worker_episode, jobs):
-                results.append(r)
-                bar.update()
-    bar.close()
-    success, ret, length, first = zip(*results)
-    return Episodes(np.array(success), np.array(ret), np.array(length)), list(first)
-
-
-def reset_observations(spec: TaskSpec, seeds: Sequence[int]) -> list[dict[str, np.ndarray]]:
-    """``Sim-<Task>-v0``'s first observation (camera included) after ``reset(seed)``, per seed."""
-    env = _sim_env(spec.sim_id, images=True)
-    first = [env.reset(seed=int(s))[0] for s in seeds]
-    env.close()
-    return first
-
-
-def reuse_real(
-    path: str | Path, names: Sequence[str], *, task: str, seeds: Sequence[int], max_steps: int
-) -> dict[str, Episodes]:
-    """The real-twin episodes of the policies in ``names`` that the sweep result ``path`` holds.
-
-    Raises:
-        ValueError: ``path`` was run on another task, other seeds or another ``max_steps``.
-    """
-    prev = json.loads(Path(path).read_text())
-    want = {"task": task, "seeds": list(seeds), "max_steps": max_steps}
-    got = {k: prev.get(k) for k in want}
-    if got != want:
-        raise ValueError(f"{path}: cannot reuse its real episodes: it ran {got}, "
-                         f"this sweep needs {want}")
-    out = {}
-    for p in prev["policies"]:
-        if p["name"] in names:
-            per = p["real"]["per_episode"]
-            out[p["name"]] = Episodes(np.array(per["success"], bool),
-                                      np.array(per["return"], float), np.array(per["length"]))
-    return out
 
 
 # ----------------------------------------------------------------------------- the learned twin
@@ -283,7 +150,7 @@ def run_imagined(
                         max_episode_steps=max_steps, **env_kwargs)
     policies = [make() for make in factories]
     for policy, seed in zip(policies, seeds):
-        _start_episode(policy, int(seed))
+        start_episode(policy, int(seed))
     stacked = {k: np.stack([c[k] for c in contexts]) for k in contexts[0]}
     obs, _ = envs.reset(seed=[int(s) for s in seeds], options={"context": stacked})
     active = np.ones(n, dtype=bool)
@@ -541,74 +408,6 @@ def pool_sweeps(paths: Sequence[str | Path]) -> dict[str, Any]:
             "seeds": [s for r in results for s in r["seeds"]], "policies": per_policy,
             "metrics": metrics, "seconds": seconds, "pooled_from": [str(p) for p in paths],
             "machine": machine()}
-
-
-def plot_sweep(result: dict[str, Any], path: str | Path) -> Path:
-    """Scatter of real vs imagined success, one labeled point per policy, and the line y = x."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8.5, 5.5))
-    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="y = x")
-    points: dict[tuple[float, float], list[int]] = {}  # policies on one point share it
-    for i, p in enumerate(result["policies"], 1):
-        points.setdefault((p["real"]["success"], p["imagined"]["success"]), []).append(i)
-    for (x, y), numbers in points.items():
-        names = [f"{i}: {result['policies'][i - 1]['name']}" for i in numbers]
-        ax.scatter(x, y, s=30, label="\n".join(names))
-        ax.annotate(
-            ",".join(map(str, numbers)),
-            (x, y),
-            textcoords="offset points",
-            xytext=(-5 if x > 0.6 else 5, -5 if y > 0.6 else 5),  # into the plot
-            ha="right" if x > 0.6 else "left",
-            va="top" if y > 0.6 else "bottom",
-            fontsize=8,
-        )
-    m = result["metrics"]["success"] or {}
-    fmt = {k: "n/a" if v is None else f"{v:.2f}" for k, v in m.items()}
-    ax.set_title(
-        f"Pearson {fmt.get('pearson', 'n/a')}, Spearman {fmt.get('spearman', 'n/a')}, "
-        f"MMRV {fmt.get('mmrv', 'n/a')}",
-        fontsize=9,
-    )
-    ax.set_xlabel(f"real success ({result['sim_env']}, {result['episodes']} episodes)")
-    ax.set_ylabel(f"imagined success ({result['wm_env']})")
-    ax.set(xlim=(-0.05, 1.05), ylim=(-0.05, 1.05), aspect="equal")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
-    fig.tight_layout()
-    return save_figure(fig, path, bbox_inches="tight")
-
-
-def format_table(result: dict[str, Any]) -> str:
-    """Per-policy success, return and uncertainty in both twins, then the metrics, as Markdown."""
-    lines = [
-        "| policy | real success | imagined success | real return | imagined return | "
-        "uncertainty | doubt |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for p in result["policies"]:
-        r, s = p["real"], p["imagined"]
-        u, d = ("–" if s.get(k) is None else f"{s[k]:.2f}" for k in ("uncertainty", "doubt"))
-        lines.append(
-            f"| {p['name']} | {r['success']:.2f} | {s['success']:.2f} | "
-            f"{r['return']:.2f} | {s['return']:.2f} | {u} | {d} |"
-        )
-    for key, m in result["metrics"].items():
-        if isinstance(m, dict):
-            lines.append(
-                f"\n{key}: " + ", ".join(f"{k} {'n/a' if v is None else v}" for k, v in m.items())
-            )
-    if "uncertainty_auroc" in result["metrics"]:
-        m = result["metrics"]
-        aurocs = ", ".join(f"{k.removesuffix('_auroc')} {'n/a' if m[k] is None else m[k]}"
-                           for k in ("uncertainty_auroc", "doubt_auroc") if k in m)
-        lines.append(f"\nAUROC for an imagined outcome that differs from the real one: {aurocs}"
-                     f" ({m['parted_episodes']} such episodes)")
-    return "\n".join(lines)
 
 
 def sweep_main(
