@@ -5,6 +5,8 @@ A few held-out episodes of a dataset, cut short, one per policy family first:
     python tests/data/make_heldout.py --task pick --data data/pick --out tests/data/heldout_pick
     python tests/data/make_heldout.py --task door --data runs/recipe/door/data/mix \
         --out tests/data/heldout_door --steps 40
+    python tests/data/make_heldout.py --task stack --data runs/recipe/stack/data/mix \
+        --out tests/data/heldout_stack --steps 40
 """
 
 import argparse
