@@ -97,3 +97,43 @@ def test_bad_recipe_tables_name_the_problem(tmp_path):
     (tmp_path / "bad.toml").write_text(text)
     with pytest.raises(ValueError, match="set by the recipe itself"):
         recipe_plan(read_spec(tmp_path / "bad.toml"), tmp_path)
+
+
+def _stack_spec_with_agents(tmp_path: Path, extra: str = "", agents: str = "") -> Path:
+    """Stack's spec, whose recipe also builds a sibling family and collects its rollouts."""
+    text = (Path(__file__).parents[1] / "envs" / "stack.toml").read_text()
+    text += ('\n[[recipe.data]]\nname = "agents"\npolicy = "agents"\nepisodes = 100\n'
+             f'seed = 850000\nimages = false\n{extra}\n[recipe.agents]\n{agents}\n')
+    (tmp_path / "stack.toml").write_text(text)
+    return tmp_path / "stack.toml"
+
+
+def test_agents_stage_feeds_the_state_model_their_rollouts(tmp_path):
+    out = tmp_path / "out"
+    plan = recipe_plan(read_spec(_stack_spec_with_agents(tmp_path, agents='only = ["ppo"]')), out)
+    names = [s.name for s in plan]
+    assert names[names.index("dynamics"):names.index("state_model") + 1] == [
+        "dynamics", "agents", "collect:agents", "state_model"]
+    stages = {s.name: s for s in plan}
+    agents = stages["agents"]
+    assert agents.args.seed_offset == -100_000 and agents.args.only == ["ppo"]
+    assert agents.args.out == str(out / "agents") and agents.args.rebuild  # a new build starts over
+    assert agents.resumed == {"rebuild": False}  # a cut-off one keeps the agents it froze
+    rollouts = stages["collect:agents"].args
+    assert rollouts.policy == f"family:{out / 'agents'}" and not rollouts.images
+    assert str(out / "data" / "agents") in stages["state_model"].args.data
+    assert str(out / "data" / "agents") not in stages["dynamics"].args.extra_data
+
+
+def test_agents_rollouts_need_a_sibling_family_and_no_images(tmp_path):
+    with pytest.raises(ValueError, match="sibling"):
+        recipe_plan(read_spec(_stack_spec_with_agents(tmp_path, agents="seed_offset = 0")),
+                    tmp_path)
+    spec = _stack_spec_with_agents(tmp_path)
+    text = spec.read_text()
+    spec.write_text(text.replace("seed = 850000\nimages = false", "seed = 850000"))
+    with pytest.raises(ValueError, match="images = false"):
+        recipe_plan(read_spec(spec), tmp_path)
+    spec.write_text(text.replace("[recipe.agents]", ""))
+    with pytest.raises(ValueError, match=r"no \[recipe.agents\]"):
+        recipe_plan(read_spec(spec), tmp_path)

@@ -1,18 +1,22 @@
 """``wmgym recipe envs/<task>.toml``: a task's world model from its spec, in one command.
 
 The stages run in order: ``collect`` (every dataset of ``[[recipe.data]]``), ``tokenizer``,
-``dynamics``, ``state_model``, ``decoder`` and ``fast_dynamics`` (the fast parts), ``eval``,
-``sweep`` and ``card``. Each is the library function behind its own ``wmgym`` command, with
-the options the spec's ``[recipe.<stage>]`` table gives (the keys are the command's options:
-``[recipe.dynamics] steps = 3000`` is ``wmgym train dynamics --steps 3000``); the recipe fills
-in the paths. Everything is written under ``--out`` (``runs/recipe/<task>``); ``--ship``
-copies the checkpoint and its card to where the spec's ``WM-<Task>-v0`` loads it from.
+``dynamics``, ``agents`` (when the spec has ``[recipe.agents]``: a sibling of the task's
+learned-agent family, whose real rollouts the datasets with ``policy = "agents"`` collect next,
+for the state model), ``state_model``, ``decoder`` and ``fast_dynamics`` (the fast parts),
+``eval``, ``sweep`` and ``card``. Each is the library function behind its own ``wmgym``
+command, with the options the spec's ``[recipe.<stage>]`` table gives (the keys are the
+command's options: ``[recipe.dynamics] steps = 3000`` is ``wmgym train dynamics --steps
+3000``); the recipe fills in the paths. Everything is written under ``--out``
+(``runs/recipe/<task>``); ``--ship`` copies the checkpoint and its card to where the spec's
+``WM-<Task>-v0`` loads it from.
 
 The run is resumable stage by stage: ``<out>/recipe.json`` records each stage with its options
 (and its time once finished), and a later run skips a finished stage whose options are
-unchanged, so long as every stage before it was skipped too. A stage that was interrupted
-starts again, or, where its trainer keeps checkpoints (tokenizer, dynamics), goes on from the
-last one. ``--from-stage STAGE`` runs again from there.
+unchanged, so long as every stage before it was skipped too. A stage that was cut off starts
+again, or, where it keeps what it has done (the tokenizer's and the transformer's checkpoints,
+the agents already frozen), goes on from there; the time it ran before the cut counts.
+``--from-stage STAGE`` runs again from there.
 
 >>> plan = recipe_plan(load_spec("pick"), Path("runs/recipe/pick"))  # doctest: +SKIP
 >>> [stage.name for stage in plan][:2]  # doctest: +SKIP
@@ -37,13 +41,16 @@ from wmgym.results import machine, write_result
 from wmgym.spec import TaskSpec, load_spec
 
 #: The stages, in the order they run; ``collect`` stands for one stage per dataset.
-STAGES = ("collect", "tokenizer", "dynamics", "state_model", "decoder", "fast_dynamics", "eval",
-          "sweep", "card")
+STAGES = ("collect", "tokenizer", "dynamics", "agents", "state_model", "decoder",
+          "fast_dynamics", "eval", "sweep", "card")
 #: What the recipe chooses where a spec's ``[recipe.<stage>]`` is silent.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "dynamics": {"gap_embedding": True, "state_input": True},
     "eval": {"split": "heldout"},
+    "agents": {"seed_offset": -100_000},
 }
+#: A ``[[recipe.data]]`` policy: the real rollouts of the agents the ``agents`` stage froze.
+AGENTS_POLICY = "agents"
 #: Keys of a ``[[recipe.data]]`` entry: its name, then ``wmgym collect``'s options.
 DATA_KEYS = {"name", "policy", "episodes", "seed", "images", "max_steps", "heldout"}
 RECORD = "recipe.json"
@@ -79,15 +86,21 @@ class Stage:
     function: Callable[[Any], Any]
     args: Any
     """The function's options (a command's dataclass)."""
-    resumable: bool = False
-    """The function goes on from its own last checkpoint with ``resume=True`` (trainers)."""
+    resumed: dict[str, Any] | None = None
+    """The options that make a cut-off run go on from what it has done (``{"resume": True}``
+    for trainers); None: it starts over."""
+
+    @property
+    def resumable(self) -> bool:
+        return self.resumed is not None
 
     @property
     def options(self) -> dict[str, Any]:
         return dataclasses.asdict(self.args)
 
     def run(self, *, resume: bool = False) -> Any:
-        return self.function(dataclasses.replace(self.args, resume=True) if resume else self.args)
+        args = dataclasses.replace(self.args, **self.resumed) if resume and self.resumed else None
+        return self.function(args or self.args)
 
 
 def _options(cls: type, table: dict[str, Any], fixed: dict[str, Any], where: str) -> Any:
@@ -112,6 +125,15 @@ def _datasets(spec: TaskSpec) -> list[dict[str, Any]]:
         if unknown or "name" not in entry:
             raise ValueError(f"{spec.path}: [[recipe.data]] entry {entry} needs a name and may "
                              f"only have {sorted(DATA_KEYS)}")
+        if entry.get("policy") == AGENTS_POLICY:
+            if entry.get("images", True) or spec.state_model is None:
+                raise ValueError(
+                    f"{spec.path}: [[recipe.data]] {entry['name']}: the agents' rollouts are "
+                    "collected after the transformer trained, for the state model: they need "
+                    "images = false and a [world_model.state_model]")
+            if "agents" not in spec.recipe:
+                raise ValueError(f"{spec.path}: [[recipe.data]] {entry['name']} collects the "
+                                 "agents' rollouts, but the spec has no [recipe.agents]")
     if not any(entry.get("images", True) for entry in data):
         raise ValueError(f"{spec.path}: [[recipe.data]] has no dataset with images to train "
                          "the tokenizer and the transformer on")
@@ -125,6 +147,7 @@ def recipe_plan(spec: TaskSpec, out: Path, args: RecipeArgs | None = None) -> li
         ValueError: The spec's ``[recipe]`` lacks datasets, has a stage this recipe does not
             run, or gives a stage options its command does not have (naming them).
     """
+    from wmgym.agent_family import BuildAgentsArgs, build_agents_main
     from wmgym.card import CardArgs, card_main
     from wmgym.data.collect import CollectArgs, collect
     from wmgym.evaluation import EvalArgs, eval_main
@@ -148,15 +171,19 @@ def recipe_plan(spec: TaskSpec, out: Path, args: RecipeArgs | None = None) -> li
     def where(stage: str) -> str:
         return f"{spec.path} [recipe.{stage}]"
 
-    stages: list[Stage] = []
-    data = _datasets(spec)
-    for entry in data:
+    def collect_stage(entry: dict[str, Any]) -> Stage:
         name = entry["name"]
         options = {k: v for k, v in entry.items() if k != "name"}
+        if options.get("policy") == AGENTS_POLICY:
+            options["policy"] = f"family:{out / 'agents'}"
         c = _options(CollectArgs, options, {"task": task, "out": str(out / "data" / name),
                                             "workers": args.workers, "overwrite": True},
                      f"{spec.path} [[recipe.data]] {name}")
-        stages.append(Stage(f"collect:{name}", collect, c))
+        return Stage(f"collect:{name}", collect, c)
+
+    data = _datasets(spec)
+    later = [e for e in data if e.get("policy") == AGENTS_POLICY]
+    stages = [collect_stage(e) for e in data if e not in later]
     images = [str(out / "data" / e["name"]) for e in data if e.get("images", True)]
     everything = [str(out / "data" / e["name"]) for e in data]
 
@@ -170,8 +197,17 @@ def recipe_plan(spec: TaskSpec, out: Path, args: RecipeArgs | None = None) -> li
                    {"data": images[0], "extra_data": tuple(images[1:]), "task": task,
                     "tokenizer": str(out / "tokenizer" / "final"), "device": device,
                     "out": str(out / "dynamics"), "checkpoint": ckpt}, where("dynamics"))
-    stages += [Stage("tokenizer", train_tokenizer, tok, resumable=True),
-               Stage("dynamics", train_dynamics, dyn, resumable=True)]
+    stages += [Stage("tokenizer", train_tokenizer, tok, resumed={"resume": True}),
+               Stage("dynamics", train_dynamics, dyn, resumed={"resume": True})]
+    if "agents" in spec.recipe:  # a cut-off build keeps the agents it froze, a new one starts over
+        agents = _options(BuildAgentsArgs, table("agents"),
+                          {"task": task, "out": str(out / "agents"), "checkpoint": ckpt,
+                           "device": device, "rebuild": True}, where("agents"))
+        if agents.seed_offset == 0:
+            raise ValueError(f"{where('agents')}: seed_offset 0 is the benchmark family's seeds; "
+                             "agents whose rollouts train the model must be a sibling on others")
+        stages.append(Stage("agents", build_agents_main, agents, resumed={"rebuild": False}))
+        stages += [collect_stage(e) for e in later]
     if spec.state_model is not None:
         sm = _options(TrainStateModelArgs, table("state_model"),
                       {"checkpoint": ckpt, "data": tuple(everything), "task": task,
