@@ -14,7 +14,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from wmgym import agent_family as af
-from wmgym import policy_sources
+from wmgym import cloning, policy_sources
 from wmgym import sweep as sw
 from wmgym.agents import (
     AgentError,
@@ -107,7 +107,7 @@ def test_ppo_export_equals_predict(standardized):
     model = PPO("MultiInputPolicy", _venv(), n_steps=32, batch_size=16, seed=0, device="cpu",
                 policy_kwargs=policy_kwargs)
     if standardized:
-        af._fit_features(model.policy, _states())
+        cloning.fit_features(model.policy, _states())
     model.learn(32)
     tensors, arch = export_actor(model)
     assert arch["output"] == "clip" and not any("value" in k for k in tensors)
@@ -127,8 +127,8 @@ def test_behaviour_clone_moves_the_actor_to_the_demonstrations():
                            device="cpu", seed=0),
                   PPO("MultiInputPolicy", _venv(), n_steps=32, batch_size=32, device="cpu",
                       seed=0)):
-        af._fit_features(model.policy, states)
-        af.behaviour_clone(model, states, actions, steps=300, seed=0)
+        cloning.fit_features(model.policy, states)
+        cloning.behaviour_clone(model, states, actions, steps=300, seed=0)
         got, _ = model.predict({"state": states[:8]}, deterministic=True)
         np.testing.assert_allclose(got, actions[:8], atol=0.1)
 
