@@ -273,6 +273,17 @@ def test_pick_family_is_well_formed():
     assert 1000 * len(family["runs"]) < family["eval_seed"] - family["seed"]
 
 
+@pytest.mark.parametrize("task", ["pick", "door", "stack"])
+def test_every_family_keeps_its_runs_seeds_apart(task):
+    family = af.task_family(task)
+    seeds = sorted(af.run_seed(family, i) for i in range(len(family["runs"])))
+    assert all(b - a >= 1000 for a, b in zip(seeds, seeds[1:]))  # each run takes < 1000 seeds
+    assert all(int(run.get("episodes", 0)) < 1000 for run in family["runs"])
+    assert seeds[-1] + 1000 <= family["eval_seed"]  # the held episodes are no run's
+    names = [n for run in family["runs"] for n in af.run_names(run)]
+    assert len(names) >= 10 and len(set(names)) == len(names)
+
+
 def test_sibling_family_moves_every_seed_away_from_the_benchmark():
     family = af.task_family("pick")
     sibling = af.shifted_family(family, -100_000)

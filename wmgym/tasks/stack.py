@@ -245,6 +245,8 @@ FAMILY = {
          "episodes": 10, "bc_steps": 1000},
         {"name": "bc-noise03-80", "algo": "bc", "seed": 913_000, "demos": "stack:noise=0.3",
          "episodes": 80, "bc_steps": 5000},
+        {"name": "bc-noise03-200", "algo": "bc", "seed": 916_000, "demos": "stack:noise=0.3",
+         "episodes": 200, "bc_steps": 10000},
         {"name": "bc-noise01-40", "algo": "bc", "seed": 914_000, "demos": "stack:noise=0.1",
          "episodes": 40, "bc_steps": 3000},
         {"name": "bc-noise05-40", "algo": "bc", "seed": 915_000, "demos": "stack:noise=0.5",
