@@ -16,6 +16,7 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
+from wmgym.env.testing import assert_same, seeded_rollout
 from wmgym.registration import register_all
 from wmgym.spec import load_spec
 
@@ -46,30 +47,6 @@ def actions(steps: int, shape: tuple[int, ...] = (4,), seed: int = 0) -> np.ndar
     return np.random.default_rng(seed).uniform(-1, 1, (steps, *shape)).astype(np.float32)
 
 
-def rollout(env: gym.Env, seed: int, acts: np.ndarray) -> list[tuple]:
-    obs, _ = env.reset(seed=seed)
-    out = [(obs,)]
-    for a in acts:
-        obs, reward, terminated, truncated, info = env.step(a)
-        out.append((obs, reward, terminated, truncated, info["success"]))
-        if terminated or truncated:
-            out.append((env.reset()[0],))
-    return out
-
-
-def assert_same(a, b) -> None:
-    if isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert_same(a[k], b[k])
-    elif isinstance(a, (tuple, list)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            assert_same(x, y)
-    else:
-        np.testing.assert_array_equal(a, b)
-
-
 def test_check_env_without_warnings(env_id):
     env = make(env_id, render_mode="rgb_array")
     with warnings.catch_warnings(record=True) as caught:
@@ -93,12 +70,14 @@ def test_spaces_are_the_real_twins(env_id):
 
 def test_seeded_rollout_reproduces_exactly(env_id):
     acts = actions(STEPS)
-    assert_same(rollout(make(env_id), 3, acts), rollout(make(env_id), 3, acts))
+    assert_same(seeded_rollout(make(env_id), seed=3, actions=acts),
+                seeded_rollout(make(env_id), seed=3, actions=acts))
 
 
 def test_out_of_bounds_actions_equal_clipped(env_id):
     acts = actions(STEPS, seed=1) * 3.0
-    assert_same(rollout(make(env_id), 5, acts), rollout(make(env_id), 5, np.clip(acts, -1, 1)))
+    assert_same(seeded_rollout(make(env_id), seed=5, actions=acts),
+                seeded_rollout(make(env_id), seed=5, actions=np.clip(acts, -1, 1)))
 
 
 @pytest.mark.parametrize(("action", "problem"), [

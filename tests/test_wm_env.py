@@ -17,7 +17,7 @@ from gymnasium.utils.env_checker import check_env
 from gymnasium.wrappers import FilterObservation, RenderCollection
 
 from wmgym.env import load_checkpoint
-from wmgym.env.testing import step_in_lockstep
+from wmgym.env.testing import assert_same, seeded_rollout, step_in_lockstep
 from wmgym.model.checkpoint import CONFIG, START_OBS, WEIGHTS, CheckpointError
 from wmgym.spec import load_spec
 from wmgym.viz import tile_frame
@@ -29,29 +29,8 @@ DEVICE = "cpu"
 
 def rollout(env, seed: int, steps: int, action_seed: int = 0, scale: float = 1.0):
     """Seeded episode(s) with random actions; resets after termination or truncation."""
-    rng = np.random.default_rng(action_seed)
-    obs, _ = env.reset(seed=seed)
-    out = [obs]
-    for _ in range(steps):
-        action = rng.uniform(-1, 1, 4).astype(np.float32) * scale
-        obs, reward, terminated, truncated, info = env.step(action)
-        out.append((obs, reward, terminated, truncated, info))
-        if terminated or truncated:
-            out.append(env.reset()[0])
-    return out
-
-
-def assert_same(a, b):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert_same(a[k], b[k])
-    elif isinstance(a, (tuple, list)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            assert_same(x, y)
-    else:
-        np.testing.assert_array_equal(a, b)
+    actions = np.random.default_rng(action_seed).uniform(-1, 1, (steps, 4)).astype(np.float32)
+    return seeded_rollout(env, seed=seed, actions=actions * scale)
 
 
 # ----------------------------------------------------------------------------- registration

@@ -11,6 +11,7 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -197,3 +198,34 @@ def check_companion_errors(load: Callable[[Path], object], checkpoint: Path, sub
     msg = _load_error(load, broken)
     assert "sha256" in msg and str(broken / subdir / WEIGHTS) in msg, msg
     return stale
+
+
+def seeded_rollout(env: Any, *, seed: int, actions: np.ndarray) -> list[Any]:
+    """``env.reset(seed=seed)``, then one step per action, resetting after an episode ends.
+
+    Returns:
+        The first observation, then ``(obs, reward, terminated, truncated, info)`` per step and
+        the observation of every reset in between: two runs compare with :func:`assert_same`.
+    """
+    obs, _ = env.reset(seed=seed)
+    out: list[Any] = [obs]
+    for action in actions:
+        obs, reward, terminated, truncated, info = env.step(action)
+        out.append((obs, reward, terminated, truncated, info))
+        if terminated or truncated:
+            out.append(env.reset()[0])
+    return out
+
+
+def assert_same(a: Any, b: Any) -> None:
+    """Asserts that two nested structures of dicts, tuples, lists and arrays are equal exactly."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), (sorted(a), sorted(b))
+        for k in a:
+            assert_same(a[k], b[k])
+    elif isinstance(a, (tuple, list)):
+        assert len(a) == len(b), (len(a), len(b))
+        for x, y in zip(a, b):
+            assert_same(x, y)
+    else:
+        np.testing.assert_array_equal(a, b)
