@@ -8,15 +8,12 @@ clipping, bad actions and the vector env against the single env.
 
 from __future__ import annotations
 
-import warnings
-
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from gymnasium.utils.env_checker import check_env
 
-from wmgym.env.testing import assert_same, seeded_rollout
+from wmgym.env.testing import assert_same, check_env_warnings, seeded_rollout
 from wmgym.registration import register_all
 from wmgym.spec import load_spec
 
@@ -49,10 +46,7 @@ def actions(steps: int, shape: tuple[int, ...] = (4,), seed: int = 0) -> np.ndar
 
 def test_check_env_without_warnings(env_id):
     env = make(env_id, render_mode="rgb_array")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        check_env(env.unwrapped, skip_render_check=False)
-    messages = [str(w.message) for w in caught if "gymnasium" in w.filename.lower()]
+    messages = check_env_warnings(env)
     assert not messages, messages
 
 

@@ -1,12 +1,12 @@
 """Sim-Pick-v0: Gymnasium's battery, the exact spaces, images that are right."""
 
-import warnings
 
 import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
+from wmgym.env.testing import check_env_warnings
 from wmgym.policies import RandomPolicy
 from wmgym.spec import load_spec
 from wmgym.tasks.pick import CUBE_POS, EEF_POS, ScriptedPick
@@ -27,10 +27,7 @@ def test_spaces_are_exactly_the_spec(sim_env):
 @pytest.mark.parametrize("env_id", ["Sim-Pick-v0", "Sim-Stack-v0", "Sim-Door-v0"])
 def test_check_env_without_warnings(env_id):
     env = gym.make(env_id, render_mode="rgb_array")  # check_env closes it
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        check_env(env.unwrapped, skip_render_check=False)
-    messages = [str(w.message) for w in caught if "gymnasium" in w.filename.lower()]
+    messages = check_env_warnings(env)
     assert not messages, messages
 
 

@@ -6,7 +6,6 @@ import dataclasses
 import gc
 import json
 import shutil
-import warnings
 from pathlib import Path
 
 import gymnasium as gym
@@ -17,7 +16,7 @@ from gymnasium.utils.env_checker import check_env
 from gymnasium.wrappers import FilterObservation, RenderCollection
 
 from wmgym.env import load_checkpoint
-from wmgym.env.testing import assert_same, seeded_rollout, step_in_lockstep
+from wmgym.env.testing import assert_same, check_env_warnings, seeded_rollout, step_in_lockstep
 from wmgym.model.checkpoint import CONFIG, START_OBS, WEIGHTS, CheckpointError
 from wmgym.spec import load_spec
 from wmgym.viz import tile_frame
@@ -92,10 +91,7 @@ def test_speed_presets(ckpt):
 
 def test_check_env_without_warnings(ckpt):
     env = gym.make("WM-Pick-v0", checkpoint=ckpt, device=DEVICE, render_mode="rgb_array")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        check_env(env.unwrapped, skip_render_check=False)
-    messages = [str(w.message) for w in caught if "gymnasium" in w.filename.lower()]
+    messages = check_env_warnings(env)
     assert not messages, messages
 
 

@@ -229,3 +229,15 @@ def assert_same(a: Any, b: Any) -> None:
             assert_same(x, y)
     else:
         np.testing.assert_array_equal(a, b)
+
+
+def check_env_warnings(env: Any, *, skip_render_check: bool = False) -> list[str]:
+    """Runs Gymnasium's ``check_env`` on ``env.unwrapped``; returns the warnings it raised."""
+    import warnings
+
+    from gymnasium.utils.env_checker import check_env
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env.unwrapped, skip_render_check=skip_render_check)
+    return [str(w.message) for w in caught if "gymnasium" in w.filename.lower()]
