@@ -99,18 +99,19 @@ def test_bad_recipe_tables_name_the_problem(tmp_path):
         recipe_plan(read_spec(tmp_path / "bad.toml"), tmp_path)
 
 
-def _stack_spec_with_agents(tmp_path: Path, extra: str = "", agents: str = "") -> Path:
-    """Stack's spec, whose recipe also builds a sibling family and collects its rollouts."""
-    text = (Path(__file__).parents[1] / "envs" / "stack.toml").read_text()
+def _spec_with_agents(tmp_path: Path, extra: str = "", agents: str = "") -> Path:
+    """Door's spec, whose recipe then also builds a sibling family and collects its rollouts."""
+    text = (Path(__file__).parents[1] / "envs" / "door.toml").read_text()
+    assert "[recipe.agents]" not in text
     text += ('\n[[recipe.data]]\nname = "agents"\npolicy = "agents"\nepisodes = 100\n'
              f'seed = 850000\nimages = false\n{extra}\n[recipe.agents]\n{agents}\n')
-    (tmp_path / "stack.toml").write_text(text)
-    return tmp_path / "stack.toml"
+    (tmp_path / "door.toml").write_text(text)
+    return tmp_path / "door.toml"
 
 
 def test_agents_stage_feeds_the_state_model_their_rollouts(tmp_path):
     out = tmp_path / "out"
-    plan = recipe_plan(read_spec(_stack_spec_with_agents(tmp_path, agents='only = ["ppo"]')), out)
+    plan = recipe_plan(read_spec(_spec_with_agents(tmp_path, agents='only = ["ppo"]')), out)
     names = [s.name for s in plan]
     assert names[names.index("dynamics"):names.index("state_model") + 1] == [
         "dynamics", "agents", "collect:agents", "state_model"]
@@ -127,9 +128,9 @@ def test_agents_stage_feeds_the_state_model_their_rollouts(tmp_path):
 
 def test_agents_rollouts_need_a_sibling_family_and_no_images(tmp_path):
     with pytest.raises(ValueError, match="sibling"):
-        recipe_plan(read_spec(_stack_spec_with_agents(tmp_path, agents="seed_offset = 0")),
+        recipe_plan(read_spec(_spec_with_agents(tmp_path, agents="seed_offset = 0")),
                     tmp_path)
-    spec = _stack_spec_with_agents(tmp_path)
+    spec = _spec_with_agents(tmp_path)
     text = spec.read_text()
     spec.write_text(text.replace("seed = 850000\nimages = false", "seed = 850000"))
     with pytest.raises(ValueError, match="images = false"):
