@@ -99,8 +99,9 @@ class Stage:
         return dataclasses.asdict(self.args)
 
     def run(self, *, resume: bool = False) -> Any:
-        args = dataclasses.replace(self.args, **self.resumed) if resume and self.resumed else None
-        return self.function(args or self.args)
+        resumed = resume and self.resumed is not None
+        return self.function(dataclasses.replace(self.args, **self.resumed) if resumed
+                             else self.args)
 
 
 def _options(cls: type, table: dict[str, Any], fixed: dict[str, Any], where: str) -> Any:
